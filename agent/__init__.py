@@ -1,0 +1,1 @@
+"""The device side: probes, MQTT link, artifact store, runtimes, engine, power policy."""

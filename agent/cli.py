@@ -1,0 +1,25 @@
+"""`lepton-agent`: the service that runs on every edge box."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shared.cli import Subcommand, run_cli
+
+AGENT_COMMANDS = (
+    Subcommand("run", "agent.service", "run the agent (what the systemd unit starts)", "agent"),
+    Subcommand(
+        "probe",
+        "agent.commands.probe",
+        "print this device's hardware profile and a sample",
+        "agent",
+    ),
+    Subcommand(
+        "enroll", "agent.commands.enroll", "enroll with a controller using a token", "agent"
+    ),
+    Subcommand("infer", "agent.commands.infer", "run a bundle's variants on local frames", "agent"),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("lepton-agent", "The lepton-edge device agent.", AGENT_COMMANDS, argv)

@@ -1,0 +1,1 @@
+"""The fleet side: API, database, MQTT bridge, variant factory, selection, rollouts, dashboard."""

@@ -1,0 +1,241 @@
+"""Every payload on the wire, as pydantic v2 models with a schema version.
+
+`decode` turns bytes from a topic into a model or raises one `MessageError` naming the field;
+it never lets extra or missing fields through, and never raises anything else.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared import SCHEMA_VERSION
+from shared.errors import MessageError
+from shared.hardware import HardwareProfile
+from shared.topics import Kind
+
+#: Payloads larger than this are refused before parsing (a broker may allow far more).
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+class PowerLevel(StrEnum):
+    PERFORMANCE = "performance"
+    BALANCED = "balanced"
+    SAVER = "saver"
+    CRITICAL = "critical"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Message(_Wire):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    device_id: str = Field(min_length=1, max_length=64)
+    ts: float = Field(description="unix time in seconds when the agent made the message")
+
+
+# --- state (birth / will) ----------------------------------------------------------------
+
+
+class State(_Message):
+    """Retained on `…/state`: `online` with the profile after connect, `offline` as the will."""
+
+    status: Literal["online", "offline"]
+    hardware: HardwareProfile | None = None
+    agent_version: str | None = None
+    active_bundle: str | None = None
+    active_variant: str | None = None
+    power_level: PowerLevel | None = None
+
+
+# --- telemetry ----------------------------------------------------------------------------
+
+
+class CpuSample(_Wire):
+    percent: float = Field(ge=0, le=100)
+    per_core: list[float] = Field(default_factory=list)
+    freq_mhz: float | None = Field(default=None, ge=0)
+    load_avg: tuple[float, float, float] | None = None
+
+
+class MemorySample(_Wire):
+    used_mb: float = Field(ge=0)
+    available_mb: float = Field(ge=0)
+    percent: float = Field(ge=0, le=100)
+
+
+class GpuSample(_Wire):
+    """Present only when a GPU is; an absent GPU is `null`, never 0 %."""
+
+    util_percent: float | None = Field(default=None, ge=0, le=100)
+    memory_used_mb: float | None = Field(default=None, ge=0)
+    temperature_c: float | None = None
+    power_w: float | None = Field(default=None, ge=0)
+
+
+class BatterySample(_Wire):
+    percent: float = Field(ge=0, le=100)
+    charging: bool
+    power_w: float | None = Field(default=None, ge=0)
+    voltage_v: float | None = Field(default=None, ge=0)
+    source: str = Field(default="sysfs", description="sysfs, psutil or simulated")
+
+
+class ThermalSample(_Wire):
+    max_c: float
+    zones: dict[str, float] = Field(default_factory=dict)
+    source: str = "sysfs"
+
+
+class InferenceStats(_Wire):
+    """Engine figures over the last telemetry interval."""
+
+    variant: str | None = None
+    frames: int = Field(default=0, ge=0)
+    fps: float = Field(default=0.0, ge=0)
+    latency_p50_ms: float | None = Field(default=None, ge=0)
+    latency_p95_ms: float | None = Field(default=None, ge=0)
+    latency_p99_ms: float | None = Field(default=None, ge=0)
+    deadline_misses: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    accuracy: float | None = Field(default=None, ge=0, le=1)
+    cpu_s_per_inference: float | None = Field(default=None, ge=0)
+    joules_per_inference: float | None = Field(default=None, ge=0)
+
+
+class Telemetry(_Message):
+    seq: int = Field(ge=0, description="per-device sequence number; gaps mean lost samples")
+    cpu: CpuSample
+    memory: MemorySample
+    gpu: GpuSample | None = None
+    battery: BatterySample | None = None
+    thermal: ThermalSample | None = None
+    inference: InferenceStats | None = None
+    power_level: PowerLevel | None = None
+    active_bundle: str | None = None
+    active_variant: str | None = None
+    dropped: int = Field(default=0, ge=0, description="samples dropped from a full offline queue")
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+class EventKind(StrEnum):
+    PRECISION_SWITCH = "precision_switch"
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"
+    BENCHMARK = "benchmark"
+    POLICY = "policy"
+    ERROR = "error"
+
+
+class Event(_Message):
+    seq: int = Field(ge=0)
+    kind: EventKind
+    reason: str = Field(description="one human-readable line: why this happened")
+    command_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- commands (controller -> agent) ----------------------------------------------------------
+
+
+def _type_is_required(schema: dict[str, Any]) -> None:
+    """The `type` default is for Python callers; on the wire it picks the model, so it must be there."""
+    schema["required"] = ["type", *schema.get("required", [])]
+
+
+class _Command(_Wire):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_type_is_required)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    command_id: str = Field(min_length=1, max_length=128, description="idempotency key")
+    ts: float
+
+
+class Deploy(_Command):
+    type: Literal["deploy"] = "deploy"
+    bundle_id: str
+    manifest_url: str = Field(description="where the signed manifest.json is fetched from")
+    artifact_base_url: str = Field(description="variant files are at {base}/{sha256}")
+    ladder: dict[PowerLevel, str] = Field(description="power level -> variant id")
+    rollout_id: str | None = None
+
+
+class Rollback(_Command):
+    type: Literal["rollback"] = "rollback"
+    reason: str = ""
+    rollout_id: str | None = None
+
+
+class Benchmark(_Command):
+    type: Literal["benchmark"] = "benchmark"
+    bundle_id: str
+    manifest_url: str
+    artifact_base_url: str
+    variant_ids: list[str] = Field(min_length=1)
+    iterations: int = Field(default=50, ge=1, le=10_000)
+
+
+class SetPolicy(_Command):
+    type: Literal["set_policy"] = "set_policy"
+    override: PowerLevel | None = Field(default=None, description="pin a level; null = automatic")
+    max_fps: float | None = Field(default=None, gt=0)
+
+
+Command = Annotated[Deploy | Rollback | Benchmark | SetPolicy, Field(discriminator="type")]
+
+
+# --- replies ----------------------------------------------------------------------------------
+
+
+class Reply(_Message):
+    command_id: str = Field(min_length=1, max_length=128)
+    status: Literal["accepted", "done", "failed", "rejected", "duplicate"]
+    detail: str = ""
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- codec ------------------------------------------------------------------------------------
+
+MESSAGE_MODELS: dict[Kind, Any] = {
+    Kind.STATE: State,
+    Kind.TELEMETRY: Telemetry,
+    Kind.EVENT: Event,
+    Kind.CMD: Command,
+    Kind.REPLY: Reply,
+}
+_ADAPTERS = {kind: TypeAdapter(model) for kind, model in MESSAGE_MODELS.items()}
+
+WireMessage = State | Telemetry | Event | Deploy | Rollback | Benchmark | SetPolicy | Reply
+
+
+def encode(message: BaseModel) -> bytes:
+    """Compact JSON bytes, `null` fields left out to keep telemetry small."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def decode(kind: Kind, payload: bytes | str) -> WireMessage:
+    """Parse `payload` as the model for `kind`; raise `MessageError` naming the first bad field."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageError("", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MessageError("", f"not JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise MessageError(
+            "schema_version",
+            f"got {data.get('schema_version')!r}, this side speaks {SCHEMA_VERSION}",
+        )
+    try:
+        result: WireMessage = _ADAPTERS[Kind(kind)].validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise MessageError(field, err["msg"]) from None
+    return result
