@@ -200,6 +200,44 @@ class Reply(_Message):
     result: dict[str, Any] = Field(default_factory=dict)
 
 
+class VariantTiming(_Wire):
+    """One variant timed on the device itself (batch 1), or the error that stopped it."""
+
+    p50_ms: float | None = Field(default=None, ge=0)
+    p95_ms: float | None = Field(default=None, ge=0)
+    p99_ms: float | None = Field(default=None, ge=0)
+    error: str | None = None
+
+
+class BenchmarkResult(_Wire):
+    """`Reply.result` of a `benchmark` command."""
+
+    hardware_class: str
+    bundle_id: str
+    timings: dict[str, VariantTiming] = Field(description="variant id -> timing")
+
+
+# --- enrollment (HTTP, agent -> controller) ----------------------------------------------------
+
+
+class EnrollRequest(_Wire):
+    token: str = Field(min_length=8, max_length=256)
+    device_id: str = Field(min_length=1, max_length=64)
+
+
+class EnrollResponse(_Wire):
+    """What a device gets for a valid one-time token: its broker login and the pinned key."""
+
+    device_id: str
+    mqtt_host: str
+    mqtt_port: int = Field(ge=1, le=65535)
+    mqtt_username: str
+    mqtt_password: str
+    mqtt_tls: bool = False
+    controller_url: str
+    controller_public_key_pem: str
+
+
 # --- codec ------------------------------------------------------------------------------------
 
 MESSAGE_MODELS: dict[Kind, Any] = {
