@@ -1,0 +1,175 @@
+"""Inference runtimes: one plugin file per runtime behind one small interface.
+
+`load()` opens a variant file with the runtime its format needs; every runtime is called the
+same way (float32 batch in, float32 scores out) whatever the variant's precision, so the
+engine can swap variants of one bundle without knowing how each was quantized.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from shared.errors import UserError
+from shared.manifest import RUNTIME_FOR_FORMAT, ModelFormat, TensorSpec, Variant
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class VariantLoadError(UserError):
+    """A variant file the runtime rejects (corrupt, unsupported op, missing runtime)."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Knobs a runtime may honour; each ignores what does not apply to it."""
+
+    threads: int | None = None
+    #: ONNX Runtime execution providers in preference order; None = best installed.
+    providers: list[str] | None = None
+    #: "disable" | "basic" | "extended" | "all" (ONNX Runtime graph optimisation).
+    optimization: str = "all"
+    #: Where optimized models are cached (keyed by the file's sha256); None = no cache.
+    cache_dir: Path | None = None
+    #: LiteRT delegate libraries to try (e.g. libedgetpu.so.1); CPU/XNNPACK when they fail.
+    delegates: list[str] = field(default_factory=list)
+
+
+class Runtime(ABC):
+    """One loaded variant. `run` takes float32 input and returns float32 output."""
+
+    #: registry name: "onnxruntime" or "litert"
+    name: str = ""
+    variant_id: str
+    path: Path
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    #: what actually runs it, e.g. "CPUExecutionProvider" or "XNNPACK"
+    accelerator: str = "cpu"
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Infer one batch (N, *input_shape[1:]) float32; return float32 (N, classes)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the session; the runtime must not be used afterwards."""
+
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (without the batch dimension)."""
+        return tuple(int(d) if d is not None else 1 for d in self.inputs[0].shape[1:])
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Backend(Protocol):
+    def load(self, path: Path, variant_id: str, options: RuntimeOptions) -> Runtime: ...
+
+    def version(self) -> str | None: ...
+
+
+#: runtime name -> module implementing it (imported only when used).
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "agent.runtimes.onnx",
+    "litert": "agent.runtimes.litert",
+}
+_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
+
+#: runtime name -> distributions that provide it, in preference order.
+_DISTRIBUTIONS = {
+    "onnxruntime": (
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "onnxruntime-openvino",
+        "onnxruntime-directml",
+        "onnxruntime-silicon",
+    ),
+    "litert": ("ai-edge-litert", "tflite-runtime"),
+}
+_MODULES = {"onnxruntime": ("onnxruntime",), "litert": ("ai_edge_litert", "tflite_runtime")}
+
+
+def installed() -> dict[str, str]:
+    """Installed runtimes -> version (for the hardware profile); cheap, imports nothing heavy."""
+    found: dict[str, str] = {}
+    for name, dists in _DISTRIBUTIONS.items():
+        if not any(importlib.util.find_spec(m) is not None for m in _MODULES[name]):
+            continue
+        for dist in dists:
+            try:
+                found[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return found
+
+
+def onnx_providers() -> list[str]:
+    """ONNX Runtime execution providers available on this box ([] without onnxruntime)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return []
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def runtime_for(path: Path, variant: Variant | None = None) -> str:
+    """Which runtime opens this file: from the variant's requirements, else the suffix."""
+    if variant is not None:
+        return variant.requirements.runtime or RUNTIME_FOR_FORMAT[ModelFormat(variant.format)]
+    try:
+        return _SUFFIX[Path(path).suffix]
+    except KeyError:
+        raise VariantLoadError(
+            f"{path}: unknown model format {Path(path).suffix!r}; expected .onnx or .tflite"
+        ) from None
+
+
+def backend(name: str) -> _Backend:
+    if name not in BACKENDS:
+        raise VariantLoadError(f"unknown runtime {name!r}; known: {', '.join(BACKENDS)}")
+    module: _Backend = importlib.import_module(BACKENDS[name])  # type: ignore[assignment]
+    return module
+
+
+def load(
+    path: Path | str,
+    variant: Variant | None = None,
+    *,
+    threads: int | None = None,
+    options: RuntimeOptions | None = None,
+) -> Runtime:
+    """Open a variant file; raise `VariantLoadError` (one clear line) if it cannot run here."""
+    path = Path(path)
+    opts = options or RuntimeOptions()
+    if threads is not None:
+        opts = RuntimeOptions(
+            threads=threads,
+            providers=opts.providers,
+            optimization=opts.optimization,
+            cache_dir=opts.cache_dir,
+            delegates=opts.delegates,
+        )
+    name = runtime_for(path, variant)
+    variant_id = variant.id if variant is not None else path.stem
+    if not path.is_file():
+        raise VariantLoadError(f"variant {variant_id}: file {path} does not exist")
+    if name not in installed():
+        raise VariantLoadError(
+            f"variant {variant_id} needs runtime {name}, which is not installed: "
+            f"pip install 'lepton-edge[{'onnx' if name == 'onnxruntime' else 'litert'}]'"
+        )
+    return backend(name).load(path, variant_id, opts)
