@@ -1,0 +1,1 @@
+"""The variant factory: one trained model in, a signed bundle of measured variants out."""

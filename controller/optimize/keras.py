@@ -1,0 +1,93 @@
+"""Keras models in: converted offline with TensorFlow's own converters (the `keras` extra).
+
+The rest of the factory never imports TensorFlow; only a user who hands in a Keras model pays for
+it. Both exports keep the batch dimension dynamic so the factory can measure batch-32 throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from shared.errors import UserError
+
+#: ONNX opset for exported models: new enough for QDQ per-channel, old enough for every runtime.
+ONNX_OPSET = 17
+
+
+def _require_tensorflow() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ModuleNotFoundError:
+        raise UserError(
+            "Keras models need TensorFlow: pip install 'lepton-edge[keras]', "
+            "or export the model to ONNX/TFLite yourself and pass --onnx/--tflite"
+        ) from None
+    return tf
+
+
+def is_keras_model(obj: object) -> bool:
+    """True for a Keras model object, without importing TensorFlow when it is not one."""
+    return any(
+        cls.__module__.startswith(("keras", "tf_keras", "tensorflow"))
+        and cls.__name__ in {"Model", "Sequential", "Functional"}
+        for cls in type(obj).__mro__
+    )
+
+
+def load_keras(path: Path) -> Any:
+    """Load a `.keras` / `.h5` file; a one-line error when it is not a Keras model."""
+    _require_tensorflow()
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many kinds; all mean "not a model we can read"
+        raise UserError(f"{path} is not a Keras model Keras can load ({exc})") from None
+
+
+def _input_signature(model: Any) -> list[Any]:
+    tf = _require_tensorflow()
+    shape = list(model.inputs[0].shape)
+    shape[0] = None  # dynamic batch
+    return [tf.TensorSpec(shape, tf.float32, name="input")]
+
+
+def to_onnx(model: Any, path: Path, *, opset: int = ONNX_OPSET) -> Path:
+    """Export with Keras' ONNX exporter (tf2onnx underneath); dynamic batch dimension."""
+    _require_tensorflow()
+    path = Path(path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(
+            str(path),
+            format="onnx",
+            input_signature=_input_signature(model),
+            opset_version=opset,
+            verbose=False,
+        )
+    from controller.optimize import onnx as onnx_variants
+
+    # tf2onnx names tensors in hash-seed order: canonical names make the bytes reproducible.
+    model_proto = onnx_variants.canonicalize(onnx_variants.load(path), output_names=["output_0"])
+    onnx_variants.save(model_proto, path)
+    return path
+
+
+def to_tflite(model: Any, path: Path, **converter_options: Any) -> Path:
+    """Export with TensorFlow's TFLite converter; `converter_options` e.g. `optimizations`,
+    `representative_dataset`, `target_spec` pass through to it (used for TF-made int8/fp16)."""
+    _require_tensorflow()
+    path = Path(path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(
+            str(path),
+            format="litert",
+            input_signature=_input_signature(model),
+            verbose=False,
+            **converter_options,
+        )
+    return path
