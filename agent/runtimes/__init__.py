@@ -12,7 +12,7 @@ import importlib.metadata
 import importlib.util
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +42,8 @@ class RuntimeOptions:
     cache_dir: Path | None = None
     #: LiteRT delegate libraries to try (e.g. libedgetpu.so.1); CPU/XNNPACK when they fail.
     delegates: list[str] = field(default_factory=list)
+    #: From the hardware profile: False keeps CUDA/TensorRT out; None = trust what is installed.
+    has_gpu: bool | None = None
 
 
 class Runtime(ABC):
@@ -141,7 +143,7 @@ def runtime_for(path: Path, variant: Variant | None = None) -> str:
 def backend(name: str) -> _Backend:
     if name not in BACKENDS:
         raise VariantLoadError(f"unknown runtime {name!r}; known: {', '.join(BACKENDS)}")
-    module: _Backend = importlib.import_module(BACKENDS[name])  # type: ignore[assignment]
+    module: _Backend = importlib.import_module(BACKENDS[name])
     return module
 
 
@@ -156,13 +158,7 @@ def load(
     path = Path(path)
     opts = options or RuntimeOptions()
     if threads is not None:
-        opts = RuntimeOptions(
-            threads=threads,
-            providers=opts.providers,
-            optimization=opts.optimization,
-            cache_dir=opts.cache_dir,
-            delegates=opts.delegates,
-        )
+        opts = replace(opts, threads=threads)
     name = runtime_for(path, variant)
     variant_id = variant.id if variant is not None else path.stem
     if not path.is_file():
