@@ -1,0 +1,1 @@
+"""Subcommands of `lepton` and `lepton-controller`: one module each (configure, run)."""

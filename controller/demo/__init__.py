@@ -1,0 +1,1 @@
+"""The parts of `lepton demo`: broker, device profiles, agents, live view, summary."""

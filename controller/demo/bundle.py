@@ -1,0 +1,129 @@
+"""The demo's model work: build the reference bundle, upload it, benchmark on devices, roll out.
+
+The bundle is built by the variant factory from the committed fp32 Fashion-MNIST models
+(no TensorFlow). Without the data set, calibration and evaluation use synthetic images
+labelled by the fp32 model itself, so accuracy means "agreement with fp32".
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.demo.broker import Broker
+from controller.demo.client import ControllerClient, wait_until
+from shared.errors import UserError
+from shared.signing import load_or_create_private_key, public_pem
+
+#: The committed reference models (examples/fashion_mnist, next to the package in a checkout).
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "examples" / "fashion_mnist"
+CALIBRATION_IMAGES = 200
+EVALUATION_IMAGES = 1000
+
+
+def prepare_key(state_dir: Path, public_out: Path) -> Path:
+    """Create the controller's signing key where the controller looks for it; pin its public half."""
+    key = load_or_create_private_key(state_dir / "keys" / "signing.pem")
+    public_out.write_bytes(public_pem(key.public_key()))
+    return public_out
+
+
+def mqtt_protocol_setting(broker: Broker) -> dict[str, Any]:
+    """The controller's MQTT protocol setting, when its settings have one."""
+    from controller.config import MqttSettings
+
+    if "protocol" in MqttSettings.model_fields:
+        return {"protocol": broker.mqtt_version}
+    return {}
+
+
+def check_data_dir(path: Path) -> None:
+    """Raise `UserError` unless `path` holds a readable Fashion-MNIST test split."""
+    from shared.idx import fashion_mnist
+
+    if not path.is_dir():
+        raise UserError(f"--data {path}: not a readable directory of Fashion-MNIST IDX files")
+    images, labels = fashion_mnist("t10k", root=path)
+    if len(images) != len(labels) or images.shape[1:] != (28, 28):
+        raise UserError(f"--data {path}: t10k images and labels do not match")
+
+
+def _dataset(data_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibration images, evaluation images, evaluation labels), float32 (N, 28, 28, 1)."""
+    if data_dir is not None:
+        from shared.idx import fashion_mnist
+
+        train_x, _ = fashion_mnist("train", root=data_dir)
+        test_x, test_y = fashion_mnist("t10k", root=data_dir)
+        calib = train_x[:CALIBRATION_IMAGES].astype(np.float32)[..., None] / 255.0
+        evalx = test_x[:EVALUATION_IMAGES].astype(np.float32)[..., None] / 255.0
+        return calib, evalx, test_y[:EVALUATION_IMAGES].astype(np.int64)
+    rng = np.random.default_rng(7)
+    calib = rng.random((CALIBRATION_IMAGES, 28, 28, 1), dtype=np.float32)
+    evalx = rng.random((EVALUATION_IMAGES, 28, 28, 1), dtype=np.float32)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(REFERENCE_DIR / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    scores = session.run(None, {session.get_inputs()[0].name: evalx})[0]
+    return calib, evalx, np.argmax(scores, axis=1).astype(np.int64)
+
+
+def build(out_dir: Path, key_file: Path, data_dir: Path | None) -> Any:
+    from controller.optimize import build_bundle
+    from shared.idx import FASHION_MNIST_LABELS
+    from shared.signing import load_private_key
+
+    calib, evalx, evaly = _dataset(data_dir)
+    return build_bundle(
+        out_dir,
+        onnx=REFERENCE_DIR / "model.onnx",
+        tflite=REFERENCE_DIR / "model.tflite",
+        calib_x=calib,
+        eval_x=evalx,
+        eval_y=evaly,
+        key=load_private_key(key_file.read_bytes()),
+        model_name="fashion-mnist-demo",
+        labels=list(FASHION_MNIST_LABELS),
+    )
+
+
+def build_and_upload(
+    client: ControllerClient, workdir: Path, data_dir: Path | None, notes: list[str]
+) -> str:
+    out = workdir / "bundle"
+    started = time.monotonic()
+    manifest = build(out, workdir / "controller" / "keys" / "signing.pem", data_dir)
+    accepted = [v.id for v in manifest.accepted()]
+    notes.append(
+        f"bundle {manifest.bundle_id}: {len(accepted)} accepted variants, "
+        f"built in {time.monotonic() - started:.0f} s"
+    )
+    client.upload_bundle(out)
+    return str(manifest.bundle_id)
+
+
+def benchmark(client: ControllerClient, bundle_id: str, device_ids: list[str]) -> None:
+    """Ask every device to time every variant it can run; wait for all replies."""
+    result = client.post("/benchmarks", json={"bundle_id": bundle_id, "iterations": 30})
+
+    def finished() -> bool:
+        status = client.get("/benchmarks", bundle_id=bundle_id)
+        return bool(status) and _benchmarks_done(status, result)
+
+    wait_until(finished, 90, "on-device benchmarks")
+
+
+def _benchmarks_done(status: Any, created: Any) -> bool:
+    rows = status if isinstance(status, list) else status.get("items", [])
+    pending = [r for r in rows if r.get("status") in ("pending", "sent", "accepted")]
+    return not pending
+
+
+def start_rollout(client: ControllerClient, bundle_id: str) -> str:
+    rollout = client.post("/rollouts", json={"bundle_id": bundle_id})
+    return str(rollout["id"])

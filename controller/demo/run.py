@@ -1,0 +1,368 @@
+"""The demo from start to end: start everything, watch the fleet, summarize, clean up.
+
+Order of life: broker -> controller (in this process) -> agents (one process each) -> bundle
+build and upload -> on-device benchmarks -> staged rollout -> watch -> summary -> agents,
+controller, broker stopped -> temp dir removed. Whatever was started is stopped, in reverse
+order, on every way out (end of --duration, Ctrl-C, SIGTERM, an error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from controller.demo import bundle as demo_bundle
+from controller.demo import summary as demo_summary
+from controller.demo.broker import Broker, start_broker
+from controller.demo.client import ApiError, ControllerClient, Snapshot, snapshot, wait_until
+from controller.demo.fleet import DemoAgent, start_agents
+from controller.demo.processes import free_port, port_in_use, stop_all
+from controller.demo.profiles import fleet
+from controller.demo.view import ViewState, render
+from shared.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoOptions:
+    devices: int = 8
+    duration: float = 60.0
+    data_dir: Path | None = None  # None: synthetic frames, accuracy n/a
+    http_port: int | None = None
+    mqtt_port: int | None = None
+    broker: str = "auto"
+    summary_json: Path | None = None
+    hold: bool = False
+    live: bool | None = None  # None: a live view when stdout is a terminal
+    setup_timeout: float = 240.0
+
+
+#: What the demo brings together; each is checked before anything starts.
+PARTS = {
+    "controller API": ("controller.app", "create_app"),
+    "variant factory": ("controller.optimize", "build_bundle"),
+    "agent service": ("agent.service", "build_agent"),
+    "inference engine": ("agent.runner", "InferenceRunner"),
+}
+
+
+def missing_parts() -> list[str]:
+    """Names of parts whose module or entry point is absent; reads source, imports nothing."""
+    import ast
+    import importlib.util
+
+    missing = []
+    for name, (module, attr) in PARTS.items():
+        top, *rest = module.split(".")
+        spec = importlib.util.find_spec(top)  # a top-level lookup does not import the package
+        roots = list(spec.submodule_search_locations or []) if spec else []
+        candidates = [Path(r, *rest).with_suffix(".py") for r in roots]
+        candidates += [Path(r, *rest, "__init__.py") for r in roots]
+        source = next((p for p in candidates if p.is_file()), None)
+        if source is None:
+            missing.append(name)
+            continue
+        tree = ast.parse(source.read_text())
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+        defined |= {
+            alias.asname or alias.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom)
+            for alias in n.names
+        }
+        if attr not in defined:
+            missing.append(name)
+    return missing
+
+
+class _Stop(Exception):
+    """SIGTERM, turned into an exception in the main thread like Ctrl-C."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, console: Console | None = None) -> None:
+        self.o = options
+        self.console = console or Console()
+        self.workdir: Path | None = None
+        self.broker: Broker | None = None
+        self.server: Any = None
+        self.client: ControllerClient | None = None
+        self.agents: list[DemoAgent] = []
+        self.token = secrets.token_urlsafe(24)
+        self.devices = fleet(options.devices)
+        self.bundle_id: str | None = None
+        self.rollout_id: str | None = None
+        self.setup_error: BaseException | None = None
+        self.fleet_live_at: float | None = None  # monotonic, once the rollout started
+        self.view: ViewState | None = None
+
+    # --- the whole run -------------------------------------------------------------------
+
+    def run(self) -> int:
+        missing = missing_parts()
+        if missing:
+            raise UserError(f"the demo needs parts not in this tree yet: {', '.join(missing)}")
+        if self.o.http_port is not None and port_in_use(self.o.http_port):
+            raise UserError(
+                f"HTTP port {self.o.http_port} is in use: pick another --http-port or leave it out"
+            )
+        old_term = signal.signal(signal.SIGTERM, _raise_stop)
+        self.workdir = Path(tempfile.mkdtemp(prefix="lepton-demo-"))
+        watched = False
+        try:
+            self._start_services()
+            watched = self._watch()
+            summary = self._summary()
+            self._stop_agents()
+            self._print_summary(summary)
+            if self.o.hold:
+                self._hold()
+            return 0
+        except (KeyboardInterrupt, _Stop):
+            if watched:
+                return 0
+            self.console.print("[yellow]interrupted: stopping everything the demo started[/]")
+            return 130
+        finally:
+            # A second Ctrl-C must not cut the cleanup short; every step below has a timeout.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self._shutdown()
+            finally:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, old_term)
+
+    # --- start ---------------------------------------------------------------------------
+
+    def _start_services(self) -> None:
+        assert self.workdir is not None
+        say = self.console.print
+        self.broker = start_broker(
+            self.workdir / "broker", port=self.o.mqtt_port, kind=self.o.broker
+        )
+        say(
+            f"broker: {self.broker.kind} on {self.broker.host}:{self.broker.port} (MQTT {self.broker.mqtt_version})"
+        )
+
+        state_dir = self.workdir / "controller"
+        public_key = demo_bundle.prepare_key(state_dir, self.workdir / "controller.pem")
+        from controller.demo.server import ControllerServer  # imports FastAPI: only when needed
+
+        settings = self._controller_settings(state_dir)
+        self.server = ControllerServer(settings).start()
+        self.client = ControllerClient(self.server.url, self.token)
+        dashboard = f"{self.server.url}/ui/"
+        say(f"controller: {self.server.url} (SQLite in a temp dir)")
+        say(f"[bold]dashboard: {dashboard}[/]")
+        self.view = ViewState(
+            dashboard_url=dashboard,
+            broker=f"{self.broker.kind}:{self.broker.port}",
+            profiles={d: p for d, p in self.devices},
+        )
+
+        self.agents = start_agents(
+            self.devices,
+            self.workdir / "devices",
+            broker=self.broker,
+            controller_key_file=public_key,
+            data_dir=self.o.data_dir,
+        )
+        say(
+            f"agents: {len(self.agents)} processes started ({', '.join(a.device_id for a in self.agents)})"
+        )
+        # The slow part (bundle build, benchmarks, rollout) runs beside the live view.
+        threading.Thread(target=self._setup_fleet, name="demo-setup", daemon=True).start()
+
+    def _controller_settings(self, state_dir: Path) -> Any:
+        from controller.config import ControllerSettings
+
+        assert self.broker is not None
+        port = self.o.http_port or free_port()
+        return ControllerSettings.model_validate(
+            dict(
+                state_dir=state_dir,
+                http_host="127.0.0.1",
+                http_port=port,
+                bootstrap_admin_token=self.token,
+                auth_required=True,
+                mqtt={
+                    "host": self.broker.host,
+                    "port": self.broker.port,
+                    "username": None,
+                    **demo_bundle.mqtt_protocol_setting(self.broker),
+                },
+                rollout={
+                    "waves": [25.0, 100.0],
+                    "soak_s": 3.0,
+                    "wave_timeout_s": 60.0,
+                    "resend_after_s": 5.0,
+                    "tick_s": 0.5,
+                    "require_inferring": True,
+                },
+                ingest={"flush_interval_ms": 200},
+            )
+        )
+
+    def _setup_fleet(self) -> None:
+        """Build the bundle, wait for the fleet, benchmark on the devices, start the rollout."""
+        assert self.client is not None and self.view is not None and self.workdir is not None
+        client, view = self.client, self.view
+        try:
+            view.phase = "building the Fashion-MNIST bundle (variant factory)"
+            self.bundle_id = demo_bundle.build_and_upload(
+                client, self.workdir, self.o.data_dir, notes=view.notes
+            )
+            view.phase = "waiting for every device to come online"
+            wait_until(
+                lambda: sum(1 for d in client.devices() if d.get("online")) >= len(self.devices),
+                60,
+                f"{len(self.devices)} devices to come online",
+            )
+            view.phase = "benchmarking every variant on every device"
+            demo_bundle.benchmark(client, self.bundle_id, [d for d, _ in self.devices])
+            view.phase = "staged rollout"
+            self.rollout_id = demo_bundle.start_rollout(client, self.bundle_id)
+            self.fleet_live_at = time.monotonic()
+            view.deadline = self.fleet_live_at + self.o.duration
+            view.phase = "running: batteries drain, precision steps down"
+        except BaseException as exc:  # reported by the main thread
+            self.setup_error = exc
+
+    # --- watch ---------------------------------------------------------------------------
+
+    def _poll(self) -> Snapshot | None:
+        assert self.client is not None
+        try:
+            return snapshot(self.client, self.rollout_id)
+        except (ApiError, OSError) as exc:
+            log.debug("poll failed: %s", exc)
+            return None
+        except Exception as exc:  # httpx errors and the like: keep watching
+            log.debug("poll failed: %s", exc)
+            return None
+
+    def _watch(self) -> bool:
+        """Show the fleet until the duration is over; True when it ran to its end."""
+        assert self.view is not None
+        live = self.o.live if self.o.live is not None else self.console.is_terminal
+        setup_deadline = time.monotonic() + self.o.setup_timeout
+        last_print = 0.0
+        seen_switches: set[Any] = set()
+        last_phase = ""
+        ctx = Live(render(self.view), console=self.console, refresh_per_second=2) if live else None
+        try:
+            if ctx is not None:
+                ctx.__enter__()
+            while True:
+                self._check_children()
+                if self.setup_error is not None:
+                    raise self.setup_error
+                if self.view.deadline is None and time.monotonic() > setup_deadline:
+                    raise UserError(
+                        f"the fleet was not running after {self.o.setup_timeout:.0f} s of setup"
+                    )
+                snap = self._poll()
+                if snap is not None:
+                    self.view.snapshot = snap
+                if ctx is not None:
+                    ctx.update(render(self.view))
+                else:
+                    if self.view.phase != last_phase:
+                        last_phase = self.view.phase
+                        self.console.print(f"phase: {last_phase}")
+                    for e in snap.switches if snap else []:
+                        key = (e.get("device_id"), e.get("ts"), e.get("seq"))
+                        if key not in seen_switches:
+                            seen_switches.add(key)
+                            d = e.get("data") or {}
+                            self.console.print(
+                                f"switch: {e.get('device_id')} {d.get('from_variant')} -> "
+                                f"{d.get('to_variant')} ({e.get('reason')})"
+                            )
+                    if time.monotonic() - last_print > 15:
+                        last_print = time.monotonic()
+                        self.console.print(render(self.view))
+                if self.view.deadline is not None and time.monotonic() >= self.view.deadline:
+                    return True
+                time.sleep(1.0)
+        except (KeyboardInterrupt, _Stop):
+            if self.view.deadline is None:
+                raise
+            return True
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+
+    def _check_children(self) -> None:
+        if self.broker is not None and not self.broker.child.alive():
+            raise UserError(f"the broker stopped unexpectedly: {self.broker.child.log_tail(300)}")
+        dead = [a for a in self.agents if not a.child.alive()]
+        if dead:
+            a = dead[0]
+            last = a.child.log_tail(600).strip().splitlines()[-3:]
+            raise UserError(
+                f"agent {a.device_id} exited ({a.child.proc.returncode}): {' | '.join(last)}"
+            )
+
+    # --- end -----------------------------------------------------------------------------
+
+    def _summary(self) -> dict[str, Any]:
+        assert self.client is not None
+        return demo_summary.collect(
+            self.client, self.bundle_id, self.rollout_id, dict(self.devices), self.fleet_live_at
+        )
+
+    def _print_summary(self, summary: dict[str, Any]) -> None:
+        demo_summary.print_summary(self.console, summary)
+        if self.o.summary_json is not None:
+            tmp = self.o.summary_json.with_suffix(".tmp")
+            tmp.write_text(json.dumps(summary, indent=2))
+            tmp.replace(self.o.summary_json)  # readers never see half a file
+
+    def _hold(self) -> None:
+        assert self.server is not None
+        self.console.print(
+            f"[bold]holding[/]: dashboard and API stay at {self.server.url}/ui/ until Ctrl-C"
+        )
+        try:
+            while True:
+                time.sleep(0.5)
+        except (KeyboardInterrupt, _Stop):
+            return
+
+    def _stop_agents(self) -> None:
+        stop_all([a.child for a in self.agents], timeout=8.0)
+
+    def _shutdown(self) -> None:
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("agents", self._stop_agents),
+            ("controller", lambda: self.server.stop() if self.server else None),
+            ("api client", lambda: self.client.close() if self.client else None),
+            ("broker", lambda: self.broker.stop() if self.broker else None),
+        )
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:  # keep going: the next things must stop too
+                log.warning("stopping the %s failed: %s", name, exc)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,369 @@
+/* The fleet dashboard: hash-routed pages over the controller's REST API, polled every 2 s. */
+"use strict";
+
+const API = "../api/v1";
+const POLL_MS = 2000;
+const LEVELS = ["critical", "saver", "balanced", "performance"];
+const PRECISIONS = ["int8", "fp16", "fp32"];
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed"];
+
+/* --- small helpers ------------------------------------------------------------------------ */
+
+const token = (() => {
+  const m = location.hash.match(/token=([^&]+)/) || location.search.match(/token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem("lepton-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + "#/");
+  }
+  return sessionStorage.getItem("lepton-token");
+})();
+
+async function api(path) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const res = await fetch(`${API}${path}`, { headers, cache: "no-store" });
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  return res.json();
+}
+
+/* First defined value among dotted paths: the API's field names, tolerated in a few spellings. */
+function pick(obj, ...paths) {
+  for (const p of paths) {
+    let v = obj;
+    for (const k of p.split(".")) v = v === null || v === undefined ? undefined : v[k];
+    if (v !== undefined && v !== null) return v;
+  }
+  return null;
+}
+
+function h(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const fmt = {
+  num: (v, d = 1) => (v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(d)),
+  pct: v => (v === null || v === undefined ? "n/a" : `${(v * 100).toFixed(1)} %`),
+  ago: ts => {
+    if (!ts) return "–";
+    const s = Math.max(0, Date.now() / 1000 - ts);
+    return s < 60 ? `${s.toFixed(0)} s ago` : s < 3600 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
+  },
+  time: ts => (ts ? new Date(ts * 1000).toTimeString().slice(0, 8) : "–"),
+};
+
+function precisionOf(variant) {
+  if (!variant) return null;
+  return PRECISIONS.find(p => variant.includes(p)) || null;
+}
+
+function badge(text, cls) {
+  return h("span", { class: `badge ${cls || ""}` }, text ?? "–");
+}
+
+function batteryCell(b) {
+  if (!b) return h("span", { class: "muted" }, "mains");
+  const pct = b.percent;
+  const cls = pct < 10 ? "crit" : pct < 20 ? "low" : pct < 50 ? "mid" : "ok";
+  return h("span", { class: "battery", title: b.charging ? "charging" : "discharging" },
+    h("span", { class: `bar ${cls}` }, h("span", { style: `width:${Math.max(2, pct)}%` })),
+    ` ${pct.toFixed(0)} %${b.charging ? " ⚡" : ""}`);
+}
+
+/* --- the device model, from the API's device objects --------------------------------------- */
+
+function deviceView(d) {
+  const tel = pick(d, "last_telemetry", "telemetry", "latest") || {};
+  const inf = pick(tel, "inference") || pick(d, "inference") || {};
+  const hw = pick(d, "hardware") || {};
+  const online = pick(d, "online");
+  const variant = pick(d, "active_variant", "state.active_variant") || pick(tel, "active_variant");
+  return {
+    id: pick(d, "device_id", "id"),
+    online: online === true || online === "online" || pick(d, "status") === "online",
+    arch: hw.arch || pick(d, "arch") || "",
+    cpu: hw.cpu_model || "",
+    gpu: hw.gpu ? hw.gpu.name : null,
+    tags: pick(d, "tags") || [],
+    level: pick(d, "power_level") || pick(tel, "power_level"),
+    variant,
+    precision: precisionOf(variant),
+    bundle: pick(d, "active_bundle") || pick(tel, "active_bundle"),
+    fps: pick(inf, "fps"),
+    p99: pick(inf, "latency_p99_ms"),
+    accuracy: pick(inf, "accuracy"),
+    battery: pick(tel, "battery") || pick(d, "battery"),
+    lastSeen: pick(d, "last_seen", "updated_at", "last_seen_ts") || pick(tel, "ts"),
+    raw: d,
+  };
+}
+
+/* --- pages --------------------------------------------------------------------------------- */
+
+const filters = { q: "", online: "", arch: "", level: "", variant: "", tag: "" };
+
+function option(value, label, current) {
+  return h("option", { value, selected: value === current }, label);
+}
+
+function filterBar(devices, rerender) {
+  const uniq = f => [...new Set(devices.map(f).flat().filter(Boolean))].sort();
+  const select = (key, label, values) =>
+    h("label", {}, `${label} `,
+      h("select", { "data-filter": key, onchange: e => { filters[key] = e.target.value; rerender(); } },
+        option("", "all", filters[key]), values.map(v => option(v, v, filters[key]))));
+  return h("div", { class: "filters" },
+    h("input", {
+      type: "search", placeholder: "search device…", value: filters.q, "data-filter": "q",
+      oninput: e => { filters.q = e.target.value; rerender(); },
+    }),
+    select("online", "status", ["online", "offline"]),
+    select("arch", "arch", uniq(d => d.arch)),
+    select("level", "power", LEVELS),
+    select("variant", "variant", uniq(d => d.variant)),
+    select("tag", "tag", uniq(d => d.tags)));
+}
+
+function matches(d) {
+  if (filters.q && !d.id.toLowerCase().includes(filters.q.toLowerCase())) return false;
+  if (filters.online && (filters.online === "online") !== d.online) return false;
+  if (filters.arch && d.arch !== filters.arch) return false;
+  if (filters.level && d.level !== filters.level) return false;
+  if (filters.variant && d.variant !== filters.variant) return false;
+  if (filters.tag && !d.tags.includes(filters.tag)) return false;
+  return true;
+}
+
+function levelBadge(level) {
+  return badge(level || "–", `level-${level || "none"}`);
+}
+
+async function fleetPage(root) {
+  const [devicesRaw, rollouts, events] = await Promise.all([
+    api("/devices"), api("/rollouts").catch(() => []), api("/events?limit=12").catch(() => []),
+  ]);
+  const devices = listOf(devicesRaw, "devices").map(deviceView).sort((a, b) => a.id.localeCompare(b.id));
+  const online = devices.filter(d => d.online).length;
+  const switches = listOf(events, "events").filter(e => e.kind === "precision_switch");
+  const active = listOf(rollouts, "rollouts").find(r => ["running", "pending", "paused"].includes(r.status)) ||
+    listOf(rollouts, "rollouts")[0];
+
+  const tableBox = h("div", { class: "card" });
+  const draw = () => {
+    const shown = devices.filter(matches);
+    tableBox.replaceChildren(
+      filterBar(devices, draw),
+      h("table", { class: "fleet", id: "fleet-table" },
+        h("thead", {}, h("tr", {}, ["device", "status", "hardware", "power", "variant", "fps", "p99 ms",
+          "battery", "accuracy", "last seen"].map(t => h("th", {}, t)))),
+        h("tbody", {}, shown.map(d => h("tr", { "data-device": d.id, class: d.online ? "" : "offline" },
+          h("td", {}, h("a", { href: `#/device/${encodeURIComponent(d.id)}` }, d.id)),
+          h("td", {}, h("span", { class: `dot ${d.online ? "on" : "off"}` }), d.online ? "online" : "offline"),
+          h("td", { class: "hw" }, `${d.arch}`, d.gpu ? h("span", { class: "muted" }, ` · ${d.gpu}`) : null),
+          h("td", {}, levelBadge(d.level)),
+          h("td", { class: "variant", "data-precision": d.precision || "" }, d.variant || "–"),
+          h("td", { class: "num" }, fmt.num(d.fps)),
+          h("td", { class: "num" }, fmt.num(d.p99, 2)),
+          h("td", {}, batteryCell(d.battery)),
+          h("td", { class: "num" }, fmt.pct(d.accuracy)),
+          h("td", { class: "muted" }, fmt.ago(d.lastSeen)))))),
+      h("p", { class: "muted" }, `${shown.length} of ${devices.length} devices shown`));
+  };
+  draw();
+
+  root.replaceChildren(
+    h("section", { class: "stats" },
+      stat("devices", devices.length),
+      stat("online", `${online} / ${devices.length}`),
+      stat("precision switches", switches.length, "recent"),
+      active ? stat("rollout", `${rolloutPercent(active)} %`, active.status, `#/rollout/${active.id}`) : stat("rollout", "none")),
+    tableBox,
+    h("section", { class: "card" }, h("h2", {}, "Recent precision switches"), eventList(switches, true)));
+}
+
+function stat(label, value, sub, href) {
+  const inner = [h("div", { class: "value" }, String(value)), h("div", { class: "label" }, label, sub ? h("span", { class: "muted" }, ` · ${sub}`) : null)];
+  return href ? h("a", { class: "stat", href }, inner) : h("div", { class: "stat" }, inner);
+}
+
+function listOf(payload, key) {
+  if (Array.isArray(payload)) return payload;
+  if (payload && Array.isArray(payload[key])) return payload[key];
+  if (payload && Array.isArray(payload.items)) return payload.items;
+  return [];
+}
+
+function eventList(events, withDevice) {
+  if (!events.length) return h("p", { class: "muted", id: "no-events" }, "none yet");
+  return h("ul", { class: "events" }, events.map(e => h("li", { class: `event kind-${e.kind}`, "data-kind": e.kind },
+    h("span", { class: "muted" }, fmt.time(e.ts)), " ",
+    withDevice ? h("a", { href: `#/device/${encodeURIComponent(e.device_id)}` }, e.device_id) : null,
+    withDevice ? " " : null,
+    badge(e.kind.replace("_", " "), `kind-${e.kind}`), " ",
+    e.data && e.data.to_variant ? h("b", {}, `${e.data.from_variant || "–"} → ${e.data.to_variant}`) : null,
+    e.data && e.data.to_variant ? " " : null,
+    h("span", {}, e.reason))));
+}
+
+async function devicePage(root, id) {
+  const d = await api(`/devices/${encodeURIComponent(id)}`);
+  const v = deviceView(d);
+  const history = listOf(pick(d, "history", "telemetry_history", "telemetry") || [], "samples");
+  const events = listOf(pick(d, "events", "recent_events") || [], "events");
+  let ladder = null;
+  if (v.bundle) ladder = await api(`/devices/${encodeURIComponent(id)}/ladder?bundle_id=${encodeURIComponent(v.bundle)}`).catch(() => null);
+
+  const series = (f) => history.map(s => [s.ts, f(s)]);
+  const charts = [
+    ["Battery %", [{ name: "battery", color: COLORS[2], points: series(s => s.battery ? s.battery.percent : null) }], { yMax: 100, unit: "%" }],
+    ["Power level", [{ name: "level", color: COLORS[3], points: series(s => s.power_level ? LEVELS.indexOf(s.power_level) : null) }], { categories: LEVELS }],
+    ["Active precision", [{ name: "precision", color: COLORS[4], points: series(s => { const p = precisionOf(s.active_variant || (s.inference || {}).variant); return p ? PRECISIONS.indexOf(p) : null; }) }], { categories: PRECISIONS }],
+    ["Latency (ms)", [
+      { name: "p50", color: COLORS[0], points: series(s => pick(s, "inference.latency_p50_ms")) },
+      { name: "p99", color: COLORS[1], points: series(s => pick(s, "inference.latency_p99_ms")) }], {}],
+    ["Frames per second", [{ name: "fps", color: COLORS[0], points: series(s => pick(s, "inference.fps")) }], {}],
+  ];
+  const hw = d.hardware || {};
+  root.replaceChildren(
+    h("p", {}, h("a", { href: "#/" }, "← fleet")),
+    h("section", { class: "card device-head" },
+      h("h1", { id: "device-id" }, v.id, " ", h("span", { class: `dot ${v.online ? "on" : "off"}` })),
+      h("dl", { class: "facts" },
+        fact("status", v.online ? "online" : "offline"),
+        fact("hardware", `${hw.arch || "?"} · ${hw.cpu_model || "?"} · ${hw.cores || "?"} cores · ${hw.memory_mb || "?"} MB`),
+        fact("features", (hw.features || []).join(", ") || "–"),
+        fact("runtimes", Object.keys(hw.runtimes || {}).join(", ") || "–"),
+        fact("gpu", hw.gpu ? `${hw.gpu.vendor} ${hw.gpu.name}` : "none"),
+        fact("tags", v.tags.join(", ") || "–"),
+        fact("power level", levelBadge(v.level)),
+        fact("variant", h("span", { id: "device-variant" }, v.variant || "–")),
+        fact("bundle", v.bundle || "–"),
+        fact("battery", batteryCell(v.battery)),
+        fact("fps / p99", `${fmt.num(v.fps)} fps · ${fmt.num(v.p99, 2)} ms`),
+        fact("live accuracy", fmt.pct(v.accuracy)))),
+    ladder ? ladderCard(ladder) : null,
+    h("section", { class: "charts" }, charts.map(([title, s, o]) => {
+      const box = h("div", { class: "chart-box" });
+      Charts.render(box, s, o);
+      return h("div", { class: "card" }, h("h3", {}, title), box);
+    })),
+    h("section", { class: "card" }, h("h2", {}, "Events"), eventList(events.slice().reverse(), false)));
+}
+
+function fact(k, v) {
+  return [h("dt", {}, k), h("dd", {}, v)];
+}
+
+function ladderCard(ladder) {
+  const steps = pick(ladder, "steps", "ladder.steps") || [];
+  const rejected = pick(ladder, "rejected", "ladder.rejected") || {};
+  return h("section", { class: "card" }, h("h2", {}, "Ladder"),
+    h("table", { class: "ladder" }, h("tbody", {},
+      steps.map(s => h("tr", {}, h("td", {}, levelBadge(s.level)), h("td", { class: "variant" }, s.variant_id), h("td", { class: "muted" }, s.why))))),
+    Object.keys(rejected).length ? h("details", {}, h("summary", {}, `${Object.keys(rejected).length} variants not chosen`),
+      h("ul", {}, Object.entries(rejected).map(([k, why]) => h("li", {}, h("code", {}, k), ` — ${why}`)))) : null);
+}
+
+function rolloutPercent(r) {
+  const done = pick(r, "progress.done", "done", "devices_done") ;
+  const total = pick(r, "progress.total", "total", "devices_total");
+  if (done !== null && total) return Math.round(100 * done / total);
+  const waves = r.waves || [];
+  if (waves.length) return Math.round(100 * waves.filter(w => w.status === "done" || w.status === "succeeded").length / waves.length);
+  return r.status === "succeeded" || r.status === "done" ? 100 : 0;
+}
+
+async function rolloutsPage(root) {
+  const rollouts = listOf(await api("/rollouts"), "rollouts");
+  root.replaceChildren(h("section", { class: "card" }, h("h1", {}, "Rollouts"),
+    rollouts.length ? h("table", { class: "fleet" },
+      h("thead", {}, h("tr", {}, ["rollout", "bundle", "status", "progress", "created"].map(t => h("th", {}, t)))),
+      h("tbody", {}, rollouts.map(r => h("tr", {},
+        h("td", {}, h("a", { href: `#/rollout/${r.id}` }, r.id)),
+        h("td", {}, r.bundle_id), h("td", {}, badge(r.status, `status-${r.status}`)),
+        h("td", {}, progressBar(rolloutPercent(r))), h("td", { class: "muted" }, fmt.time(r.created_at))))))
+      : h("p", { class: "muted" }, "no rollouts yet")));
+}
+
+function progressBar(pct, cls) {
+  return h("span", { class: `progress ${cls || ""}` }, h("span", { style: `width:${pct}%` }), h("em", {}, `${pct} %`));
+}
+
+async function rolloutPage(root, id) {
+  const r = await api(`/rollouts/${encodeURIComponent(id)}`);
+  const waves = r.waves || [];
+  root.replaceChildren(
+    h("p", {}, h("a", { href: "#/rollouts" }, "← rollouts")),
+    h("section", { class: "card" },
+      h("h1", {}, `Rollout ${r.id} `, badge(r.status, `status-${r.status}`)),
+      h("p", {}, `bundle ${r.bundle_id} · overall `, progressBar(rolloutPercent(r))),
+      r.reason || r.detail ? h("p", { class: "muted" }, r.reason || r.detail) : null),
+    h("section", { class: "waves" }, waves.map((w, i) => {
+      const devs = listOf(pick(w, "devices") || [], "devices");
+      const ok = devs.filter(d => ["healthy", "done", "succeeded"].includes(d.status || d.state)).length;
+      const pct = devs.length ? Math.round(100 * ok / devs.length) : (w.status === "done" || w.status === "succeeded" ? 100 : 0);
+      return h("div", { class: "card wave", "data-wave": i },
+        h("h3", {}, `Wave ${i + 1} `, badge(w.status, `status-${w.status}`)),
+        progressBar(pct),
+        h("ul", { class: "wave-devices" }, devs.map(d => h("li", {},
+          h("a", { href: `#/device/${encodeURIComponent(d.device_id || d.id)}` }, d.device_id || d.id), " ",
+          badge(d.status || d.state, `status-${d.status || d.state}`),
+          d.detail || d.reason ? h("span", { class: "muted" }, ` ${d.detail || d.reason}`) : null))));
+    })));
+}
+
+async function eventsPage(root) {
+  const events = listOf(await api("/events?limit=200"), "events");
+  root.replaceChildren(h("section", { class: "card" }, h("h1", {}, "Fleet events"), eventList(events, true)));
+}
+
+/* --- router and polling -------------------------------------------------------------------- */
+
+function route() {
+  const parts = (location.hash.replace(/^#\/?/, "") || "").split("/").map(decodeURIComponent);
+  switch (parts[0]) {
+    case "device": return { nav: "fleet", render: root => devicePage(root, parts[1]) };
+    case "rollouts": return { nav: "rollouts", render: rolloutsPage };
+    case "rollout": return { nav: "rollouts", render: root => rolloutPage(root, parts[1]) };
+    case "events": return { nav: "events", render: eventsPage };
+    default: return { nav: "fleet", render: fleetPage };
+  }
+}
+
+let timer = null;
+let busy = false;
+
+async function refresh() {
+  if (busy) return;
+  busy = true;
+  const live = document.getElementById("live");
+  const r = route();
+  document.querySelectorAll("[data-nav]").forEach(a => a.classList.toggle("active", a.dataset.nav === r.nav));
+  const root = document.getElementById("view");
+  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.filter : null;
+  try {
+    const scratch = h("div");
+    await r.render(scratch);
+    root.replaceChildren(...scratch.childNodes);
+    if (focused) { const f = root.querySelector(`[data-filter="${focused}"]`); if (f) f.focus(); }
+    live.textContent = `live · ${fmt.time(Date.now() / 1000)}`;
+    live.className = "live ok";
+  } catch (err) {
+    live.textContent = `offline: ${err.message}`;
+    live.className = "live err";
+  } finally {
+    busy = false;
+  }
+}
+
+window.addEventListener("hashchange", () => { refresh(); });
+refresh();
+timer = setInterval(refresh, POLL_MS);
