@@ -153,6 +153,7 @@ def load(
     *,
     threads: int | None = None,
     options: RuntimeOptions | None = None,
+    variant_id: str | None = None,
 ) -> Runtime:
     """Open a variant file; raise `VariantLoadError` (one clear line) if it cannot run here."""
     path = Path(path)
@@ -160,7 +161,7 @@ def load(
     if threads is not None:
         opts = replace(opts, threads=threads)
     name = runtime_for(path, variant)
-    variant_id = variant.id if variant is not None else path.stem
+    variant_id = variant_id or (variant.id if variant is not None else path.stem)
     if not path.is_file():
         raise VariantLoadError(f"variant {variant_id}: file {path} does not exist")
     if name not in installed():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,11 @@ class LiteRtRuntime(Runtime):
 
     @staticmethod
     def _open(mod: Any, path: Path, threads: int | None, delegates: list[Any]) -> Any:
-        interp = mod.Interpreter(
-            model_path=str(path), num_threads=threads, experimental_delegates=delegates or None
-        )
+        with warnings.catch_warnings():  # LiteRT 2.x warns about a debug option we do not set
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            interp = mod.Interpreter(
+                model_path=str(path), num_threads=threads, experimental_delegates=delegates or None
+            )
         interp.allocate_tensors()
         return interp
 

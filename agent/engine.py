@@ -1,0 +1,423 @@
+"""The real-time inference engine: one frame loop, measured, with hot variant switching.
+
+The loop pulls a frame, runs the active runtime, records latency and CPU time, and hands the
+result on. A switch loads and warms the next variant in a background thread; the loop swaps
+it in between two frames and closes the old one afterwards. A variant that fails to load or
+to run is reported and the engine keeps (or returns to) a working one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent import runtimes
+from agent.runtimes import Runtime, RuntimeOptions
+from agent.sources import Frame, Result, Source
+from shared.manifest import Variant
+from shared.messages import InferenceStats
+
+log = logging.getLogger(__name__)
+
+#: Consecutive failed frames after which the engine returns to the last working variant.
+FAILURES_BEFORE_FALLBACK = 3
+
+
+class EngineSettings(BaseModel):
+    """The inference engine and its frame source (`[engine]` in agent.toml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["none", "idx", "images", "synthetic", "local"] = Field(
+        default="none", description="where frames come from; none = no inference runner"
+    )
+    source_path: Path | None = Field(
+        default=None, description="IDX images file or image folder (idx: Fashion-MNIST t10k)"
+    )
+    labels_path: Path | None = Field(default=None, description="IDX labels for source_path")
+    fps: float | None = Field(default=10, gt=0, description="target frame rate; null = flat out")
+    batch: int = Field(default=1, ge=1, le=1024, description="images per inference")
+    threads: int | None = Field(default=None, ge=1, description="runtime threads; null = auto")
+    providers: list[str] | None = Field(
+        default=None, description="ONNX Runtime providers to prefer; null = best installed"
+    )
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    delegates: list[str] = Field(default_factory=list, description="LiteRT delegate libraries")
+    warmup_runs: int = Field(default=3, ge=0, le=1000, description="runs before a swap-in")
+    local_host: str = Field(default="127.0.0.1", description="local endpoint address")
+    local_port: int = Field(default=8765, ge=0, le=65535, description="0 = any free port")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Which file to run and what the manifest says about it."""
+
+    id: str
+    path: Path
+    variant: Variant | None = None
+
+    @property
+    def precision(self) -> str:
+        return self.variant.precision.value if self.variant is not None else "unknown"
+
+
+@dataclass
+class Switch:
+    """One hot switch as it happened (times from `time.perf_counter`)."""
+
+    to: VariantSpec
+    reason: str
+    decided_at: float
+    from_id: str | None = None
+    loaded_at: float | None = None
+    first_frame_at: float | None = None
+
+    @property
+    def decision_to_first_frame_s(self) -> float | None:
+        return None if self.first_frame_at is None else self.first_frame_at - self.decided_at
+
+
+#: (kind, data): "switched", "load_failed", "run_failed", "fallback".
+EngineEvent = Callable[[str, dict[str, Any]], None]
+OnResult = Callable[[Frame, Result], None]
+
+
+@dataclass
+class _Interval:
+    latencies: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+    errors: int = 0
+    misses: int = 0
+    correct: int = 0
+    labeled: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Engine:
+    """Runs frames from a source through the active variant at a target rate."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        fps: float | None = None,
+        options: RuntimeOptions | None = None,
+        warmup_runs: int = 3,
+        on_result: OnResult | None = None,
+        on_event: EngineEvent | None = None,
+        power_w: Callable[[], float | None] | None = None,
+    ) -> None:
+        self.source = source
+        self.options = options or RuntimeOptions()
+        self.warmup_runs = warmup_runs
+        self.on_result = on_result
+        self.on_event = on_event
+        self._power_w = power_w
+        self._fps = fps
+        self._cap: float | None = None
+        self._period = 1.0 / fps if fps else 0.0
+        self._rt: Runtime | None = None
+        self._spec: VariantSpec | None = None
+        self._pending: tuple[Runtime, Switch] | None = None
+        # The runtime we switched away from, kept open until the new one has run a frame.
+        self._trial: tuple[Runtime | None, VariantSpec | None] | None = None
+        self._switch_in_flight: Switch | None = None
+        self._last_good: VariantSpec | None = None
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._interval = _Interval()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._failures = 0
+        self.switches: list[Switch] = []
+        # totals since start
+        self.frames = 0
+        self.errors = 0
+        self.dropped = 0
+        self.deadline_misses = 0
+        self.cpu_s = 0.0
+
+    # --- control ------------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="lepton-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        with self._lock:
+            pending, self._pending = self._pending, None
+            trial, self._trial = self._trial, None
+        for rt in (self._rt, pending[0] if pending else None, trial[0] if trial else None):
+            if rt is not None:
+                rt.close()
+        self._rt = None
+        self._spec = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a finite source is exhausted (or `timeout`); True if the loop ended."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def set_fps(self, fps: float | None) -> None:
+        self._fps = fps
+        self._update_period()
+
+    def set_max_fps(self, cap: float | None) -> None:
+        """A cap from the power policy (critical) or the controller, on top of the target."""
+        self._cap = cap
+        self._update_period()
+
+    def _update_period(self) -> None:
+        rates = [r for r in (self._fps, self._cap) if r]
+        self._period = 1.0 / min(rates) if rates else 0.0
+
+    @property
+    def fps_target(self) -> float | None:
+        return 1.0 / self._period if self._period else None
+
+    def active(self) -> VariantSpec | None:
+        return self._spec
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        rt = self._rt
+        return rt.input_shape() if rt is not None else None
+
+    def load(self, spec: VariantSpec) -> None:
+        """Load the first variant synchronously (raises `VariantLoadError`)."""
+        rt = self._open(spec)
+        with self._lock:
+            old, self._rt, self._spec, self._last_good = self._rt, rt, spec, spec
+        if old is not None:
+            old.close()
+
+    def switch_to(self, spec: VariantSpec, reason: str = "") -> Switch:
+        """Load and warm `spec` in the background; the loop swaps it in between two frames.
+        A newer request supersedes one still loading."""
+        switch = Switch(spec, reason, time.perf_counter(), self._spec.id if self._spec else None)
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        threading.Thread(
+            target=self._prepare, args=(switch, generation), name="lepton-switch", daemon=True
+        ).start()
+        return switch
+
+    # --- background work ----------------------------------------------------------------------
+
+    def _open(self, spec: VariantSpec) -> Runtime:
+        rt = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)
+        try:
+            sample = np.zeros((1, *rt.input_shape()), np.float32)
+            for _ in range(self.warmup_runs):
+                rt.run(sample)
+        except Exception:
+            rt.close()
+            raise
+        return rt
+
+    def _prepare(self, switch: Switch, generation: int) -> None:
+        try:
+            rt = self._open(switch.to)
+        except Exception as exc:
+            log.warning("variant %s failed to load: %s", switch.to.id, exc)
+            self._emit(
+                "load_failed", {"variant": switch.to.id, "error": str(exc), "switch": switch}
+            )
+            return
+        switch.loaded_at = time.perf_counter()
+        with self._lock:
+            if generation != self._generation:  # superseded while loading
+                rt.close()
+                return
+            stale, self._pending = self._pending, (rt, switch)
+        if stale is not None:
+            stale[0].close()
+        if self._thread is None or not self._thread.is_alive():
+            self._swap()  # no loop running: swap now
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, data)
+            except Exception:
+                log.exception("engine event listener failed")
+
+    # --- the frame loop -----------------------------------------------------------------------
+
+    def _swap(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None:
+                return
+            rt, switch = pending
+            old, old_spec = self._rt, self._spec
+            self._rt, self._spec = rt, switch.to
+            if self._trial is not None and self._trial[0] is not None:
+                _close_later(self._trial[0])  # two swaps before a frame: the older trial goes
+            self._trial = (old, old_spec)
+        self._switch_in_flight = switch
+        self.switches.append(switch)
+
+    def _loop(self) -> None:
+        perf, cpu = time.perf_counter, time.thread_time
+        source = self.source
+        next_t = perf()
+        while not self._stop.is_set():
+            if self._pending is not None:
+                self._swap()
+            period = self._period
+            if period:
+                now = perf()
+                if now < next_t:
+                    time.sleep(next_t - now)
+                elif now - next_t >= period:  # fell whole frames behind: those slots are lost
+                    lost = int((now - next_t) / period)
+                    self.dropped += lost
+                    next_t += lost * period
+                deadline = next_t + period
+                next_t += period
+            frame = source.read(0.05)
+            if frame is None:
+                if source.done:
+                    break
+                next_t = perf()
+                continue
+            rt = self._rt
+            if rt is None:
+                self._fail(frame, "no model is active", None)
+                continue
+            c0 = cpu()
+            t0 = perf()
+            try:
+                scores = rt.run(frame.data)
+            except Exception as exc:
+                self._run_failed(rt, frame, exc)
+                continue
+            t1 = perf()
+            c1 = cpu()
+            latency = t1 - t0
+            late = period and t1 > deadline
+            with self._lock:
+                iv = self._interval
+                iv.latencies.append(latency)
+                iv.cpu_s += c1 - c0
+                if late:
+                    iv.misses += 1
+                if frame.label is not None:
+                    iv.correct += int((scores.argmax(1) == frame.label).sum())
+                    iv.labeled += len(frame.label)
+            self.frames += 1
+            self.cpu_s += c1 - c0
+            if late:
+                self.deadline_misses += 1
+            self._failures = 0
+            if self._trial is not None:
+                self._confirm(t1)
+            if frame.reply is not None or self.on_result is not None:
+                result = Result(self._spec.id if self._spec else None, scores, None, latency)
+                if frame.reply is not None:
+                    frame.reply(result)
+                if self.on_result is not None:
+                    self.on_result(frame, result)
+
+    def _confirm(self, when: float) -> None:
+        """The new variant ran its first frame: close the old one, report the switch."""
+        with self._lock:
+            trial, self._trial = self._trial, None
+        switch = self._switch_in_flight
+        if switch is None:
+            return
+        switch.first_frame_at = when
+        self._last_good = switch.to
+        if trial is not None and trial[0] is not None:
+            _close_later(trial[0])
+        self._emit("switched", {"switch": switch})
+
+    def _run_failed(self, rt: Runtime, frame: Frame, exc: Exception) -> None:
+        message = f"variant {rt.variant_id} failed on a frame: {exc}"
+        with self._lock:
+            trial, self._trial = self._trial, None
+        old, old_spec = trial if trial is not None else (None, None)
+        if old is not None and old_spec is not None:
+            # A new variant that fails its very first frame goes straight back: the old one is
+            # still open, and it runs this same frame, so the switch costs no frame.
+            with self._lock:
+                failed, self._rt, self._spec = self._rt, old, old_spec
+            if failed is not None:
+                _close_later(failed)
+            log.warning("%s; back on %s", message, old_spec.id)
+            self._emit(
+                "run_failed", {"variant": rt.variant_id, "error": str(exc), "fallback": old_spec.id}
+            )
+            try:
+                scores = old.run(frame.data)
+            except Exception as again:
+                self._fail(frame, f"frame rejected: {again}", rt.variant_id)
+                return
+            if frame.reply is not None:
+                frame.reply(Result(old_spec.id, scores))
+            self.frames += 1
+            return
+        self._fail(frame, message, rt.variant_id)
+        self._failures += 1
+        good = self._last_good
+        if self._failures == FAILURES_BEFORE_FALLBACK and good and good.id != rt.variant_id:
+            self._emit("fallback", {"variant": rt.variant_id, "error": str(exc), "to": good.id})
+            self.switch_to(good, f"{rt.variant_id} failed {self._failures} frames in a row")
+
+    def _fail(self, frame: Frame, message: str, variant: str | None) -> None:
+        self.errors += 1
+        with self._lock:
+            self._interval.errors += 1
+        if frame.reply is not None:
+            frame.reply(Result(variant, error=message))
+
+    # --- figures ------------------------------------------------------------------------------
+
+    def stats(self) -> InferenceStats:
+        """Figures since the previous call (one telemetry interval)."""
+        now = time.perf_counter()
+        with self._lock:
+            iv, self._interval = self._interval, _Interval(started=now)
+        n = len(iv.latencies)
+        elapsed = max(now - iv.started, 1e-9)
+        stats = InferenceStats(
+            variant=self._spec.id if self._spec else None,
+            frames=n,
+            fps=n / elapsed,
+            deadline_misses=iv.misses,
+            errors=iv.errors,
+            accuracy=iv.correct / iv.labeled if iv.labeled else None,
+            cpu_s_per_inference=iv.cpu_s / n if n else None,
+        )
+        if n:
+            ms = np.percentile(np.asarray(iv.latencies) * 1e3, [50, 95, 99])
+            stats.latency_p50_ms, stats.latency_p95_ms, stats.latency_p99_ms = map(float, ms)
+            watts = self._power_w() if self._power_w is not None else None
+            if watts is not None:
+                stats.joules_per_inference = watts * elapsed / n
+        return stats
+
+
+def _close_later(rt: Runtime) -> None:
+    """Close off the frame loop's thread: freeing a session can take milliseconds."""
+    threading.Thread(target=rt.close, name="lepton-close", daemon=True).start()
