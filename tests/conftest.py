@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,42 @@ def postgres_url() -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@dataclass(frozen=True)
+class ReferenceBundle:
+    """The Fashion-MNIST reference bundle (issue 3), built once per test session."""
+
+    dir: Path
+    manifest: Any  # shared.manifest.Manifest
+    key: Any  # Ed25519PrivateKey that signed it
+    public_pem: bytes
+
+
+@pytest.fixture(scope="session")
+def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> ReferenceBundle:
+    """Every variant of examples/fashion_mnist built, measured and signed (about 10-20 s):
+    calibrated on 500 training images, evaluated on 2000 test images."""
+    from controller.optimize import build_bundle
+    from controller.optimize.evaluate import SpeedBudget
+    from shared.idx import FASHION_MNIST_LABELS, fashion_mnist
+    from shared.signing import generate_key, public_pem
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist"
+    x_train, _ = fashion_mnist("train")
+    x_test, y_test = fashion_mnist("t10k")
+    key = generate_key()
+    out = tmp_path_factory.mktemp("reference") / "bundle"
+    manifest = build_bundle(
+        out,
+        onnx=root / "model.onnx",
+        tflite=root / "model.tflite",
+        calib_x=x_train[:500],
+        eval_x=x_test[:2000],
+        eval_y=y_test[:2000],
+        key=key,
+        model_name="fashion-mnist-cnn",
+        labels=FASHION_MNIST_LABELS,
+        budget=SpeedBudget(min_runs=20, max_runs=200, seconds=0.2),
+    )
+    return ReferenceBundle(out, manifest, key, public_pem(key.public_key()))

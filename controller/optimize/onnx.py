@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -72,8 +71,123 @@ def canonicalize(model: onnx.ModelProto, output_names: Iterable[str] = ()) -> on
     return model
 
 
-
 def save(model: onnx.ModelProto, path: Path) -> Path:
     path = Path(path)
     path.write_bytes(model.SerializeToString(deterministic=True))
     return path
+
+
+def _batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    return [np.ascontiguousarray(x[i : i + batch]) for i in range(0, len(x), batch)]
+
+
+def input_name(model: onnx.ModelProto) -> str:
+    inits = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    name = input_name(model)
+    info = next(i for i in model.graph.input if i.name == name)
+    dim = info.type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def make_fp32(source: Path, out: Path) -> str:
+    """Shape inference plus ONNX Runtime's basic (portable, standard-op) graph optimizations."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
+    save(
+        canonicalize(onnx.load(str(out)), [o.name for o in onnx.load(str(source)).graph.output]),
+        out,
+    )
+    return "ort_basic_optimized"
+
+
+def make_fp16(fp32: Path, out: Path) -> str:
+    """Weights and compute in float16; float32 inputs/outputs kept so callers do not change."""
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    save(model, out)
+    return "fp16_keep_io_float32"
+
+
+def weighted_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes carrying weights (Conv, MatMul, Gemm), in graph order."""
+    inits = {i.name for i in model.graph.initializer}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+        and any(i in inits for i in n.input)
+    ]
+
+
+def make_int8_static(
+    fp32: Path, out: Path, calib_x: np.ndarray, keep_float: list[str] | None = None
+) -> str:
+    """QDQ, int8 weights per channel and int8 activations, MinMax-calibrated on `calib_x`.
+
+    `keep_float` names nodes left in float (the sensitive-node fallback)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    model = onnx.load(str(fp32))
+    name = input_name(model)
+    batches = _batches(calib_x.astype(np.float32), fixed_batch(model) or 32)
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {name: batch}
+
+    with _quiet_tmp() as tmp:
+        quantize_static(
+            str(fp32),
+            str(tmp / "q.onnx"),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float or None,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        save(onnx.load(str(tmp / "q.onnx")), out)
+    if keep_float:
+        return "static_qdq_per_channel_mixed"
+    return "static_qdq_per_channel"
+
+
+def make_int8_dynamic(fp32: Path, out: Path) -> str:
+    """int8 weights, activations quantized on the fly by the runtime (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_tmp() as tmp:
+        quantize_dynamic(str(fp32), str(tmp / "q.onnx"), weight_type=QuantType.QInt8)
+        save(onnx.load(str(tmp / "q.onnx")), out)
+    return "dynamic"
+
+
+class _quiet_tmp:
+    """A temp dir for ONNX Runtime's tools (they write side files next to their outputs)."""
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="lepton-onnx-")
+        return Path(self._tmp.name)
+
+    def __exit__(self, *exc: object) -> None:
+        self._tmp.cleanup()

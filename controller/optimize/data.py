@@ -1,0 +1,76 @@
+"""Calibration and evaluation data: NumPy arrays or IDX files, checked against the model.
+
+Images are brought to what the model takes: uint8 pixels become float32 in [0, 1], and a
+missing trailing channel axis is added, so `(N, 28, 28)` uint8 from an IDX file feeds a model
+whose input is `(N, 28, 28, 1)` float32. Every mismatch is a one-line `UserError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shared.errors import UserError
+from shared.idx import read_idx
+
+
+def load_array(source: np.ndarray | Path | str, what: str) -> np.ndarray:
+    """An array from memory, an IDX file (optionally gzipped) or a `.npy` file."""
+    if isinstance(source, np.ndarray):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{what} file {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            return np.asarray(np.load(path, allow_pickle=False))
+        except ValueError as exc:
+            raise UserError(f"{what} file {path} is not a NumPy .npy array ({exc})") from None
+    return read_idx(path)
+
+
+def prepare_images(x: np.ndarray, input_shape: list[int | None], what: str) -> np.ndarray:
+    """Scale and reshape `x` to the model's input (`input_shape` includes the batch axis)."""
+    x = np.asarray(x)
+    if x.size == 0 or len(x) == 0:
+        raise UserError(f"{what} is empty: give at least one sample")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif not np.issubdtype(x.dtype, np.floating):
+        raise UserError(f"{what} has dtype {x.dtype}: give uint8 pixels or float32 values")
+    sample_shape = list(input_shape[1:])
+    if x.ndim == len(sample_shape) and sample_shape and sample_shape[-1] == 1:
+        x = x[..., None]  # (N, H, W) -> (N, H, W, 1)
+    got = list(x.shape[1:])
+    if len(got) != len(sample_shape) or any(
+        want is not None and want != have for want, have in zip(sample_shape, got, strict=True)
+    ):
+        raise UserError(
+            f"{what} has samples of shape {tuple(got)} but the model takes "
+            f"{tuple('?' if d is None else d for d in sample_shape)}: reshape the data or "
+            "check that it belongs to this model"
+        )
+    if not np.isfinite(x).all():
+        raise UserError(f"{what} contains NaN or infinite values")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def prepare_labels(y: np.ndarray, num_classes: int, samples: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == num_classes:
+        y = y.argmax(axis=1)  # one-hot
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise UserError(
+            f"evaluation labels must be integer class indices of shape (N,), got {y.dtype} "
+            f"{y.shape}"
+        )
+    if len(y) != samples:
+        raise UserError(f"evaluation data has {samples} samples but {len(y)} labels")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise UserError(
+            f"evaluation label {int(y[bad][0])} is out of range: the model has {num_classes} "
+            f"classes (0..{num_classes - 1})"
+        )
+    return y.astype(np.int64)

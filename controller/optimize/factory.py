@@ -1,0 +1,491 @@
+"""The build: one fp32 model in (ONNX, TFLite, both, or Keras), a signed bundle out.
+
+Each variant is made, evaluated on the evaluation data, timed in a fresh process, and kept
+under its sha256. A variant that loses more accuracy than the tolerance is recorded as
+rejected with the reason, and the next scheme of its precision is tried (static int8 ->
+static int8 with the sensitive layers kept float; dynamic int8 is always built as well).
+Everything is written to a temporary folder next to `out_dir` and renamed into place at the
+end, so a failed build never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from controller.optimize import data as data_mod
+from controller.optimize import evaluate
+from shared.errors import SignatureError, UserError
+from shared.manifest import (
+    MANIFEST_FILE,
+    RUNTIME_FOR_FORMAT,
+    Manifest,
+    ModelFormat,
+    Precision,
+    Requirements,
+    Variant,
+)
+from shared.signing import load_or_create_private_key, sign_manifest, verify_manifest
+
+#: Progress callback: (steps done, steps in all, what is happening now).
+Progress = Callable[[int, int, str], None]
+
+#: Calibration uses at most this many samples (the first ones: same data, same file).
+MAX_CALIBRATION_SAMPLES = 1000
+
+ALL_VARIANTS = (
+    "onnx-fp32",
+    "onnx-fp16",
+    "onnx-int8-static",
+    "onnx-int8-dynamic",
+    "tflite-fp32",
+    "tflite-fp16",
+    "tflite-int8-static",
+    "tflite-int8-dynamic",
+    "tflite-int8-weight-only",
+)
+
+
+@dataclass
+class _Plan:
+    """One variant to make: its id, precision and how to make it into a path."""
+
+    id: str
+    format: ModelFormat
+    precision: Precision
+    make: Callable[[Path], str]
+    fallback: _Plan | None = None
+
+
+@dataclass
+class _Job:
+    out_dir: Path
+    staging: Path
+    calib_x: np.ndarray
+    eval_x: np.ndarray
+    eval_y: np.ndarray
+    num_classes: int
+    tolerance_points: float
+    threads: int
+    budget: evaluate.SpeedBudget
+    progress: Progress | None
+    total: int
+    done: int = 0
+    variants: list[Variant] = field(default_factory=list)
+    baseline_accuracy: dict[ModelFormat, float] = field(default_factory=dict)
+
+    def step(self, what: str) -> None:
+        if self.progress:
+            self.progress(self.done, self.total, what)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_bundle(
+    out_dir: Path | str,
+    *,
+    onnx: Path | str | None = None,
+    tflite: Path | str | None = None,
+    keras: Any = None,
+    calib_x: np.ndarray | Path | str,
+    eval_x: np.ndarray | Path | str,
+    eval_y: np.ndarray | Path | str,
+    key: Ed25519PrivateKey | Path | str,
+    model_name: str,
+    version: str | None = None,
+    tolerance_points: float = 1.0,
+    labels: list[str] | None = None,
+    progress: Progress | None = None,
+    skip: Collection[str] = (),
+    threads: int = 1,
+    budget: evaluate.SpeedBudget | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Build, measure and sign every variant of one model into the bundle folder `out_dir`.
+
+    `onnx` / `tflite`: fp32 model files (either or both); `keras`: a Keras model or a `.keras`
+    file, converted to both with TensorFlow (the `keras` extra). Data: arrays or IDX / `.npy`
+    files; uint8 images are scaled to [0, 1]. `key`: the controller's Ed25519 key or its PEM
+    path (created if missing). `skip`: variant ids to leave out. `threads`: runtime threads for
+    the timings. Returns the signed manifest also written to `out_dir/manifest.json`."""
+    out_dir = Path(out_dir)
+    if tolerance_points < 0:
+        raise UserError(f"tolerance {tolerance_points} must be >= 0 accuracy points")
+    unknown = set(skip) - set(ALL_VARIANTS)
+    if unknown:
+        raise UserError(f"unknown variant ids to skip: {sorted(unknown)}; known: {ALL_VARIANTS}")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"{out_dir} exists and is not empty: choose a new folder or overwrite it")
+    signing_key = key if isinstance(key, Ed25519PrivateKey) else _load_key(Path(key))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        manifest = _build(
+            out_dir,
+            staging,
+            onnx=Path(onnx) if onnx else None,
+            tflite=Path(tflite) if tflite else None,
+            keras=keras,
+            calib_x=calib_x,
+            eval_x=eval_x,
+            eval_y=eval_y,
+            key=signing_key,
+            model_name=model_name,
+            version=version,
+            tolerance_points=tolerance_points,
+            labels=labels,
+            progress=progress,
+            skip=set(skip),
+            threads=threads,
+            budget=budget or evaluate.SpeedBudget(),
+        )
+        _publish(staging, out_dir)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        return load_or_create_private_key(path)
+    except (OSError, ValueError, SignatureError) as exc:
+        raise UserError(f"cannot use signing key {path}: {exc}") from None
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Swap the finished bundle into place; the old folder (if any) goes only after."""
+    (staging / "work").exists() and shutil.rmtree(staging / "work")
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{time.time_ns()}")
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _model_io(onnx_path: Path | None, tflite_path: Path | None) -> tuple[list[int | None], int]:
+    """(input shape, number of classes), checked to agree between the two files."""
+    shapes: dict[str, tuple[list[int | None], int]] = {}
+    for fmt, path in ((ModelFormat.ONNX, onnx_path), (ModelFormat.TFLITE, tflite_path)):
+        if path is None:
+            continue
+        inputs, outputs = evaluate.tensor_specs(path, fmt)
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UserError(
+                f"{path} has {len(inputs)} inputs and {len(outputs)} outputs: the factory takes "
+                "classifiers with one input and one output of class scores"
+            )
+        if inputs[0].dtype != "float32":
+            raise UserError(f"{path} takes {inputs[0].dtype} input: give the fp32 model")
+        out_shape = outputs[0].shape
+        if len(out_shape) != 2 or out_shape[1] is None:
+            raise UserError(f"{path} outputs shape {out_shape}, not (N, classes) scores")
+        shapes[str(path)] = (inputs[0].shape, int(out_shape[1]))
+    (first_path, first), *rest = shapes.items()
+    for path, other in rest:
+        if [d for d in other[0][1:]] != [d for d in first[0][1:]] or other[1] != first[1]:
+            raise UserError(
+                f"{first_path} and {path} are not the same network: inputs {first[0]} vs "
+                f"{other[0]}, {first[1]} vs {other[1]} classes"
+            )
+    return first
+
+
+def _build(
+    out_dir: Path,
+    staging: Path,
+    *,
+    onnx: Path | None,
+    tflite: Path | None,
+    keras: Any,
+    calib_x: np.ndarray | Path | str,
+    eval_x: np.ndarray | Path | str,
+    eval_y: np.ndarray | Path | str,
+    key: Ed25519PrivateKey,
+    model_name: str,
+    version: str | None,
+    tolerance_points: float,
+    labels: list[str] | None,
+    progress: Progress | None,
+    skip: set[str],
+    threads: int,
+    budget: evaluate.SpeedBudget,
+) -> Manifest:
+    from controller.optimize import onnx as onnx_mod
+    from controller.optimize import tflite as tflite_mod
+
+    work = staging / "work"
+    work.mkdir()
+    if keras is not None:
+        onnx, tflite = _from_keras(keras, work, onnx, tflite)
+    if onnx is None and tflite is None:
+        raise UserError("no model given: pass an fp32 ONNX file, a .tflite file, or both")
+    for path in (onnx, tflite):
+        if path is not None and not path.is_file():
+            raise UserError(f"model file {path} does not exist")
+    if onnx is not None:
+        onnx_mod.load(onnx)
+    if tflite is not None:
+        tflite_mod.check(tflite)
+    input_shape, num_classes = _model_io(onnx, tflite)
+    if labels and len(labels) != num_classes:
+        raise UserError(f"{len(labels)} labels given but the model has {num_classes} classes")
+
+    calib = data_mod.prepare_images(
+        data_mod.load_array(calib_x, "calibration data"), input_shape, "calibration data"
+    )[:MAX_CALIBRATION_SAMPLES]
+    ex = data_mod.prepare_images(
+        data_mod.load_array(eval_x, "evaluation data"), input_shape, "evaluation data"
+    )
+    ey = data_mod.prepare_labels(
+        data_mod.load_array(eval_y, "evaluation labels"), num_classes, len(ex)
+    )
+
+    plans: list[_Plan] = []
+    if onnx is not None:
+        plans += _onnx_plans(onnx, work, calib)
+    if tflite is not None:
+        plans += _tflite_plans(tflite, work, calib)
+    plans = [p for p in plans if p.id not in skip or p.precision is Precision.FP32]
+    job = _Job(
+        out_dir=out_dir,
+        staging=staging,
+        calib_x=calib,
+        eval_x=ex,
+        eval_y=ey,
+        num_classes=num_classes,
+        tolerance_points=tolerance_points,
+        threads=threads,
+        budget=budget,
+        progress=progress,
+        total=len(plans) + 1,
+    )
+    for plan in plans:
+        _run_plan(job, plan)
+
+    job.step("signing the manifest")
+    sources = [p.read_bytes() for p in (onnx, tflite) if p is not None]
+    version = version or hashlib.sha256(b"".join(sources)).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-") or "model"
+    manifest = Manifest(
+        bundle_id=f"{slug}-{version}"[:128],
+        model_name=model_name,
+        version=version,
+        created_at=time.time(),
+        num_classes=num_classes,
+        labels=list(labels or []),
+        tolerance_points=tolerance_points,
+        baseline={v.format: v.id for v in job.variants if v.precision is Precision.FP32},
+        variants=job.variants,
+    )
+    signed = sign_manifest(manifest, key)
+    (staging / MANIFEST_FILE).write_text(signed.model_dump_json(indent=2) + "\n")
+    job.done += 1
+    job.step("done")
+    return signed
+
+
+def _from_keras(
+    model: Any, work: Path, onnx: Path | None, tflite: Path | None
+) -> tuple[Path, Path]:
+    from controller.optimize import keras as keras_mod
+
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise UserError(f"Keras model file {path} does not exist")
+        model = keras_mod.load_keras(path)
+    elif not keras_mod.is_keras_model(model):
+        raise UserError(
+            f"{type(model).__name__} is not a Keras model: pass a keras.Model, a .keras file, "
+            "or ONNX/TFLite files"
+        )
+    try:
+        onnx = onnx or keras_mod.to_onnx(model, work / "keras.onnx")
+        tflite = tflite or keras_mod.to_tflite(model, work / "keras.tflite")
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"TensorFlow could not convert the Keras model: {_first_line(exc)}"
+        ) from None
+    return onnx, tflite
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _onnx_plans(source: Path, work: Path, calib: np.ndarray) -> list[_Plan]:
+    from controller.optimize import onnx as m
+
+    fp32 = work / "onnx-fp32.onnx"
+
+    def keep_sensitive(out: Path) -> str:
+        nodes = m.weighted_nodes(m.load(fp32))
+        keep = sorted({nodes[0], nodes[-1]}) if nodes else []
+        scheme = m.make_int8_static(fp32, out, calib, keep_float=keep)
+        return f"{scheme} (float: {', '.join(keep)})"
+
+    mixed = _Plan("onnx-int8-static-mixed", ModelFormat.ONNX, Precision.INT8, keep_sensitive)
+    return [
+        _Plan("onnx-fp32", ModelFormat.ONNX, Precision.FP32, lambda out: m.make_fp32(source, out)),
+        _Plan("onnx-fp16", ModelFormat.ONNX, Precision.FP16, lambda out: m.make_fp16(fp32, out)),
+        _Plan(
+            "onnx-int8-static",
+            ModelFormat.ONNX,
+            Precision.INT8,
+            lambda out: m.make_int8_static(fp32, out, calib),
+            fallback=mixed,
+        ),
+        _Plan(
+            "onnx-int8-dynamic",
+            ModelFormat.ONNX,
+            Precision.INT8,
+            lambda out: m.make_int8_dynamic(fp32, out),
+        ),
+    ]
+
+
+def _tflite_plans(source: Path, work: Path, calib: np.ndarray) -> list[_Plan]:
+    from controller.optimize import tflite as t
+
+    def keep_sensitive(out: Path) -> str:
+        tensors = t.weighted_tensors(source)
+        keep = sorted({tensors[0], tensors[-1]}) if tensors else []
+        scheme = t.make_int8_static(source, out, calib, keep_float=keep)
+        return f"{scheme} (float: {', '.join(keep)})"
+
+    mixed = _Plan("tflite-int8-static-mixed", ModelFormat.TFLITE, Precision.INT8, keep_sensitive)
+    return [
+        _Plan("tflite-fp32", ModelFormat.TFLITE, Precision.FP32, lambda o: t.make_fp32(source, o)),
+        _Plan("tflite-fp16", ModelFormat.TFLITE, Precision.FP16, lambda o: t.make_fp16(source, o)),
+        _Plan(
+            "tflite-int8-static",
+            ModelFormat.TFLITE,
+            Precision.INT8,
+            lambda o: t.make_int8_static(source, o, calib),
+            fallback=mixed,
+        ),
+        _Plan(
+            "tflite-int8-dynamic",
+            ModelFormat.TFLITE,
+            Precision.INT8,
+            lambda o: t.make_int8_dynamic(source, o),
+        ),
+        _Plan(
+            "tflite-int8-weight-only",
+            ModelFormat.TFLITE,
+            Precision.INT8,
+            lambda o: t.make_int8_weight_only(source, o),
+        ),
+    ]
+
+
+def _run_plan(job: _Job, plan: _Plan) -> None:
+    job.step(f"{plan.id}: quantizing" if plan.precision is not Precision.FP32 else plan.id)
+    ext = plan.format.value
+    path = job.staging / "work" / f"{plan.id}.{ext}"
+    try:
+        scheme = plan.make(path)
+        predictor = evaluate.Predictor(path, plan.format, job.threads)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"{plan.id}: this scheme cannot handle the model ({_first_line(exc)}); "
+            f"leave it out with --skip {plan.id}"
+        ) from None
+    job.step(f"{plan.id}: evaluating")
+    try:
+        scores = predictor.predict_all(job.eval_x)
+    except Exception as exc:
+        raise UserError(
+            f"{plan.id}: running it on the evaluation data failed ({_first_line(exc)})"
+        ) from None
+    del predictor
+    accuracy = evaluate.accuracy_metrics(scores, job.eval_y, job.num_classes)
+    if plan.precision is Precision.FP32:
+        job.baseline_accuracy[plan.format] = accuracy["accuracy"]
+    job.step(f"{plan.id}: timing")
+    speed = evaluate.measure_speed_isolated(path, plan.format, job.eval_x, job.threads, job.budget)
+    metrics = evaluate.variant_metrics(accuracy, speed, job.baseline_accuracy.get(plan.format))
+    digest = sha256_file(path)
+    final = job.staging / f"{digest}.{ext}"
+    shutil.copyfile(path, final)  # the work copy stays: other variants are made from it
+    inputs, outputs = evaluate.tensor_specs(final, plan.format)
+    status, reason = "accepted", f"scheme {scheme}"
+    drop = -(metrics.accuracy_delta or 0.0)
+    if plan.precision is not Precision.FP32 and drop > job.tolerance_points:
+        status = "rejected"
+        reason = (
+            f"accuracy drop {drop:.2f} pt > tolerance {job.tolerance_points:g} pt (scheme {scheme})"
+        )
+    job.variants.append(
+        Variant(
+            id=plan.id,
+            format=plan.format,
+            precision=plan.precision,
+            scheme=scheme.split(" (")[0],
+            sha256=digest,
+            size_bytes=final.stat().st_size,
+            inputs=inputs,
+            outputs=outputs,
+            metrics=metrics,
+            requirements=Requirements(
+                runtime=RUNTIME_FOR_FORMAT[plan.format],
+                cpu_features=["fp16"] if plan.precision is Precision.FP16 else [],
+                min_memory_mb=math.ceil(speed["process_peak_mb"]),
+            ),
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+        )
+    )
+    job.done += 1
+    if status == "rejected" and plan.fallback is not None:
+        job.total += 1
+        _run_plan(job, plan.fallback)
+
+
+def load_bundle(bundle_dir: Path, public_key: Ed25519PublicKey | None = None) -> Manifest:
+    """Read a bundle's manifest and check that every variant file is there with its hash;
+    with `public_key`, also verify the signature. Raises `SignatureError` on tampering."""
+    bundle_dir = Path(bundle_dir)
+    try:
+        manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_FILE).read_bytes())
+    except OSError as exc:
+        raise UserError(f"{bundle_dir} is not a bundle: {exc}") from None
+    if public_key is not None:
+        verify_manifest(manifest, public_key)
+    for variant in manifest.variants:
+        path = bundle_dir / f"{variant.sha256}.{variant.format.value}"
+        if not path.is_file():
+            raise SignatureError(f"bundle {manifest.bundle_id}: {path.name} is missing")
+        if path.stat().st_size != variant.size_bytes or sha256_file(path) != variant.sha256:
+            raise SignatureError(
+                f"bundle {manifest.bundle_id}: {path.name} does not match its sha256"
+            )
+    return manifest
+
+
+def variant_path(bundle_dir: Path, variant: Variant) -> Path:
+    return Path(bundle_dir) / f"{variant.sha256}.{variant.format.value}"
