@@ -56,10 +56,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _port(value: int | None, flag: str) -> int | None:
-    if value is not None and not 1 <= value <= 65535:
+def _check_port(value: int | None, flag: str) -> None:
+    from controller.demo.processes import port_in_use
+
+    if value is None:
+        return
+    if not 1 <= value <= 65535:
         raise UserError(f"{flag} {value}: use a port between 1 and 65535, or leave it out")
-    return value
+    if port_in_use(value):
+        raise UserError(f"{flag} {value}: the port is in use; pick another or leave it out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--devices {args.devices}: use 1 to {MAX_DEVICES} devices")
     if not args.duration > 0:
         raise UserError(f"--duration {args.duration:g}: use a positive number of seconds")
-    _port(args.http_port, "--http-port")
-    _port(args.mqtt_port, "--mqtt-port")
+    if args.http_port is not None and args.http_port == args.mqtt_port:
+        raise UserError("--http-port and --mqtt-port must differ")
+    _check_port(args.http_port, "--http-port")
+    _check_port(args.mqtt_port, "--mqtt-port")
 
     from controller.demo.bundle import check_data_dir
     from controller.demo.run import Demo, DemoOptions
