@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.engine import EngineSettings
+from agent.power import PolicySettings
 from shared.errors import UserError
 from shared.hardware import INFERENCE_FEATURES, GpuInfo
 
@@ -145,6 +147,8 @@ class AgentSettings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
 
     def controller_key_path(self) -> Path:
         return self.controller_key_file or self.state_dir / "controller.pem"
