@@ -1,0 +1,199 @@
+"""Devices: list with filters, detail with history and events, tags, ladder, fleet events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller import fleet
+from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
+from controller.models import Bundle, Device
+from controller.rollout import measurements_for
+from controller.selection import NoEligibleVariant
+from controller.selection import select as select_ladder
+from shared.manifest import Ladder, Manifest
+from shared.messages import PowerLevel
+
+router = APIRouter(tags=["devices"])
+
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class DeviceOut(BaseModel):
+    id: str
+    online: bool
+    tags: list[str]
+    arch: str | None
+    hardware_class: str | None
+    hardware: dict[str, Any] | None
+    agent_version: str | None
+    active_bundle: str | None
+    active_variant: str | None
+    power_level: str | None
+    first_seen: float
+    last_seen: float
+    last_telemetry: dict[str, Any] | None
+    last_telemetry_at: float | None
+    telemetry_count: int
+    gaps: int
+    duplicates: int
+
+
+class EventOut(BaseModel):
+    id: int
+    device_id: str
+    kind: str
+    reason: str
+    command_id: str | None
+    data: dict[str, Any]
+    ts: float
+
+
+class DeviceDetail(DeviceOut):
+    history: list[dict[str, Any]]
+    events: list[EventOut]
+
+
+class TagsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(max_length=64)
+
+
+class LadderOut(BaseModel):
+    device_id: str
+    bundle_id: str
+    hardware_class: str
+    ladder: Ladder
+    latency_source: dict[str, str]
+    latency_ms: dict[str, float | None]
+    notes: list[str]
+
+
+def device_out(device: Device, tags: list[str]) -> dict[str, Any]:
+    return {c: getattr(device, c) for c in DeviceOut.model_fields if c != "tags"} | {"tags": tags}
+
+
+def event_out(e: Any) -> EventOut:
+    return EventOut(
+        id=e.id,
+        device_id=e.device_id,
+        kind=e.kind,
+        reason=e.reason,
+        command_id=e.command_id,
+        data=e.data or {},
+        ts=e.ts,
+    )
+
+
+def _device(session: Any, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise HTTPException(404, f"device {device_id} not found")
+    return device
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+def list_devices(
+    session: SessionDep,
+    _auth: ReadAuth,
+    tag: str | None = None,
+    online: bool | None = None,
+    arch: str | None = None,
+    hardware_class: str | None = None,
+    variant: str | None = None,
+    power_level: PowerLevel | None = None,
+    bundle: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    devices = fleet.list_devices(
+        session,
+        tag=tag,
+        online=online,
+        arch=arch,
+        hardware_class=hardware_class,
+        variant=variant,
+        power_level=power_level.value if power_level else None,
+        bundle=bundle,
+        limit=limit,
+        offset=offset,
+    )
+    tags = fleet.device_tags(session, [d.id for d in devices])
+    return [device_out(d, tags[d.id]) for d in devices]
+
+
+@router.get("/devices/{device_id}", response_model=DeviceDetail)
+def get_device(
+    device_id: str,
+    session: SessionDep,
+    _auth: ReadAuth,
+    history: Annotated[int, Query(ge=0, le=10000)] = 300,
+    events: Annotated[int, Query(ge=0, le=10000)] = 50,
+) -> dict[str, Any]:
+    device = _device(session, device_id)
+    tags = fleet.device_tags(session, [device_id])[device_id]
+    return device_out(device, tags) | {
+        "history": fleet.history(session, device_id, history) if history else [],
+        "events": [event_out(e) for e in fleet.recent_events(session, device_id, limit=events)]
+        if events
+        else [],
+    }
+
+
+@router.put("/devices/{device_id}/tags", response_model=DeviceOut)
+def put_tags(device_id: str, body: TagsIn, session: SessionDep, _auth: AdminAuth) -> dict[str, Any]:
+    device = _device(session, device_id)
+    fleet.set_tags(session, device_id, body.tags)
+    session.flush()
+    return device_out(device, sorted(set(body.tags)))
+
+
+@router.get("/devices/{device_id}/ladder", response_model=LadderOut)
+def get_ladder(
+    device_id: str, bundle_id: str, session: SessionDep, controller: ControllerDep, _auth: ReadAuth
+) -> LadderOut:
+    device = _device(session, device_id)
+    bundle = session.get(Bundle, bundle_id)
+    if bundle is None:
+        raise HTTPException(404, f"bundle {bundle_id} not found")
+    profile = fleet.profile(device)
+    if profile is None:
+        raise HTTPException(409, f"device {device_id} has not announced its hardware yet")
+    manifest = Manifest.model_validate(bundle.manifest)
+    sel_settings = controller.settings.selection
+    try:
+        selection = select_ladder(
+            manifest,
+            profile,
+            measurements_for(session, profile.hardware_class(), bundle_id),
+            tolerance_points=sel_settings.tolerance_points,
+            fast_factor=sel_settings.fast_factor,
+            cheap_margin=sel_settings.cheap_margin,
+        )
+    except NoEligibleVariant as exc:
+        raise HTTPException(
+            409, {"message": str(exc).split(":")[0], "rejected": exc.rejected}
+        ) from None
+    return LadderOut(
+        device_id=device_id,
+        bundle_id=bundle_id,
+        hardware_class=selection.hardware_class,
+        ladder=selection.ladder,
+        latency_source=dict(selection.latency_source),
+        latency_ms=selection.latency_ms,
+        notes=selection.notes,
+    )
+
+
+@router.get("/events", response_model=list[EventOut])
+def list_events(
+    session: SessionDep,
+    _auth: ReadAuth,
+    device_id: str | None = None,
+    kind: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+) -> list[EventOut]:
+    return [event_out(e) for e in fleet.recent_events(session, device_id, kind, limit)]

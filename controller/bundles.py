@@ -1,0 +1,149 @@
+"""Bundle storage: verify an uploaded bundle, keep its files content-addressed, index it.
+
+A bundle is refused unless its manifest is signed by THIS controller's key and every
+accepted variant's file is present with the sha256 and size the manifest states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from controller.models import Bundle
+from shared.errors import SignatureError
+from shared.manifest import MANIFEST_FILE, Manifest
+from shared.signing import load_or_create_private_key, verify_manifest
+
+
+class BundleError(Exception):
+    """A bundle that cannot be accepted; `status` is the HTTP answer (400, 409, 413, 422)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def unpack(archive: bytes, dest: Path) -> Path:
+    """Unpack a (gzipped) tar of a bundle directory; return the folder with manifest.json."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(400, f"body is not a tar archive of a bundle: {exc}") from None
+    candidates = sorted(dest.rglob(MANIFEST_FILE), key=lambda p: len(p.parts))
+    if not candidates:
+        raise BundleError(422, f"the archive has no {MANIFEST_FILE}")
+    return candidates[0].parent
+
+
+def pack(bundle_dir: Path) -> bytes:
+    """A gzipped tar of a bundle directory (what `lepton models push` uploads)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for path in sorted(bundle_dir.iterdir()):
+            if path.is_file():
+                tar.add(path, arcname=path.name)
+    return buf.getvalue()
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    try:
+        return Manifest.model_validate_json((bundle_dir / MANIFEST_FILE).read_bytes())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise BundleError(422, f"manifest.json: {field}: {err['msg']}") from None
+
+
+class BundleStore:
+    def __init__(self, artifact_dir: Path, bundle_dir: Path, key_path: Path) -> None:
+        self.artifact_dir = artifact_dir
+        self.bundle_dir = bundle_dir
+        self.key_path = key_path
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        bundle_dir.mkdir(parents=True, exist_ok=True)
+        self.key = load_or_create_private_key(key_path)
+
+    def artifact_path(self, sha256: str) -> Path:
+        return self.artifact_dir / sha256
+
+    def manifest_path(self, bundle_id: str) -> Path:
+        return self.bundle_dir / bundle_id / MANIFEST_FILE
+
+    def verify(self, src: Path) -> Manifest:
+        manifest = read_manifest(src)
+        try:
+            verify_manifest(manifest, self.key.public_key())
+        except SignatureError as exc:
+            raise BundleError(422, f"refused: {exc}") from None
+        for variant in manifest.variants:
+            path = src / f"{variant.sha256}.{variant.format.value}"
+            if not path.exists():
+                if variant.status == "rejected":
+                    continue  # rejected variants may ship without their file
+                raise BundleError(
+                    422, f"refused: file {path.name} of variant {variant.id} is missing"
+                )
+            if path.stat().st_size != variant.size_bytes:
+                raise BundleError(
+                    422,
+                    f"refused: {path.name} of variant {variant.id} has {path.stat().st_size} bytes, "
+                    f"the manifest says {variant.size_bytes}",
+                )
+            if sha256_file(path) != variant.sha256:
+                raise BundleError(
+                    422, f"refused: {path.name} of variant {variant.id} does not match its sha256"
+                )
+        return manifest
+
+    def add(self, session: Session, src: Path) -> tuple[Manifest, bool]:
+        """Verify and store the bundle folder `src`; return (manifest, created)."""
+        manifest = self.verify(src)
+        existing = session.get(Bundle, manifest.bundle_id)
+        if existing is not None:
+            if existing.manifest.get("signature") == manifest.signature:
+                return manifest, False
+            raise BundleError(409, f"bundle {manifest.bundle_id} exists with different content")
+        for variant in manifest.variants:
+            path = src / f"{variant.sha256}.{variant.format.value}"
+            target = self.artifact_path(variant.sha256)
+            if path.exists() and not target.exists():
+                tmp = target.with_suffix(".part")
+                shutil.copyfile(path, tmp)
+                tmp.replace(target)
+        mpath = self.manifest_path(manifest.bundle_id)
+        mpath.parent.mkdir(parents=True, exist_ok=True)
+        mpath.write_bytes((src / MANIFEST_FILE).read_bytes())
+        session.add(
+            Bundle(
+                id=manifest.bundle_id,
+                model_name=manifest.model_name,
+                version=manifest.version,
+                manifest=json.loads(manifest.model_dump_json()),
+                key_id=manifest.key_id,
+                created_at=manifest.created_at,
+                uploaded_at=time.time(),
+            )
+        )
+        return manifest, True
+
+    def add_archive(self, session: Session, archive: bytes) -> tuple[Manifest, bool]:
+        with tempfile.TemporaryDirectory(prefix="lepton-upload-") as tmp:
+            return self.add(session, unpack(archive, Path(tmp)))

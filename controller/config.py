@@ -1,0 +1,164 @@
+"""Controller settings: environment (`LEPTON_CONTROLLER_*`), a TOML file, then CLI flags.
+
+Nested fields use `__` in the environment, e.g. `LEPTON_CONTROLLER_MQTT__HOST=broker`.
+Every model forbids unknown keys so a typo in a setting is an error, not silence.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import UserError
+
+DEFAULT_CONFIG_FILE = Path("/etc/lepton/controller.toml")
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "lepton"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Strict):
+    enabled: bool = Field(default=True, description="false runs the API without a broker")
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = "lepton-controller"
+    password: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    client_id: str | None = Field(default=None, description="default: lepton-controller-<pid>")
+    shared_subscription_group: str | None = Field(
+        default=None, description="e.g. 'controllers': several controllers share the load"
+    )
+    public_host: str | None = Field(
+        default=None, description="broker host handed to enrolling devices (default: host)"
+    )
+    public_port: int | None = Field(default=None, ge=1, le=65535)
+    keepalive_s: int = Field(default=30, ge=5)
+
+
+class IngestSettings(_Strict):
+    """Batched writes: the MQTT thread only enqueues, a writer thread commits in batches."""
+
+    flush_interval_ms: int = Field(default=200, ge=1)
+    batch_max: int = Field(default=5000, ge=1)
+    queue_max: int = Field(default=200_000, ge=100)
+    history_per_device: int = Field(default=300, ge=1, description="telemetry samples kept")
+    events_per_device: int = Field(default=200, ge=1)
+    prune_interval_s: float = Field(default=10.0, gt=0)
+
+
+class RolloutDefaults(_Strict):
+    waves: list[float] = Field(default=[1.0, 10.0, 50.0, 100.0], min_length=1)
+    success_threshold: float = Field(
+        default=1.0, gt=0, le=1, description="share of a wave that must be healthy"
+    )
+    error_threshold: float = Field(
+        default=0.0, ge=0, lt=1, description="share of a wave allowed to fail before pausing"
+    )
+    wave_timeout_s: float = Field(default=600.0, gt=0)
+    soak_s: float = Field(default=30.0, ge=0, description="healthy time before the next wave")
+    require_inferring: bool = Field(default=True, description="healthy needs inference frames")
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    p99_factor: float = Field(default=1.5, ge=1, description="allowed p99 growth vs before")
+    resend_after_s: float = Field(default=30.0, gt=0, description="resend an unanswered command")
+    tick_s: float = Field(default=1.0, gt=0, description="how often the rollout loop runs")
+
+
+class SelectionSettings(_Strict):
+    tolerance_points: float | None = Field(
+        default=None, ge=0, description="accuracy loss allowed vs fp32; default: the manifest's"
+    )
+    fast_factor: float = Field(
+        default=1.5, ge=1, description="'fast' = within this factor of the fastest variant"
+    )
+    cheap_margin: float = Field(
+        default=0.10, ge=0, description="latencies this close count as equal; size breaks ties"
+    )
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEPTON_CONTROLLER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite (WAL) in state_dir"
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="URL agents use to reach this controller (default from http)"
+    )
+    auth_required: bool = True
+    bootstrap_admin_token: str | None = Field(
+        default=None, description="an admin token registered (hashed) at startup"
+    )
+    max_bundle_upload_mb: int = Field(default=512, ge=1)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    rollout: RolloutDefaults = Field(default_factory=RolloutDefaults)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    rollout_loop: bool = Field(default=True, description="false: API only, no rollout loop")
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    # --- derived -----------------------------------------------------------------------------
+
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'controller.db'}"
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+    def artifact_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    def bundle_dir(self) -> Path:
+        return self.state_dir / "bundles"
+
+    def key_path(self) -> Path:
+        return self.state_dir / "keys" / "signing.pem"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> ControllerSettings:
+    """Settings from env + TOML (`config_file`, else /etc/lepton/controller.toml if present),
+    with `overrides` (CLI flags) on top. Raise `UserError` naming the bad setting."""
+    data: dict[str, Any] = {}
+    path = config_file or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist: check --config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    try:
+        # TOML keys go in as init kwargs, which take precedence over the environment;
+        # fields missing from TOML still come from the environment.
+        return ControllerSettings(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise UserError(
+            f"setting {field!r}: {err['msg']} (check {path or 'the environment'})"
+        ) from None

@@ -1,0 +1,406 @@
+"""The fleet registry: applies decoded agent messages to the database and answers queries.
+
+Transport-free: the MQTT bridge hands it batches of validated messages; the API and the
+rollout loop read from it. Writes are batched (one transaction per batch, executemany).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from controller.models import (
+    BenchmarkRecord,
+    CommandRecord,
+    Device,
+    DeviceTag,
+    EventRecord,
+    TelemetrySample,
+)
+from shared.errors import MessageError
+from shared.hardware import HardwareProfile
+from shared.messages import BenchmarkResult, Event, Reply, State, Telemetry
+
+log = logging.getLogger(__name__)
+
+_DEV = Device.__table__
+_SAMPLES = TelemetrySample.__table__
+
+
+@dataclass
+class Batch:
+    """Validated messages in arrival order, split by kind; `raw` keeps telemetry's JSON text."""
+
+    states: list[State] = field(default_factory=list)
+    telemetry: list[tuple[Telemetry, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.states) + len(self.telemetry) + len(self.events) + len(self.replies)
+
+
+@dataclass
+class IngestResult:
+    telemetry: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+
+
+class Fleet:
+    """Registry writes with a small cache of known devices and their last sequence numbers.
+
+    With shared subscriptions each controller sees only part of a device's stream, so the
+    gap/duplicate counts are exact only where one controller ingests a device's telemetry.
+    """
+
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+        self._last_seq: dict[str, int] = {}
+        self._touched: set[str] = set()
+        self._lock = threading.Lock()
+
+    # --- ingestion ---------------------------------------------------------------------------
+
+    def _ensure_devices(self, session: Session, ids: set[str], now: float) -> None:
+        unknown = ids - self._known
+        if not unknown:
+            return
+        rows = session.execute(select(Device.id, Device.last_seq).where(Device.id.in_(unknown)))
+        for device_id, last_seq in rows:
+            self._known.add(device_id)
+            if last_seq is not None:
+                self._last_seq.setdefault(device_id, last_seq)
+            unknown.discard(device_id)
+        if unknown:
+            session.execute(
+                insert(Device),
+                [
+                    {
+                        "id": d,
+                        "online": False,
+                        "first_seen": now,
+                        "last_seen": now,
+                        "telemetry_count": 0,
+                        "gaps": 0,
+                        "duplicates": 0,
+                    }
+                    for d in sorted(unknown)
+                ],
+            )
+            self._known |= unknown
+
+    def forget(self, device_id: str) -> None:
+        with self._lock:
+            self._known.discard(device_id)
+            self._last_seq.pop(device_id, None)
+
+    def apply(self, session: Session, batch: Batch, now: float | None = None) -> IngestResult:
+        """Apply one batch in the caller's transaction."""
+        now = now or time.time()
+        result = IngestResult()
+        with self._lock:
+            ids = {m.device_id for m in batch.states}
+            ids |= {t.device_id for t, _ in batch.telemetry}
+            ids |= {e.device_id for e in batch.events}
+            ids |= {r.device_id for r in batch.replies}
+            self._ensure_devices(session, ids, now)
+            for state in batch.states:
+                self._apply_state(session, state, now)
+            if batch.telemetry:
+                self._apply_telemetry(session, batch.telemetry, now, result)
+        if batch.events:
+            session.execute(
+                insert(EventRecord),
+                [
+                    {
+                        "device_id": e.device_id,
+                        "kind": e.kind.value,
+                        "reason": e.reason,
+                        "command_id": e.command_id,
+                        "data": e.data,
+                        "ts": e.ts,
+                        "received_at": now,
+                    }
+                    for e in batch.events
+                ],
+            )
+        for reply in batch.replies:
+            self._apply_reply(session, reply, now)
+        return result
+
+    def _apply_state(self, session: Session, state: State, now: float) -> None:
+        values: dict[str, Any] = {
+            "online": state.status == "online",
+            "last_seen": now,
+            "state_changed_at": now,
+        }
+        if state.status == "online":
+            if state.hardware is not None:
+                values["hardware"] = state.hardware.model_dump(mode="json")
+                values["hardware_class"] = state.hardware.hardware_class()
+                values["arch"] = state.hardware.arch
+            values["agent_version"] = state.agent_version
+            values["active_bundle"] = state.active_bundle
+            values["active_variant"] = state.active_variant
+            values["power_level"] = state.power_level.value if state.power_level else None
+        session.execute(update(Device).where(Device.id == state.device_id).values(**values))
+
+    def _apply_telemetry(
+        self,
+        session: Session,
+        samples: list[tuple[Telemetry, str]],
+        now: float,
+        result: IngestResult,
+    ) -> None:
+        per_device: dict[str, dict[str, Any]] = {}
+        history: list[dict[str, Any]] = []
+        for sample, raw in samples:
+            d = sample.device_id
+            acc = per_device.get(d)
+            if acc is None:
+                acc = per_device[d] = {"n": 0, "gaps": 0, "dups": 0, "last": None}
+            last = self._last_seq.get(d)
+            if last is not None and sample.seq <= last and sample.seq != 0:
+                acc["dups"] += 1
+                result.duplicates += 1
+                continue
+            if last is not None and sample.seq > last + 1:
+                acc["gaps"] += sample.seq - last - 1
+                result.gaps += sample.seq - last - 1
+            self._last_seq[d] = sample.seq
+            acc["n"] += 1
+            acc["last"] = sample
+            history.append({"device_id": d, "seq": sample.seq, "ts": sample.ts, "payload": raw})
+        result.telemetry += len(history)
+        if history:
+            session.execute(insert(_SAMPLES), history)
+        rows = []
+        for d, acc in per_device.items():
+            s: Telemetry | None = acc["last"]
+            rows.append(
+                {
+                    "did": d,
+                    "n": acc["n"],
+                    "g": acc["gaps"],
+                    "dup": acc["dups"],
+                    "last_seq": self._last_seq.get(d),
+                    "seen": now,
+                    "tel": s.model_dump(mode="json", exclude_none=True) if s else None,
+                    "tel_at": now if s else None,
+                }
+            )
+        with_sample = [r for r in rows if r["tel"] is not None]
+        only_counts = [r for r in rows if r["tel"] is None]
+        if with_sample:
+            session.execute(
+                update(_DEV)
+                .where(_DEV.c.id == bindparam("did"))
+                .values(
+                    telemetry_count=_DEV.c.telemetry_count + bindparam("n"),
+                    gaps=_DEV.c.gaps + bindparam("g"),
+                    duplicates=_DEV.c.duplicates + bindparam("dup"),
+                    last_seq=bindparam("last_seq"),
+                    last_seen=bindparam("seen"),
+                    last_telemetry=bindparam("tel", type_=_DEV.c.last_telemetry.type),
+                    last_telemetry_at=bindparam("tel_at"),
+                    online=True,
+                    active_bundle=bindparam("bundle"),
+                    active_variant=bindparam("variant"),
+                    power_level=bindparam("level"),
+                ),
+                [
+                    {
+                        **r,
+                        "bundle": r["tel"].get("active_bundle"),
+                        "variant": r["tel"].get("active_variant"),
+                        "level": r["tel"].get("power_level"),
+                    }
+                    for r in with_sample
+                ],
+            )
+        if only_counts:
+            session.execute(
+                update(_DEV)
+                .where(_DEV.c.id == bindparam("did"))
+                .values(duplicates=_DEV.c.duplicates + bindparam("dup")),
+                [{"did": r["did"], "dup": r["dup"]} for r in only_counts],
+            )
+        self._touched |= set(per_device)
+
+    def _apply_reply(self, session: Session, reply: Reply, now: float) -> None:
+        cmd = session.get(CommandRecord, reply.command_id)
+        if cmd is None or cmd.device_id != reply.device_id:
+            log.info("reply from %s to unknown command %s", reply.device_id, reply.command_id)
+            return
+        if reply.status == "duplicate":
+            return  # the agent already handled it; its first reply stands
+        if cmd.status in ("done", "failed", "rejected") and reply.status == "accepted":
+            return  # replies can overtake each other; keep the final one
+        cmd.status = reply.status
+        cmd.detail = reply.detail
+        cmd.result = reply.result or None
+        cmd.updated_at = now
+        if cmd.type == "benchmark" and reply.status == "done":
+            self._store_benchmark(session, reply)
+
+    def _store_benchmark(self, session: Session, reply: Reply) -> None:
+        try:
+            result = BenchmarkResult.model_validate(reply.result)
+        except ValueError as exc:
+            log.warning("benchmark reply from %s is malformed: %s", reply.device_id, exc)
+            raise MessageError("result", str(exc).splitlines()[0]) from None
+        now = time.time()
+        for variant_id, timing in result.timings.items():
+            row = session.get(
+                BenchmarkRecord, (result.hardware_class, result.bundle_id, variant_id)
+            )
+            if row is None:
+                row = BenchmarkRecord(
+                    hardware_class=result.hardware_class,
+                    bundle_id=result.bundle_id,
+                    variant_id=variant_id,
+                )
+                session.add(row)
+            row.device_id = reply.device_id
+            row.p50_ms = timing.p50_ms
+            row.p95_ms = timing.p95_ms
+            row.p99_ms = timing.p99_ms
+            row.error = timing.error
+            row.measured_at = now
+
+    # --- housekeeping -------------------------------------------------------------------------
+
+    def prune(self, session: Session, history_per_device: int, events_per_device: int) -> int:
+        """Keep the newest `history_per_device` samples of each device touched since last time."""
+        with self._lock:
+            touched, self._touched = self._touched, set()
+        if not touched:
+            return 0
+        cutoff = text(
+            "DELETE FROM telemetry_samples WHERE device_id = :d AND id <= ("
+            "SELECT id FROM telemetry_samples WHERE device_id = :d "
+            "ORDER BY id DESC LIMIT 1 OFFSET :n)"
+        )
+        res = session.execute(cutoff, [{"d": d, "n": history_per_device} for d in sorted(touched)])
+        ev_cut = text(
+            "DELETE FROM events WHERE device_id = :d AND id <= ("
+            "SELECT id FROM events WHERE device_id = :d ORDER BY id DESC LIMIT 1 OFFSET :n)"
+        )
+        session.execute(ev_cut, [{"d": d, "n": events_per_device} for d in sorted(touched)])
+        return int(getattr(res, "rowcount", 0) or 0)
+
+
+# --- queries (API, rollouts) ------------------------------------------------------------------
+
+
+def device_tags(session: Session, device_ids: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {d: [] for d in device_ids}
+    if not device_ids:
+        return out
+    for device_id, tag in session.execute(
+        select(DeviceTag.device_id, DeviceTag.tag)
+        .where(DeviceTag.device_id.in_(device_ids))
+        .order_by(DeviceTag.tag)
+    ):
+        out[device_id].append(tag)
+    return out
+
+
+def set_tags(session: Session, device_id: str, tags: list[str]) -> None:
+    session.execute(delete(DeviceTag).where(DeviceTag.device_id == device_id))
+    for tag in sorted(set(tags)):
+        session.add(DeviceTag(device_id=device_id, tag=tag))
+
+
+def list_devices(
+    session: Session,
+    *,
+    tag: str | None = None,
+    online: bool | None = None,
+    arch: str | None = None,
+    hardware_class: str | None = None,
+    variant: str | None = None,
+    power_level: str | None = None,
+    bundle: str | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[Device]:
+    query = select(Device).order_by(Device.id)
+    if tag is not None:
+        query = query.where(Device.id.in_(select(DeviceTag.device_id).where(DeviceTag.tag == tag)))
+    if online is not None:
+        query = query.where(Device.online == online)
+    if arch is not None:
+        query = query.where(Device.arch == arch)
+    if hardware_class is not None:
+        query = query.where(Device.hardware_class == hardware_class)
+    if variant is not None:
+        query = query.where(Device.active_variant == variant)
+    if power_level is not None:
+        query = query.where(Device.power_level == power_level)
+    if bundle is not None:
+        query = query.where(Device.active_bundle == bundle)
+    return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+def history(session: Session, device_id: str, limit: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(TelemetrySample.payload)
+        .where(TelemetrySample.device_id == device_id)
+        .order_by(TelemetrySample.id.desc())
+        .limit(limit)
+    ).all()
+    return [json.loads(r[0]) for r in reversed(rows)]
+
+
+def recent_events(
+    session: Session, device_id: str | None = None, kind: str | None = None, limit: int = 100
+) -> list[EventRecord]:
+    query = select(EventRecord).order_by(EventRecord.id.desc()).limit(limit)
+    if device_id is not None:
+        query = query.where(EventRecord.device_id == device_id)
+    if kind is not None:
+        query = query.where(EventRecord.kind == kind)
+    return list(session.scalars(query))
+
+
+def profile(device: Device) -> HardwareProfile | None:
+    return HardwareProfile.model_validate(device.hardware) if device.hardware else None
+
+
+def counts(session: Session) -> dict[str, Any]:
+    """Aggregates for /metrics."""
+    online = session.scalar(select(func.count()).where(Device.online.is_(True))) or 0
+    total = session.scalar(select(func.count()).select_from(Device)) or 0
+    per_variant = dict(
+        session.execute(
+            select(Device.active_variant, func.count())
+            .where(Device.online.is_(True))
+            .group_by(Device.active_variant)
+        ).all()
+    )
+    per_level = dict(
+        session.execute(
+            select(Device.power_level, func.count())
+            .where(Device.online.is_(True))
+            .group_by(Device.power_level)
+        ).all()
+    )
+    gaps = session.scalar(select(func.coalesce(func.sum(Device.gaps), 0))) or 0
+    dups = session.scalar(select(func.coalesce(func.sum(Device.duplicates), 0))) or 0
+    return {
+        "online": online,
+        "total": total,
+        "per_variant": per_variant,
+        "per_level": per_level,
+        "gaps": gaps,
+        "duplicates": dups,
+    }

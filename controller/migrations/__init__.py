@@ -1,0 +1,1 @@
+"""Alembic migrations, packaged so an installed controller can migrate its own database."""

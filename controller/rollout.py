@@ -1,0 +1,640 @@
+"""Staged rollouts: waves of devices, health gates, automatic pause and rollback.
+
+All state lives in the database (`rollouts`, `rollout_devices`, `commands`), and every command
+is recorded with its id BEFORE it is published, so a controller restarted mid-rollout carries
+on where it was and a resend reuses the id (agents ignore a command id they have seen): no
+device is deployed twice. Offline devices stay `pending` and get their deployment when they
+come back. The loop only acts while this controller is the leader (`controller.leader`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.config import ControllerSettings, RolloutDefaults
+from controller.db import Database
+from controller.leader import Leader
+from controller.models import BenchmarkRecord, Bundle, CommandRecord, Device, DeviceTag
+from controller.models import Rollout as RolloutRow
+from controller.models import RolloutDevice as RolloutDeviceRow
+from controller.selection import Measured, NoEligibleVariant
+from controller.selection import select as select_ladder
+from shared.hardware import HardwareProfile
+from shared.manifest import Manifest
+from shared.messages import Deploy, Rollback, WireMessage
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, WireMessage], bool]
+
+#: Rollout states. `completed` rollouts still deploy devices that were offline.
+ACTIVE = ("running", "paused", "completed")
+STATES = ("running", "paused", "completed", "aborted")
+#: Device states within a rollout.
+DEVICE_STATES = (
+    "pending",
+    "deploying",
+    "healthy",
+    "failed",
+    "rolling_back",
+    "rolled_back",
+    "skipped",
+)
+
+
+class RolloutTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    all: bool = False
+    tags: list[str] = Field(default_factory=list, description="devices having ANY of these tags")
+    device_ids: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> RolloutTarget:
+        if not (self.all or self.tags or self.device_ids):
+            raise ValueError("name a target: all=true, tags or device_ids")
+        return self
+
+
+class RolloutOptions(BaseModel):
+    """Per-rollout overrides of `RolloutDefaults` (unset = the controller's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success_threshold: float | None = Field(default=None, gt=0, le=1)
+    error_threshold: float | None = Field(default=None, ge=0, lt=1)
+    wave_timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
+    soak_s: float | None = Field(default=None, ge=0, le=7 * 86400)
+    require_inferring: bool | None = None
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    p99_factor: float | None = Field(default=None, ge=1, le=1000)
+
+    def resolve(self, defaults: RolloutDefaults) -> dict[str, Any]:
+        out = {k: getattr(defaults, k) for k in type(self).model_fields}
+        out.update({k: v for k, v in self.model_dump().items() if v is not None})
+        return out
+
+
+class RolloutCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle_id: str = Field(min_length=1, max_length=128)
+    target: RolloutTarget
+    waves: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20,
+        description="cumulative percentages, e.g. [1, 10, 50, 100]; the last is raised to 100",
+    )
+    options: RolloutOptions = Field(default_factory=RolloutOptions)
+
+    @model_validator(mode="after")
+    def _waves_increase(self) -> RolloutCreate:
+        if self.waves is not None:
+            if any(not (0 < p <= 100) for p in self.waves):
+                raise ValueError("waves: each percentage must be in (0, 100]")
+            if any(b <= a for a, b in zip(self.waves, self.waves[1:], strict=False)):
+                raise ValueError("waves: percentages must increase")
+        return self
+
+
+class RolloutError(Exception):
+    """A request that cannot be carried out; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def plan_waves(n: int, percents: list[float]) -> list[int]:
+    """Cumulative device counts per wave: at least one new device each, the last = all."""
+    counts: list[int] = []
+    for p in [*percents[:-1], 100.0]:
+        prev = counts[-1] if counts else 0
+        if prev >= n:
+            break
+        counts.append(min(n, max(prev + 1, math.ceil(n * p / 100 - 1e-9))))
+    return counts
+
+
+def new_command_id(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:16]}"
+
+
+class RolloutEngine:
+    """Creates rollouts and moves them forward one `tick()` at a time."""
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        db: Database,
+        publish: Publish,
+        leader: Leader,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.publish = publish
+        self.leader = leader
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="rollout-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.rollout.tick_s):
+            try:
+                if self.leader.is_leader():
+                    self.tick()
+            except Exception:
+                log.exception("rollout loop: tick failed; retrying")
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def create(self, session: Session, request: RolloutCreate) -> RolloutRow:
+        bundle = session.get(Bundle, request.bundle_id)
+        if bundle is None:
+            raise RolloutError(404, f"bundle {request.bundle_id} not found")
+        devices = self._target_devices(session, request.target)
+        if not devices:
+            raise RolloutError(409, "the target matches no device")
+        missing = sorted(set(request.target.device_ids) - {d.id for d in devices})
+        if missing:
+            raise RolloutError(404, f"device(s) not found: {', '.join(missing)}")
+        # Canary first among devices that are online now, so the first wave can start at once.
+        devices.sort(key=lambda d: (not d.online, d.id))
+        percents = request.waves or self.settings.rollout.waves
+        counts = plan_waves(len(devices), percents)
+        now = time.time()
+        rollout = RolloutRow(
+            id=f"ro-{uuid.uuid4().hex[:10]}",
+            bundle_id=bundle.id,
+            target=request.target.model_dump(),
+            waves=counts,
+            options=request.options.resolve(self.settings.rollout),
+            state="running",
+            current_wave=0,
+            wave_started_at=now,
+            reason="",
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(rollout)
+        session.flush()
+        # A newer rollout supersedes older ones for the same devices.
+        ids = [d.id for d in devices]
+        for older in session.scalars(
+            select(RolloutDeviceRow).where(
+                RolloutDeviceRow.device_id.in_(ids),
+                RolloutDeviceRow.state == "pending",
+                RolloutDeviceRow.rollout_id != rollout.id,
+            )
+        ):
+            older.state = "skipped"
+            older.detail = f"superseded by rollout {rollout.id}"
+        wave = 0
+        for i, device in enumerate(devices):
+            while i >= counts[wave]:
+                wave += 1
+            session.add(
+                RolloutDeviceRow(
+                    rollout_id=rollout.id, device_id=device.id, wave=wave, state="pending"
+                )
+            )
+        return rollout
+
+    def _target_devices(self, session: Session, target: RolloutTarget) -> list[Device]:
+        if target.all:
+            return list(session.scalars(select(Device)))
+        query = select(Device)
+        conditions = []
+        if target.device_ids:
+            conditions.append(Device.id.in_(target.device_ids))
+        if target.tags:
+            conditions.append(
+                Device.id.in_(select(DeviceTag.device_id).where(DeviceTag.tag.in_(target.tags)))
+            )
+        from sqlalchemy import or_
+
+        return list(session.scalars(query.where(or_(*conditions))))
+
+    def pause(
+        self, session: Session, rollout_id: str, reason: str = "paused by user"
+    ) -> RolloutRow:
+        with self.lock:
+            rollout = self._get(session, rollout_id)
+            if rollout.state != "running":
+                raise RolloutError(409, f"rollout {rollout_id} is {rollout.state}, not running")
+            self._set_state(rollout, "paused", reason)
+            return rollout
+
+    def resume(self, session: Session, rollout_id: str) -> RolloutRow:
+        """Carry on; a wave that was rolled back is tried again."""
+        with self.lock:
+            rollout = self._get(session, rollout_id)
+            if rollout.state != "paused":
+                raise RolloutError(409, f"rollout {rollout_id} is {rollout.state}, not paused")
+            for rd in self._devices(session, rollout.id, wave=rollout.current_wave):
+                if rd.state in ("failed", "rolled_back"):
+                    rd.state = "pending"
+                    rd.detail = "retried after resume"
+                    rd.command_id = None
+                    rd.rollback_command_id = None
+            rollout.wave_started_at = time.time()
+            rollout.wave_succeeded_at = None
+            self._set_state(rollout, "running", "resumed")
+            return rollout
+
+    def abort(self, session: Session, rollout_id: str) -> RolloutRow:
+        """Stop for good: nothing more is deployed; devices keep what they run now."""
+        with self.lock:
+            rollout = self._get(session, rollout_id)
+            if rollout.state == "aborted":
+                raise RolloutError(409, f"rollout {rollout_id} is already aborted")
+            for rd in self._devices(session, rollout.id):
+                if rd.state == "pending":
+                    rd.state = "skipped"
+                    rd.detail = "rollout aborted"
+            self._set_state(rollout, "aborted", "aborted by user")
+            rollout.finished_at = time.time()
+            return rollout
+
+    def _get(self, session: Session, rollout_id: str) -> RolloutRow:
+        rollout = session.get(RolloutRow, rollout_id)
+        if rollout is None:
+            raise RolloutError(404, f"rollout {rollout_id} not found")
+        return rollout
+
+    @staticmethod
+    def _set_state(rollout: RolloutRow, state: str, reason: str) -> None:
+        log.info("rollout %s: %s -> %s (%s)", rollout.id, rollout.state, state, reason)
+        rollout.state = state
+        rollout.reason = reason
+        rollout.updated_at = time.time()
+
+    @staticmethod
+    def _devices(
+        session: Session, rollout_id: str, wave: int | None = None
+    ) -> list[RolloutDeviceRow]:
+        query = select(RolloutDeviceRow).where(RolloutDeviceRow.rollout_id == rollout_id)
+        if wave is not None:
+            query = query.where(RolloutDeviceRow.wave == wave)
+        return list(session.scalars(query.order_by(RolloutDeviceRow.device_id)))
+
+    # --- one step ---------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        """Advance every active rollout once; publish what was decided after committing it."""
+        outbox: list[tuple[str, WireMessage]] = []
+        with self.lock:
+            with self.db.session() as session:
+                for rollout in session.scalars(
+                    select(RolloutRow)
+                    .where(RolloutRow.state.in_(ACTIVE))
+                    .order_by(RolloutRow.created_at)
+                ):
+                    self._advance(session, rollout, now or time.time(), outbox)
+            # Committed: a crash from here on only means a resend with the same command id.
+            sent: list[str] = []
+            for device_id, command in outbox:
+                if self.publish(device_id, command):
+                    sent.append(command.command_id)  # type: ignore[union-attr]
+            if sent:
+                with self.db.session() as session:
+                    stamp = time.time()
+                    for cmd in session.scalars(
+                        select(CommandRecord).where(CommandRecord.id.in_(sent))
+                    ):
+                        cmd.sent_at = cmd.sent_at or stamp
+                        if cmd.status == "pending":
+                            cmd.status = "sent"
+        self.ticks += 1
+
+    def _advance(
+        self,
+        session: Session,
+        rollout: RolloutRow,
+        now: float,
+        outbox: list[tuple[str, WireMessage]],
+    ) -> None:
+        opts = rollout.options
+        rds = self._devices(session, rollout.id)
+        devices = {
+            d.id: d
+            for d in session.scalars(
+                select(Device).where(Device.id.in_([r.device_id for r in rds]))
+            )
+        }
+        commands = {
+            c.id: c
+            for c in session.scalars(
+                select(CommandRecord).where(CommandRecord.rollout_id == rollout.id)
+            )
+        }
+        bundle = session.get(Bundle, rollout.bundle_id)
+        if bundle is None:  # deleted under us
+            self._set_state(rollout, "aborted", f"bundle {rollout.bundle_id} no longer exists")
+            return
+        manifest = Manifest.model_validate(bundle.manifest)
+
+        # 1) follow up on commands already sent, whatever the rollout state
+        for rd in rds:
+            device = devices.get(rd.device_id)
+            if rd.state == "deploying" and device is not None:
+                self._check_deploy(
+                    rd, device, commands.get(rd.command_id or ""), rollout, opts, now, outbox
+                )
+            elif rd.state == "rolling_back":
+                cmd = commands.get(rd.rollback_command_id or "")
+                if cmd is not None and cmd.status in ("done", "failed", "rejected"):
+                    rd.state = "rolled_back"
+                    rd.detail = f"rollback {cmd.status}{': ' + cmd.detail if cmd.detail else ''}"
+                elif cmd is not None:
+                    self._maybe_resend(cmd, now, outbox)
+
+        if rollout.state == "aborted" or rollout.state == "paused":
+            return
+
+        # 2) deploy to pending devices of released waves that are online now
+        for rd in rds:
+            if rd.state == "pending" and rd.wave <= rollout.current_wave:
+                device = devices.get(rd.device_id)
+                if device is not None and device.online:
+                    self._deploy(session, rd, device, manifest, rollout, now, outbox)
+
+        if rollout.state == "completed":
+            return
+
+        # 3) gate the current wave
+        wave_rds = [r for r in rds if r.wave == rollout.current_wave]
+        n = len(wave_rds)
+        healthy = sum(r.state == "healthy" for r in wave_rds)
+        failed = [r for r in wave_rds if r.state == "failed"]
+        wave_no = rollout.current_wave + 1
+        if n and len(failed) / n > opts["error_threshold"]:
+            details = "; ".join(f"{r.device_id}: {r.detail}" for r in failed[:3])
+            self._set_state(
+                rollout,
+                "paused",
+                f"wave {wave_no}: {len(failed)}/{n} failed ({details}); wave rolled back",
+            )
+            for r in wave_rds:
+                if r.state in ("deploying", "healthy", "failed") and r.command_id:
+                    self._rollback(session, r, rollout, now, outbox)
+            return
+        if n and healthy / n >= opts["success_threshold"] - 1e-9:
+            if rollout.wave_succeeded_at is None:
+                rollout.wave_succeeded_at = now
+                rollout.updated_at = now
+            if now - rollout.wave_succeeded_at >= opts["soak_s"]:
+                if rollout.current_wave + 1 >= len(rollout.waves):
+                    self._set_state(rollout, "completed", f"all {len(rollout.waves)} waves healthy")
+                    rollout.finished_at = now
+                else:
+                    rollout.current_wave += 1
+                    rollout.wave_started_at = now
+                    rollout.wave_succeeded_at = None
+                    rollout.reason = (
+                        f"wave {wave_no} healthy ({healthy}/{n}); wave {wave_no + 1} released"
+                    )
+                    rollout.updated_at = now
+            return
+        if now - (rollout.wave_started_at or now) > opts["wave_timeout_s"]:
+            self._set_state(
+                rollout,
+                "paused",
+                f"wave {wave_no} timed out after {opts['wave_timeout_s']:g} s: {healthy}/{n} healthy"
+                f" (needs {opts['success_threshold']:.0%}); resume to wait again",
+            )
+
+    def _deploy(
+        self,
+        session: Session,
+        rd: RolloutDeviceRow,
+        device: Device,
+        manifest: Manifest,
+        rollout: RolloutRow,
+        now: float,
+        outbox: list[tuple[str, WireMessage]],
+    ) -> None:
+        if device.hardware is None:
+            return  # no birth message yet; wait for it
+        profile = HardwareProfile.model_validate(device.hardware)
+        try:
+            selection = select_ladder(
+                manifest,
+                profile,
+                measurements_for(session, profile.hardware_class(), manifest.bundle_id),
+                tolerance_points=self.settings.selection.tolerance_points,
+                fast_factor=self.settings.selection.fast_factor,
+                cheap_margin=self.settings.selection.cheap_margin,
+            )
+        except NoEligibleVariant as exc:
+            rd.state = "failed"
+            rd.detail = str(exc)
+            return
+        base = self.settings.base_url()
+        command = Deploy(
+            command_id=new_command_id("deploy"),
+            ts=now,
+            bundle_id=manifest.bundle_id,
+            manifest_url=f"{base}/bundles/{manifest.bundle_id}/manifest.json",
+            artifact_base_url=f"{base}/artifacts",
+            ladder=selection.ladder.mapping(),
+            rollout_id=rollout.id,
+        )
+        record_command(session, device.id, command, rollout.id, now)
+        rd.state = "deploying"
+        rd.command_id = command.command_id
+        rd.previous_bundle = device.active_bundle
+        rd.ladder = {k.value: v for k, v in selection.ladder.mapping().items()}
+        inference = (device.last_telemetry or {}).get("inference") or {}
+        rd.baseline_p99_ms = inference.get("latency_p99_ms")
+        rd.sent_at = now
+        rd.detail = "deploy sent"
+        outbox.append((device.id, command))
+
+    def _check_deploy(
+        self,
+        rd: RolloutDeviceRow,
+        device: Device,
+        cmd: CommandRecord | None,
+        rollout: RolloutRow,
+        opts: dict[str, Any],
+        now: float,
+        outbox: list[tuple[str, WireMessage]],
+    ) -> None:
+        if cmd is None:
+            return
+        if cmd.status in ("failed", "rejected"):
+            rd.state = "failed"
+            rd.detail = f"deploy {cmd.status}: {cmd.detail or 'no detail'}"
+            return
+        if cmd.status != "done":
+            self._maybe_resend(cmd, now, outbox)
+            return
+        if device.active_bundle != rollout.bundle_id:
+            return  # not reported yet
+        # Health is judged on telemetry made after the deploy was sent.
+        tel = device.last_telemetry or {}
+        fresh = device.last_telemetry_at is not None and device.last_telemetry_at >= (
+            rd.sent_at or 0
+        )
+        if not opts["require_inferring"]:
+            rd.state = "healthy"
+            rd.healthy_at = now
+            rd.detail = f"running {rollout.bundle_id}"
+            return
+        if not fresh or tel.get("active_bundle") != rollout.bundle_id:
+            return
+        inference = tel.get("inference") or {}
+        frames = int(inference.get("frames") or 0)
+        errors = int(inference.get("errors") or 0)
+        if frames + errors == 0:
+            return  # not inferring yet; the wave timeout decides
+        error_rate = errors / (frames + errors)
+        if error_rate > opts["max_error_rate"]:
+            rd.state = "failed"
+            rd.detail = f"error rate {error_rate:.1%} > {opts['max_error_rate']:.1%}"
+            return
+        p99 = inference.get("latency_p99_ms")
+        base = rd.baseline_p99_ms
+        if p99 is not None and base and p99 > base * opts["p99_factor"]:
+            rd.state = "failed"
+            rd.detail = f"p99 {p99:.2f} ms > {opts['p99_factor']:g} x {base:.2f} ms before"
+            return
+        rd.state = "healthy"
+        rd.healthy_at = now
+        rd.detail = f"inferring on {tel.get('active_variant')}: {frames} frames, {errors} errors"
+
+    def _rollback(
+        self,
+        session: Session,
+        rd: RolloutDeviceRow,
+        rollout: RolloutRow,
+        now: float,
+        outbox: list[tuple[str, WireMessage]],
+    ) -> None:
+        command = Rollback(
+            command_id=new_command_id("rollback"),
+            ts=now,
+            reason=f"rollout {rollout.id}: {rollout.reason}",
+            rollout_id=rollout.id,
+        )
+        record_command(session, rd.device_id, command, rollout.id, now)
+        rd.state = "rolling_back"
+        rd.rollback_command_id = command.command_id
+        rd.detail = f"{rd.detail}; rolling back" if rd.detail else "rolling back"
+        outbox.append((rd.device_id, command))
+
+    def _maybe_resend(
+        self, cmd: CommandRecord, now: float, outbox: list[tuple[str, WireMessage]]
+    ) -> None:
+        """Publish again (same id) when never sent, or unanswered for `resend_after_s`."""
+        if cmd.status == "accepted":
+            return
+        if cmd.sent_at is not None and now - cmd.sent_at < self.settings.rollout.resend_after_s:
+            return
+        from pydantic import TypeAdapter
+
+        from shared.messages import Command
+
+        outbox.append((cmd.device_id, TypeAdapter(Command).validate_python(cmd.payload)))
+        if cmd.sent_at is not None:
+            cmd.sent_at = now
+
+
+def record_command(
+    session: Session, device_id: str, command: WireMessage, rollout_id: str | None, now: float
+) -> CommandRecord:
+    row = CommandRecord(
+        id=command.command_id,  # type: ignore[union-attr]
+        device_id=device_id,
+        type=command.type,  # type: ignore[union-attr]
+        payload=command.model_dump(mode="json"),
+        rollout_id=rollout_id,
+        status="pending",
+        detail="",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def measurements_for(session: Session, hardware_class: str, bundle_id: str) -> dict[str, Measured]:
+    return {
+        r.variant_id: Measured(p50_ms=r.p50_ms, p99_ms=r.p99_ms, error=r.error)
+        for r in session.scalars(
+            select(BenchmarkRecord).where(
+                BenchmarkRecord.hardware_class == hardware_class,
+                BenchmarkRecord.bundle_id == bundle_id,
+            )
+        )
+    }
+
+
+def summary(session: Session, rollout: RolloutRow) -> dict[str, Any]:
+    """The rollout as the API shows it: waves with per-state counts and every device."""
+    rds = RolloutEngine._devices(session, rollout.id)
+    waves = []
+    for i, cumulative in enumerate(rollout.waves):
+        members = [r for r in rds if r.wave == i]
+        counts: dict[str, int] = {}
+        for r in members:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        waves.append(
+            {
+                "index": i,
+                "cumulative_devices": cumulative,
+                "devices": len(members),
+                "states": counts,
+            }
+        )
+    return {
+        "id": rollout.id,
+        "bundle_id": rollout.bundle_id,
+        "state": rollout.state,
+        "reason": rollout.reason,
+        "target": rollout.target,
+        "options": rollout.options,
+        "current_wave": rollout.current_wave,
+        "waves": waves,
+        "created_at": rollout.created_at,
+        "updated_at": rollout.updated_at,
+        "finished_at": rollout.finished_at,
+        "devices": [
+            {
+                "device_id": r.device_id,
+                "wave": r.wave,
+                "state": r.state,
+                "detail": r.detail,
+                "command_id": r.command_id,
+                "previous_bundle": r.previous_bundle,
+                "ladder": r.ladder,
+                "sent_at": r.sent_at,
+                "healthy_at": r.healthy_at,
+            }
+            for r in rds
+        ],
+    }

@@ -1,0 +1,237 @@
+"""Variant selection: which variants of a bundle fit a device, and which one per power level.
+
+Pure functions over a manifest, a hardware profile and latencies. Latency comes from
+benchmarks run ON devices (kept per hardware class); the build host's figures are only a
+fallback, and every choice says which source it used.
+
+The ladder is built on the cost/accuracy frontier of the eligible variants:
+- critical  = the cheapest variant (lowest latency; among latencies within `cheap_margin` of the
+  fastest, the smallest file: fewer bytes moved per inference);
+- performance = the most accurate among the fast ones (within `fast_factor` of the fastest);
+- balanced / saver = frontier points between the two (2/3 and 1/3 of the way down).
+So two devices with different hardware get different ladders, and a ladder has two distinct
+variants whenever a cheaper variant exists that is not slower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.hardware import HardwareProfile
+from shared.manifest import Ladder, LadderStep, Manifest, Variant
+from shared.messages import PowerLevel
+
+LatencySource = Literal["device", "build-host", "none"]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A variant's on-device timing for one hardware class (`error` if it failed there)."""
+
+    p50_ms: float | None
+    p99_ms: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Candidate:
+    variant: Variant
+    latency_ms: float | None
+    source: LatencySource
+    accuracy: float | None
+
+    def describe(self) -> str:
+        lat = f"{self.latency_ms:.3f} ms ({self.source})" if self.latency_ms is not None else "?"
+        acc = f"{self.accuracy * 100:.2f} %" if self.accuracy is not None else "?"
+        return f"{self.variant.id}: p50 {lat}, accuracy {acc}"
+
+
+@dataclass
+class Selection:
+    ladder: Ladder
+    hardware_class: str
+    latency_source: dict[str, LatencySource] = field(default_factory=dict)
+    latency_ms: dict[str, float | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class NoEligibleVariant(Exception):
+    """Nothing in the bundle runs on this device; `rejected` says why for each variant."""
+
+    def __init__(self, bundle_id: str, rejected: dict[str, str]) -> None:
+        super().__init__(
+            f"no variant of bundle {bundle_id} fits this device: "
+            + "; ".join(f"{k}: {v}" for k, v in rejected.items())
+        )
+        self.rejected = rejected
+
+
+def _eligibility(
+    variant: Variant,
+    profile: HardwareProfile,
+    tolerance: float,
+    measured: Measured | None,
+) -> str | None:
+    """Why `variant` cannot serve this device, or None."""
+    if variant.status != "accepted":
+        return f"rejected at build time: {variant.reason or 'no reason given'}"
+    runtime = variant.requirements.runtime
+    if runtime not in profile.runtimes:
+        have = ", ".join(sorted(profile.runtimes)) or "none"
+        return f"needs runtime {runtime}, the device has {have}"
+    missing = sorted(set(variant.requirements.cpu_features) - set(profile.features))
+    if missing:
+        return f"needs CPU features {', '.join(missing)} the device lacks"
+    need = variant.requirements.min_memory_mb
+    if need and need > profile.memory_mb:
+        return f"needs {need} MB of memory, the device has {profile.memory_mb} MB"
+    delta = variant.metrics.accuracy_delta
+    if delta is not None and delta < -tolerance:
+        return (
+            f"loses {-delta:.2f} accuracy points vs fp32, over the {tolerance:.2f}-point tolerance"
+        )
+    if measured is not None and measured.error:
+        return f"failed in the on-device benchmark: {measured.error}"
+    return None
+
+
+def _candidate(variant: Variant, measured: Measured | None) -> Candidate:
+    if measured is not None and measured.p50_ms is not None:
+        return Candidate(variant, measured.p50_ms, "device", variant.metrics.accuracy)
+    if variant.metrics.latency_p50_ms is not None:
+        return Candidate(
+            variant, variant.metrics.latency_p50_ms, "build-host", variant.metrics.accuracy
+        )
+    return Candidate(variant, None, "none", variant.metrics.accuracy)
+
+
+def _cost_key(c: Candidate) -> tuple[float, int]:
+    return (c.latency_ms if c.latency_ms is not None else float("inf"), c.variant.size_bytes)
+
+
+def _acc(c: Candidate) -> float:
+    return c.accuracy if c.accuracy is not None else -1.0
+
+
+def select(
+    manifest: Manifest,
+    profile: HardwareProfile,
+    measurements: dict[str, Measured] | None = None,
+    *,
+    tolerance_points: float | None = None,
+    fast_factor: float = 1.5,
+    cheap_margin: float = 0.10,
+) -> Selection:
+    """The ladder for one device; raise `NoEligibleVariant` when nothing fits."""
+    measurements = measurements or {}
+    tolerance = manifest.tolerance_points if tolerance_points is None else tolerance_points
+    rejected: dict[str, str] = {}
+    eligible: list[Candidate] = []
+    for variant in manifest.variants:
+        why = _eligibility(variant, profile, tolerance, measurements.get(variant.id))
+        if why:
+            rejected[variant.id] = why
+        else:
+            eligible.append(_candidate(variant, measurements.get(variant.id)))
+    if not eligible:
+        raise NoEligibleVariant(manifest.bundle_id, rejected)
+
+    notes = []
+    # Mixing sources would compare a device's timing with another machine's: when some
+    # variants were measured on this hardware class, rank only those.
+    on_device = [c for c in eligible if c.source == "device"]
+    if on_device and len(on_device) < len(eligible):
+        for c in eligible:
+            if c.source != "device":
+                rejected[c.variant.id] = (
+                    "not measured on this hardware class (other variants were); "
+                    "run a benchmark to consider it"
+                )
+        eligible = on_device
+    if not on_device:
+        notes.append("no on-device benchmark for this hardware class: ranked by build-host latency")
+
+    timed = [c for c in eligible if c.latency_ms is not None]
+    if timed:
+        fastest = min(c.latency_ms for c in timed if c.latency_ms is not None)
+        near_fastest = [
+            c
+            for c in timed
+            if c.latency_ms is not None and c.latency_ms <= fastest * (1 + cheap_margin)
+        ]
+        critical = min(near_fastest, key=lambda c: (c.variant.size_bytes, c.latency_ms or 0.0))
+        fast = [
+            c for c in timed if c.latency_ms is not None and c.latency_ms <= fastest * fast_factor
+        ]
+        performance = max(fast, key=lambda c: (_acc(c), -(c.latency_ms or 0.0)))
+    else:  # nothing timed anywhere: fall back to size as the cost
+        notes.append("no latency known for any variant: cost ranked by file size")
+        critical = min(eligible, key=lambda c: c.variant.size_bytes)
+        performance = max(eligible, key=lambda c: (_acc(c), -c.variant.size_bytes))
+
+    # The frontier from critical up to performance: each step strictly more accurate.
+    frontier = [critical]
+    if performance is not critical:
+        lo, hi = _cost_key(critical), _cost_key(performance)
+        between = sorted(
+            (c for c in eligible if lo < _cost_key(c) < hi and c is not performance), key=_cost_key
+        )
+        for c in between:
+            if _acc(c) > _acc(frontier[-1]) and _acc(c) < _acc(performance):
+                frontier.append(c)
+        frontier.append(performance)
+
+    k = len(frontier) - 1
+    index = {
+        PowerLevel.PERFORMANCE: k,
+        PowerLevel.BALANCED: round(k * 2 / 3),
+        PowerLevel.SAVER: round(k / 3),
+        PowerLevel.CRITICAL: 0,
+    }
+    why_level = {
+        PowerLevel.PERFORMANCE: "most accurate of the fast variants",
+        PowerLevel.BALANCED: "two thirds up the cost/accuracy frontier",
+        PowerLevel.SAVER: "one third up the cost/accuracy frontier",
+        PowerLevel.CRITICAL: "lowest cost (latency, then size)",
+    }
+    steps = [
+        LadderStep(
+            level=level,
+            variant_id=frontier[i].variant.id,
+            why=f"{why_level[level]}: {frontier[i].describe()}",
+        )
+        for level, i in index.items()
+    ]
+    chosen = {s.variant_id for s in steps}
+    for c in eligible:
+        if c.variant.id in chosen or c.variant.id in rejected:
+            continue
+        rejected[c.variant.id] = _why_not_chosen(c, performance, critical, fast_factor)
+    return Selection(
+        ladder=Ladder(bundle_id=manifest.bundle_id, steps=steps, rejected=rejected),
+        hardware_class=profile.hardware_class(),
+        latency_source={c.variant.id: c.source for c in eligible},
+        latency_ms={c.variant.id: c.latency_ms for c in eligible},
+        notes=notes,
+    )
+
+
+def _why_not_chosen(
+    c: Candidate, performance: Candidate, critical: Candidate, fast_factor: float
+) -> str:
+    if c.latency_ms is None and performance.latency_ms is not None:
+        return "no latency measured for it"
+    if (
+        c.latency_ms is not None
+        and critical.latency_ms is not None
+        and c.latency_ms > critical.latency_ms * fast_factor
+        and _acc(c) <= _acc(performance)
+    ):
+        return (
+            f"slower ({c.latency_ms:.3f} ms, {c.source}) than {critical.variant.id} "
+            f"({critical.latency_ms:.3f} ms) and not more accurate than {performance.variant.id}"
+        )
+    if _acc(c) <= _acc(critical):
+        return f"no more accurate than the cheaper {critical.variant.id}: {c.describe()}"
+    return f"dominated on the cost/accuracy frontier: {c.describe()}"
