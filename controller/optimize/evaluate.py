@@ -41,6 +41,7 @@ class Predictor:
         if self.format is ModelFormat.ONNX:
             import onnxruntime as ort
 
+            ort.set_default_logger_severity(3)
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -10,6 +10,7 @@ end, so a failed build never leaves a half-written bundle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -234,6 +235,10 @@ def _build(
 
     work = staging / "work"
     work.mkdir()
+    with contextlib.suppress(ModuleNotFoundError):
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)  # its warnings are not the user's problem
     if keras is not None:
         onnx, tflite = _from_keras(keras, work, onnx, tflite)
     if onnx is None and tflite is None:
@@ -335,6 +340,21 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
+_OP_PATTERNS = (
+    r"operator \((\w+)\)",  # ONNX type checker
+    r"implementation for (\w+)\(",  # ONNX Runtime kernel lookup
+    r"[Uu]nsupported op(?:eration)?[: ]+'?(\w+)",  # quantizers
+)
+
+
+def _op_named_in(message: str) -> str | None:
+    for pattern in _OP_PATTERNS:
+        found = re.search(pattern, message)
+        if found:
+            return found.group(1)
+    return None
+
+
 def _onnx_plans(source: Path, work: Path, calib: np.ndarray) -> list[_Plan]:
     from controller.optimize import onnx as m
 
@@ -411,9 +431,10 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
     except UserError:
         raise
     except Exception as exc:
+        op = _op_named_in(str(exc))
+        what = f"op {op} is not supported by this scheme" if op else "this scheme failed"
         raise UserError(
-            f"{plan.id}: this scheme cannot handle the model ({_first_line(exc)}); "
-            f"leave it out with --skip {plan.id}"
+            f"{plan.id}: {what} ({_first_line(exc)}); leave it out with --skip {plan.id}"
         ) from None
     job.step(f"{plan.id}: evaluating")
     try:

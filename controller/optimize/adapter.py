@@ -1,0 +1,158 @@
+"""The seed's API: `HardwareAdapter().fit(model, x_train, y_train)`, then `evaluate(x, y)`.
+
+A thin layer over `build_bundle` for notebook users:
+
+    from controller.optimize import HardwareAdapter
+    adapter = HardwareAdapter(model_name="fashion").fit(keras_model, x_train, y_train)
+    table = adapter.evaluate(x_test, y_test)      # also kept in adapter.evaluate_results
+
+`fit` calibrates on a seeded random sample of `x_train` and scores the variants (for the
+tolerance check) on a disjoint held-out sample of it; `evaluate` re-scores every variant on
+the data you give it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controller.optimize import data as data_mod
+from controller.optimize import evaluate
+from controller.optimize.factory import Progress, build_bundle, variant_path
+from shared.errors import UserError
+from shared.manifest import Manifest
+from shared.signing import generate_key
+
+
+class HardwareAdapter:
+    """Build once with `fit`, then compare every variant with `evaluate`."""
+
+    def __init__(
+        self,
+        out_dir: Path | str | None = None,
+        *,
+        key: Ed25519PrivateKey | Path | str | None = None,
+        model_name: str = "model",
+        tolerance_points: float = 1.0,
+        labels: list[str] | None = None,
+        calibration_samples: int = 500,
+        holdout_samples: int = 1000,
+        seed: int = 0,
+        threads: int = 1,
+        progress: Progress | None = None,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if out_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="lepton-adapter-")
+            out_dir = Path(self._tmp.name) / "bundle"
+        self.bundle_dir = Path(out_dir)
+        self.key = key if key is not None else generate_key()
+        self.model_name = model_name
+        self.tolerance_points = tolerance_points
+        self.labels = labels
+        self.calibration_samples = calibration_samples
+        self.holdout_samples = holdout_samples
+        self.seed = seed
+        self.threads = threads
+        self.progress = progress
+        self.manifest: Manifest | None = None
+        self.evaluate_results: list[dict[str, Any]] = []
+
+    def fit(self, model: Any, x_train: np.ndarray, y_train: np.ndarray) -> HardwareAdapter:
+        """Build the bundle from `model`: a Keras model, a `.keras` / `.onnx` / `.tflite`
+        path, or a pair `(onnx_path, tflite_path)` of the same network."""
+        x_train, y_train = np.asarray(x_train), np.asarray(y_train)
+        if len(x_train) != len(y_train):
+            raise UserError(f"x_train has {len(x_train)} samples but y_train {len(y_train)}")
+        if len(x_train) < 2:
+            raise UserError("x_train needs at least 2 samples (calibration and held-out)")
+        order = np.random.default_rng(self.seed).permutation(len(x_train))
+        holdout = order[: min(self.holdout_samples, len(order) // 2)]
+        calib = order[len(holdout) : len(holdout) + self.calibration_samples]
+        sources = _sources(model)
+        self.manifest = build_bundle(
+            self.bundle_dir,
+            **sources,
+            calib_x=x_train[np.sort(calib)],
+            eval_x=x_train[np.sort(holdout)],
+            eval_y=y_train[np.sort(holdout)],
+            key=self.key,
+            model_name=self.model_name,
+            tolerance_points=self.tolerance_points,
+            labels=self.labels,
+            progress=self.progress,
+            threads=self.threads,
+            overwrite=True,
+        )
+        self.evaluate_results = [_row(v.model_dump(mode="json")) for v in self.manifest.variants]
+        return self
+
+    def evaluate(self, x_test: np.ndarray, y_test: np.ndarray) -> list[dict[str, Any]]:
+        """Score every variant on `(x_test, y_test)`; one row per variant (accuracy metrics
+        from this data, size and speed from the build)."""
+        if self.manifest is None:
+            raise UserError("call fit(model, x_train, y_train) before evaluate")
+        manifest = self.manifest
+        fp32 = manifest.variants[0]
+        x = data_mod.prepare_images(np.asarray(x_test), fp32.inputs[0].shape, "x_test")
+        y = data_mod.prepare_labels(np.asarray(y_test), manifest.num_classes, len(x))
+        baseline: dict[str, float] = {}
+        rows = []
+        for variant in sorted(manifest.variants, key=lambda v: v.precision != "fp32"):
+            predictor = evaluate.Predictor(
+                variant_path(self.bundle_dir, variant), variant.format, self.threads
+            )
+            scores = evaluate.accuracy_metrics(predictor.predict_all(x), y, manifest.num_classes)
+            if variant.precision == "fp32":
+                baseline[variant.format] = scores["accuracy"]
+            base = baseline.get(variant.format)
+            scores["accuracy_delta"] = None if base is None else (scores["accuracy"] - base) * 100
+            row = _row(variant.model_dump(mode="json"))
+            row.update({k: scores[k] for k in row if k in scores})
+            row["confusion"] = scores["confusion"]
+            rows.append(row)
+        order = [v.id for v in manifest.variants]
+        self.evaluate_results = sorted(rows, key=lambda r: order.index(r["id"]))
+        return self.evaluate_results
+
+
+def _sources(model: Any) -> dict[str, Any]:
+    if isinstance(model, tuple) and len(model) == 2:
+        return {"onnx": Path(model[0]), "tflite": Path(model[1])}
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            return {"onnx": path}
+        if suffix == ".tflite":
+            return {"tflite": path}
+        if suffix in {".keras", ".h5"}:
+            return {"keras": path}
+        raise UserError(f"{path}: give a .onnx, .tflite or .keras model")
+    return {"keras": model}
+
+
+def _row(variant: dict[str, Any]) -> dict[str, Any]:
+    metrics = variant["metrics"]
+    return {
+        "id": variant["id"],
+        "format": variant["format"],
+        "precision": variant["precision"],
+        "scheme": variant["scheme"],
+        "status": variant["status"],
+        "reason": variant["reason"],
+        "size_bytes": variant["size_bytes"],
+        "accuracy": metrics["accuracy"],
+        "precision_macro": metrics["precision_macro"],
+        "recall_macro": metrics["recall_macro"],
+        "f1_macro": metrics["f1_macro"],
+        "accuracy_delta": metrics["accuracy_delta"],
+        "latency_p50_ms": metrics["latency_p50_ms"],
+        "latency_p99_ms": metrics["latency_p99_ms"],
+        "throughput_ips": metrics["throughput_ips"],
+        "peak_memory_mb": metrics["peak_memory_mb"],
+    }

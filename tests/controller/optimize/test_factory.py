@@ -1,0 +1,140 @@
+"""The factory on a tiny ONNX model made here: tolerance, fallback, determinism, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.optimize import build_bundle, load_bundle
+from controller.optimize.evaluate import SpeedBudget
+from shared.errors import UserError
+from shared.signing import generate_key
+from tests.controller.optimize import tiny
+
+FAST = SpeedBudget(min_runs=5, max_runs=20, seconds=0.05, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.make_onnx(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
+
+
+def build(out: Path, model: Path, **overrides: object):
+    x, y = tiny.data(400)
+    args: dict[str, object] = {
+        "onnx": model,
+        "calib_x": x[:200],
+        "eval_x": x[200:],
+        "eval_y": y[200:],
+        "key": generate_key(),
+        "model_name": "tiny",
+        "budget": FAST,
+    }
+    args.update(overrides)
+    return build_bundle(out, **args)  # type: ignore[arg-type]
+
+
+def test_tiny_bundle_is_deterministic(tiny_model: Path, tmp_path: Path) -> None:
+    first = build(tmp_path / "a", tiny_model)
+    second = build(tmp_path / "b", tiny_model)
+    assert [v.id for v in first.variants] == [
+        "onnx-fp32",
+        "onnx-fp16",
+        "onnx-int8-static",
+        "onnx-int8-dynamic",
+    ]
+    assert {v.id: v.sha256 for v in first.variants} == {v.id: v.sha256 for v in second.variants}
+    assert first.bundle_id == second.bundle_id  # version defaults to the input's hash
+    assert first.variant("onnx-fp32").metrics.accuracy == 1.0
+    assert all(v.status == "accepted" for v in first.variants)
+    assert first.variant("onnx-int8-static").inputs[0].dtype == "float32"  # QDQ keeps float I/O
+
+
+def test_bad_calibration_is_rejected_and_the_next_scheme_tried(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    x, _ = tiny.data(200, seed=1)
+    # Calibrating on inputs 100x too small saturates the int8 input quantizer.
+    manifest = build(tmp_path / "b", tiny_model, calib_x=x * 0.01)
+    static = manifest.variant("onnx-int8-static")
+    assert static.status == "rejected"
+    assert "accuracy drop" in static.reason and "> tolerance 1 pt" in static.reason
+    assert -static.metrics.accuracy_delta > 1.0
+    mixed = manifest.variant("onnx-int8-static-mixed")
+    assert mixed.scheme == "static_qdq_per_channel_mixed"
+    assert "float: " in mixed.reason
+    # Dynamic int8 needs no calibration, so bad calibration data cannot hurt it.
+    assert manifest.variant("onnx-int8-dynamic").status == "accepted"
+    assert static in manifest.variants and static not in manifest.accepted()
+    load_bundle(tmp_path / "b")  # rejected variants keep their files: the table explains them
+
+
+def test_tolerance_is_configurable(tiny_model: Path, tmp_path: Path) -> None:
+    x, _ = tiny.data(200, seed=1)
+    manifest = build(tmp_path / "b", tiny_model, calib_x=x * 0.01, tolerance_points=100.0)
+    assert manifest.tolerance_points == 100.0
+    assert manifest.variant("onnx-int8-static").status == "accepted"
+    assert "onnx-int8-static-mixed" not in {v.id for v in manifest.variants}
+
+
+def _no_leftovers(parent: Path) -> None:
+    assert [p.name for p in parent.iterdir() if p.name != "inputs"] == []
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("not_a_model", "is not a valid ONNX model"),
+        ("shape", "has samples of shape (5,) but the model takes (8,)"),
+        ("labels", "evaluation label 4 is out of range: the model has 4 classes"),
+        ("empty_calibration", "calibration data is empty"),
+        ("unsupported_op", "onnx-fp16: op Celu is not supported by this scheme"),
+        ("not_a_tflite", "is not a valid TFLite model"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(
+    case: str, message: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    x, y = tiny.data(50)
+    overrides: dict[str, object] = {}
+    if case == "not_a_model":
+        (inputs / "m.onnx").write_bytes(b"this is not a model")
+        overrides["onnx"] = inputs / "m.onnx"
+    elif case == "not_a_tflite":
+        (inputs / "m.tflite").write_bytes(b"TFL3 but not really")
+        overrides["onnx"] = None
+        overrides["tflite"] = inputs / "m.tflite"
+    elif case == "shape":
+        overrides["eval_x"] = x[:, :5]
+    elif case == "labels":
+        overrides["eval_y"] = np.where(np.arange(len(y)) == 7, 4, y)
+        overrides["eval_x"] = x
+    elif case == "empty_calibration":
+        overrides["calib_x"] = x[:0]
+    elif case == "unsupported_op":
+        overrides["onnx"] = tiny.make_onnx(inputs / "celu.onnx", extra_op="Celu")
+    if case in {"labels"}:
+        overrides.setdefault("eval_y", y)
+    with pytest.raises(UserError) as caught:
+        build(tmp_path / "bundle", tiny_model, **overrides)
+    text = str(caught.value)
+    assert message in text
+    assert "\n" not in text
+    _no_leftovers(tmp_path)
+
+
+def test_existing_bundle_is_kept_unless_overwrite(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        build(out, tiny_model)
+    assert (out / "keep.txt").read_text() == "mine"
+    manifest = build(out, tiny_model, overwrite=True, skip=["onnx-fp16", "onnx-int8-dynamic"])
+    assert [v.id for v in manifest.variants] == ["onnx-fp32", "onnx-int8-static"]
+    assert not (out / "keep.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
