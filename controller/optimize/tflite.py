@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,12 @@ def make_fp32(source: Path, out: Path) -> str:
 def _quantize(source: Path, out: Path, recipe: Any, calibration: Any = None) -> None:
     from ai_edge_quantizer import quantizer
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": calibration
         q = quantizer.Quantizer(str(source), recipe)
         qsvs = q.calibrate(calibration) if q.need_calibration else None
         result = q.quantize(qsvs, enable_progress_report=False)

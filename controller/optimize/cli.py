@@ -1,0 +1,189 @@
+"""`lepton build`: one fp32 model in, a signed bundle of measured variants out.
+
+    lepton build --onnx model.onnx --tflite model.tflite \\
+        --calib train-images-idx3-ubyte.gz --eval t10k-images-idx3-ubyte.gz --out bundle/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.errors import UserError
+from shared.idx import FASHION_MNIST_LABELS
+
+
+def default_key_path() -> Path:
+    state = os.environ.get("LEPTON_CONTROLLER_STATE_DIR")
+    base = Path(state) if state else Path.home() / ".local" / "share" / "lepton"
+    return base / "keys" / "signing.pem"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    models = parser.add_argument_group("model (one or more of the same network, fp32)")
+    models.add_argument("--onnx", type=Path, metavar="M.onnx", help="fp32 ONNX model")
+    models.add_argument("--tflite", type=Path, metavar="M.tflite", help="fp32 TFLite model")
+    models.add_argument(
+        "--keras", type=Path, metavar="M.keras", help="Keras model (needs the keras extra)"
+    )
+    data = parser.add_argument_group("data (IDX files, optionally .gz, or .npy arrays)")
+    data.add_argument("--calib", type=Path, required=True, help="calibration images")
+    data.add_argument("--eval", type=Path, required=True, help="evaluation images")
+    data.add_argument(
+        "--eval-labels",
+        type=Path,
+        help="evaluation labels (default: the IDX labels file next to --eval, "
+        "'images-idx3' -> 'labels-idx1')",
+    )
+    data.add_argument(
+        "--eval-samples", type=int, default=None, help="evaluate on the first N samples only"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="bundle folder to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help=f"Ed25519 signing key, created if missing (default {default_key_path()})",
+    )
+    parser.add_argument("--name", default=None, help="model name (default: the file's stem)")
+    parser.add_argument("--version", default=None, help="version (default: the input's hash)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1.0,
+        help="largest accepted accuracy drop vs fp32, in points (default 1.0)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="class names, comma-separated, or 'fashion-mnist'",
+    )
+    parser.add_argument(
+        "--skip", action="append", default=[], metavar="VARIANT", help="leave a variant out"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads for timings")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def _labels_path(images: Path) -> Path:
+    name = images.name
+    if "images-idx3" not in name:
+        raise UserError(f"cannot tell where the labels of {images} are: pass --eval-labels")
+    return images.with_name(name.replace("images-idx3", "labels-idx1"))
+
+
+def _labels(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    if value.lower() == "fashion-mnist":
+        return list(FASHION_MNIST_LABELS)
+    return [v.strip() for v in value.split(",")]
+
+
+def run(args: argparse.Namespace) -> int:
+    from controller.optimize.data import load_array
+    from controller.optimize.factory import build_bundle
+
+    if not (args.onnx or args.tflite or args.keras):
+        raise UserError("give a model: --onnx M.onnx, --tflite M.tflite and/or --keras M.keras")
+    eval_x = load_array(args.eval, "evaluation data")
+    eval_y = load_array(args.eval_labels or _labels_path(args.eval), "evaluation labels")
+    if args.eval_samples:
+        eval_x, eval_y = eval_x[: args.eval_samples], eval_y[: args.eval_samples]
+    first = args.onnx or args.tflite or args.keras
+    quiet = args.json or not sys.stderr.isatty()
+    with _progress(quiet) as report:
+        manifest = build_bundle(
+            args.out,
+            onnx=args.onnx,
+            tflite=args.tflite,
+            keras=args.keras,
+            calib_x=args.calib,
+            eval_x=eval_x,
+            eval_y=eval_y,
+            key=args.key or default_key_path(),
+            model_name=args.name or first.stem,
+            version=args.version,
+            tolerance_points=args.tolerance,
+            labels=_labels(args.labels),
+            progress=report,
+            skip=args.skip,
+            threads=args.threads,
+            overwrite=args.overwrite,
+        )
+    if args.json:
+        print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+    else:
+        _print_table(manifest, args.out)
+    return 0
+
+
+class _progress:
+    """A rich progress bar on stderr over the build's steps (nothing when quiet)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar: Any = None
+
+    def __enter__(self) -> Any:
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]building"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._bar.start()
+        task = self._bar.add_task("", total=None)
+
+        def report(done: int, total: int, what: str) -> None:
+            self._bar.update(task, completed=done, total=total, description=what)
+
+        return report
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _print_table(manifest: Any, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bundle {manifest.bundle_id} in {out}")
+    table.add_column("variant", no_wrap=True)
+    table.add_column("format")
+    table.add_column("precision")
+    for column in ("size KiB", "accuracy", "delta pt", "p50 ms"):
+        table.add_column(column, justify="right")
+    table.add_column("status", no_wrap=True)
+    table.add_column("why")
+    for v in manifest.variants:
+        m = v.metrics
+        table.add_row(
+            v.id,
+            v.format.value,
+            v.precision.value,
+            f"{v.size_bytes / 1024:.0f}",
+            "" if m.accuracy is None else f"{m.accuracy:.4f}",
+            "" if m.accuracy_delta is None else f"{m.accuracy_delta:+.2f}",
+            "" if m.latency_p50_ms is None else f"{m.latency_p50_ms:.3f}",
+            "[green]accepted" if v.status == "accepted" else "[red]rejected",
+            v.reason,
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)

@@ -1,0 +1,123 @@
+"""`lepton build` end to end: IDX data in, bundle and table/JSON out, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.cli import main
+from controller.optimize import load_bundle
+from shared.idx import FASHION_MNIST_DIR
+from shared.signing import load_or_create_private_key
+from tests.controller.optimize import tiny
+
+REFERENCE = Path(__file__).resolve().parents[3] / "examples" / "fashion_mnist"
+
+
+def test_build_json_from_idx_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "keys" / "signing.pem"
+    code = main(
+        [
+            "build",
+            "--tflite", str(REFERENCE / "model.tflite"),
+            "--calib", str(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
+            "--eval", str(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
+            "--eval-samples", "300",
+            "--skip", "tflite-int8-weight-only",
+            "--labels", "fashion-mnist",
+            "--out", str(tmp_path / "bundle"),
+            "--key", str(key),
+            "--json",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    public = load_or_create_private_key(key).public_key()  # created by the build
+    manifest = load_bundle(tmp_path / "bundle", public)
+    assert printed == manifest.model_dump(mode="json")
+    assert [v.id for v in manifest.variants] == [
+        "tflite-fp32",
+        "tflite-fp16",
+        "tflite-int8-static",
+        "tflite-int8-dynamic",
+    ]
+    assert manifest.model_name == "model" and manifest.labels[9] == "Ankle boot"
+
+
+def test_build_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny.make_onnx(tmp_path / "tiny.onnx")
+    x, y = tiny.data(300)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    args = ["build", "--onnx", str(model), "--calib", str(tmp_path / "x.npy")]
+    args += ["--eval", str(tmp_path / "x.npy"), "--eval-labels", str(tmp_path / "y.npy")]
+    args += ["--out", str(tmp_path / "b"), "--key", str(tmp_path / "k.pem"), "--name", "tiny"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for variant in ("onnx-fp32", "onnx-fp16", "onnx-int8-static", "onnx-int8-dynamic"):
+        assert variant in out
+    assert "accepted" in out and "1.0000" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--calib", "x.npy", "--eval", "x.npy", "--eval-labels", "y.npy"], "give a model"),
+        (
+            [
+                "--onnx",
+                "README.md",
+                "--calib",
+                "x.npy",
+                "--eval",
+                "x.npy",
+                "--eval-labels",
+                "y.npy",
+            ],
+            "is not a valid ONNX model",
+        ),
+        (["--onnx", "m.onnx", "--calib", "x.npy", "--eval", "x.npy"], "pass --eval-labels"),
+        (
+            [
+                "--onnx",
+                "m.onnx",
+                "--calib",
+                "empty.npy",
+                "--eval",
+                "x.npy",
+                "--eval-labels",
+                "y.npy",
+            ],
+            "calibration data is empty",
+        ),
+        (
+            ["--onnx", "m.onnx", "--calib", "x.npy", "--eval", "x.npy", "--eval-labels", "bad.npy"],
+            "out of range",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("# not a model\n")
+    tiny.make_onnx(tmp_path / "m.onnx")
+    x, y = tiny.data(20)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "empty.npy", x[:0])
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "bad.npy", y + 10)
+    code = main(["build", *argv, "--out", "bundle", "--key", "k.pem"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and err.startswith("lepton: error:")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
