@@ -79,7 +79,7 @@ class SelectionSettings(_Strict):
         default=None, ge=0, description="accuracy loss allowed vs fp32; default: the manifest's"
     )
     fast_factor: float = Field(
-        default=1.5, ge=1, description="'fast' = within this factor of the fastest variant"
+        default=2.5, ge=1, description="'fast' = within this factor of the fastest variant"
     )
     cheap_margin: float = Field(
         default=0.10, ge=0, description="latencies this close count as equal; size breaks ties"

@@ -120,7 +120,7 @@ def select(
     measurements: dict[str, Measured] | None = None,
     *,
     tolerance_points: float | None = None,
-    fast_factor: float = 1.5,
+    fast_factor: float = 2.5,
     cheap_margin: float = 0.10,
 ) -> Selection:
     """The ladder for one device; raise `NoEligibleVariant` when nothing fits."""

@@ -54,3 +54,57 @@ def client(settings: ControllerSettings) -> Iterator[TestClient]:
     """The app without a broker (API only)."""
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+class LiveController:
+    """The app served by uvicorn on a free port, in a thread (real HTTP)."""
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        import threading
+
+        import uvicorn
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.controller = self.app.state.controller
+        self.url = settings.base_url()
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=settings.http_port,
+            log_level="warning",
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> LiveController:
+        from tests.controller.helpers import wait_for
+
+        self.thread.start()
+        wait_for(lambda: self.server.started, 20, what="uvicorn to start")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def live_settings(
+    tmp_path: Path, db_url: str, broker: Mosquitto | None = None, **extra: Any
+) -> ControllerSettings:
+    from tests.mosquitto import free_port
+
+    port = free_port()
+    return make_settings(
+        tmp_path, db_url, broker, http_port=port, public_url=f"http://127.0.0.1:{port}", **extra
+    )
+
+
+@pytest.fixture
+def live(tmp_path: Path, db_url: str, mosquitto: Mosquitto) -> Iterator[LiveController]:
+    server = LiveController(live_settings(tmp_path, db_url, mosquitto)).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,142 @@
+"""The MQTT bridge against a real mosquitto: registry updates, gaps, duplicates, bad payloads."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.client as mqtt
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
+
+from controller.app import create_app
+from shared import messages, topics
+from shared.messages import CpuSample, Event, EventKind, MemorySample, State, Telemetry
+from shared.topics import Kind
+from tests.controller.conftest import AUTH, make_settings
+from tests.controller.helpers import SimAgent, profile, wait_for
+
+
+def _publisher(port: int) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def _tel(device_id: str, seq: int) -> bytes:
+    return messages.encode(
+        Telemetry(
+            device_id=device_id,
+            ts=time.time(),
+            seq=seq,
+            cpu=CpuSample(percent=5),
+            memory=MemorySample(used_mb=1, available_mb=2, percent=3),
+        )
+    )
+
+
+def test_registry_gaps_duplicates_and_rejects(tmp_path, db_url, mosquitto) -> None:
+    settings = make_settings(
+        tmp_path, db_url, mosquitto, ingest={"history_per_device": 5, "prune_interval_s": 0.1}
+    )
+    with TestClient(create_app(settings)) as client:
+        ctl = client.app.state.controller
+        assert ctl.bridge.wait_connected()
+        pub = _publisher(mosquitto.port)
+        state = State(
+            device_id="d1", ts=time.time(), status="online", hardware=profile(), agent_version="1"
+        )
+        pub.publish(topics.topic("d1", Kind.STATE), messages.encode(state), 1, retain=True)
+        for seq in [0, 1, 2, 2, 5, 6, 7, 8, 9, 10]:  # one duplicate, a gap of two
+            pub.publish(topics.topic("d1", Kind.TELEMETRY), _tel("d1", seq), 1).wait_for_publish()
+        ev = Event(
+            device_id="d1",
+            ts=time.time(),
+            seq=0,
+            kind=EventKind.PRECISION_SWITCH,
+            reason="battery 19 %",
+        )
+        pub.publish(topics.topic("d1", Kind.EVENT), messages.encode(ev), 1)
+        # bad input: not JSON, wrong schema, oversized, device id not matching the topic, bad topic
+        pub.publish(topics.topic("d1", Kind.TELEMETRY), b"{not json", 1)
+        pub.publish(topics.topic("d1", Kind.TELEMETRY), json.dumps({"device_id": "d1"}), 1)
+        pub.publish(topics.topic("d1", Kind.TELEMETRY), b"x" * (messages.MAX_PAYLOAD_BYTES + 1), 1)
+        pub.publish(topics.topic("d2", Kind.TELEMETRY), _tel("d1", 11), 1)
+        pub.publish("lepton/v1/dev/d1/bogus/extra", b"{}", 1)
+        pub.publish("lepton/v1/dev/d1/telemetry", b"\xff\xfe", 1).wait_for_publish()
+
+        counters = ctl.bridge.counters
+        wait_for(
+            lambda: (
+                counters.rejected_malformed >= 3
+                and counters.rejected_oversized == 1
+                and counters.rejected_topic >= 1
+                and counters.telemetry >= 8
+            ),
+            what="ingestion",
+        )
+        assert counters.rejected_malformed == 3
+        assert counters.rejected_topic == 1  # the bogus topic is outside our subscription
+        wait_for(lambda: client.get("/api/v1/devices/d1", headers=AUTH).json()["gaps"] == 2)
+        detail = client.get("/api/v1/devices/d1", headers=AUTH).json()
+        assert detail["online"] is True and detail["duplicates"] == 1
+        assert detail["telemetry_count"] == 9 and detail["last_telemetry"]["seq"] == 10
+        assert detail["hardware_class"] == profile().hardware_class()
+        assert detail["events"][0]["kind"] == "precision_switch"
+        wait_for(
+            lambda: len(client.get("/api/v1/devices/d1", headers=AUTH).json()["history"]) == 5,
+            what="history pruned to 5",
+        )
+        metrics = client.get("/metrics").text
+        assert 'lepton_mqtt_rejected_total{reason="malformed"} 3' in metrics
+        assert "lepton_telemetry_gaps_total 2" in metrics
+        pub.loop_stop()
+        pub.disconnect()
+
+
+def test_online_offline_from_birth_and_will_and_filters(tmp_path, db_url, mosquitto) -> None:
+    settings = make_settings(tmp_path, db_url, mosquitto)
+    with TestClient(create_app(settings)) as client:
+        assert client.app.state.controller.bridge.wait_connected()
+        a = SimAgent(
+            "arm-1",
+            mosquitto.port,
+            hw=profile(cpu_model="Cortex-A76", arch="aarch64", features=["neon", "asimddp"]),
+        ).start()
+        b = SimAgent("x86-1", mosquitto.port).start()
+        try:
+            wait_for(
+                lambda: len(client.get("/api/v1/devices?online=true", headers=AUTH).json()) == 2
+            )
+            assert [
+                d["id"] for d in client.get("/api/v1/devices?arch=aarch64", headers=AUTH).json()
+            ] == ["arm-1"]
+            r = client.put(
+                "/api/v1/devices/arm-1/tags", json={"tags": ["lab", "arm"]}, headers=AUTH
+            )
+            assert r.status_code == 200 and r.json()["tags"] == ["arm", "lab"]
+            assert (
+                client.put(
+                    "/api/v1/devices/arm-1/tags", json={"tags": ["bad tag!"]}, headers=AUTH
+                ).status_code
+                == 422
+            )
+            assert (
+                client.put("/api/v1/devices/nope/tags", json={"tags": []}, headers=AUTH).status_code
+                == 404
+            )
+            assert [
+                d["id"] for d in client.get("/api/v1/devices?tag=lab", headers=AUTH).json()
+            ] == ["arm-1"]
+            a.stop(clean=False)  # the broker publishes the will
+            wait_for(
+                lambda: client.get("/api/v1/devices/arm-1", headers=AUTH).json()["online"] is False,
+                what="will -> offline",
+            )
+            assert [
+                d["id"] for d in client.get("/api/v1/devices?online=true", headers=AUTH).json()
+            ] == ["x86-1"]
+            assert "lepton_devices_online 1" in client.get("/metrics").text
+        finally:
+            b.stop()
