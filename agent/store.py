@@ -370,7 +370,7 @@ class ArtifactStore:
                 raise OSError(f"unexpected Content-Range {resp.headers.get('Content-Range')!r}")
             first = True
             with part.open(mode) as out:
-                while chunk := resp.read(CHUNK):
+                while chunk := resp.read1(CHUNK):
                     have += len(chunk)
                     if have > size:
                         part.unlink(missing_ok=True)
