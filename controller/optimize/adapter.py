@@ -62,9 +62,17 @@ class HardwareAdapter:
         self.manifest: Manifest | None = None
         self.evaluate_results: list[dict[str, Any]] = []
 
-    def fit(self, model: Any, x_train: np.ndarray, y_train: np.ndarray) -> HardwareAdapter:
+    def fit(
+        self,
+        model: Any,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        *,
+        tflite_quantizer: str = "ai-edge-quantizer",
+    ) -> HardwareAdapter:
         """Build the bundle from `model`: a Keras model, a `.keras` / `.onnx` / `.tflite`
-        path, or a pair `(onnx_path, tflite_path)` of the same network."""
+        path, or a pair `(onnx_path, tflite_path)` of the same network. `tflite_quantizer`:
+        see `build_bundle` ("tensorflow" for TensorFlow's converter, Keras models only)."""
         x_train, y_train = np.asarray(x_train), np.asarray(y_train)
         if len(x_train) != len(y_train):
             raise UserError(f"x_train has {len(x_train)} samples but y_train {len(y_train)}")
@@ -87,6 +95,7 @@ class HardwareAdapter:
             progress=self.progress,
             threads=self.threads,
             overwrite=True,
+            tflite_quantizer=tflite_quantizer,
         )
         self.evaluate_results = [_row(v.model_dump(mode="json")) for v in self.manifest.variants]
         return self

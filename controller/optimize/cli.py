@@ -66,6 +66,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip", action="append", default=[], metavar="VARIANT", help="leave a variant out"
     )
+    parser.add_argument(
+        "--tflite-quantizer",
+        choices=["ai-edge-quantizer", "tensorflow"],
+        default="ai-edge-quantizer",
+        help="who makes the TFLite fp16/int8 variants (tensorflow needs --keras)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="runtime threads for timings")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             skip=args.skip,
             threads=args.threads,
             overwrite=args.overwrite,
+            tflite_quantizer=args.tflite_quantizer,
         )
     if args.json:
         print(json.dumps(manifest.model_dump(mode="json"), indent=2))

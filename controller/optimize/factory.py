@@ -118,17 +118,27 @@ def build_bundle(
     threads: int = 1,
     budget: evaluate.SpeedBudget | None = None,
     overwrite: bool = False,
+    tflite_quantizer: str = "ai-edge-quantizer",
 ) -> Manifest:
     """Build, measure and sign every variant of one model into the bundle folder `out_dir`.
 
-    `onnx` / `tflite`: fp32 model files (either or both); `keras`: a Keras model or a `.keras`
-    file, converted to both with TensorFlow (the `keras` extra). Data: arrays or IDX / `.npy`
-    files; uint8 images are scaled to [0, 1]. `key`: the controller's Ed25519 key or its PEM
-    path (created if missing). `skip`: variant ids to leave out. `threads`: runtime threads for
-    the timings. Returns the signed manifest also written to `out_dir/manifest.json`."""
+        `onnx` / `tflite`: fp32 model files (either or both); `keras`: a Keras model or a `.keras`
+        file, converted to both with TensorFlow (the `keras` extra). Data: arrays or IDX / `.npy`
+        files; uint8 images are scaled to [0, 1]. `key`: the controller's Ed25519 key or its PEM
+        path (created if missing). `skip`: variant ids to leave out. `threads`: runtime threads for
+        the timings. `tflite_quantizer="tensorflow"` makes the TFLite fp16/int8 variants of a Keras
+    model with TensorFlow's converter instead of ai-edge-quantizer (weight-only int8 and the
+    sensitive-layer fallback stay with ai-edge-quantizer). Returns the signed manifest, which is
+    also written to `out_dir/manifest.json`."""
     out_dir = Path(out_dir)
     if tolerance_points < 0:
         raise UserError(f"tolerance {tolerance_points} must be >= 0 accuracy points")
+    if tflite_quantizer not in {"ai-edge-quantizer", "tensorflow"}:
+        raise UserError(
+            f"tflite_quantizer {tflite_quantizer!r}: use ai-edge-quantizer or tensorflow"
+        )
+    if tflite_quantizer == "tensorflow" and keras is None:
+        raise UserError("TensorFlow's TFLite quantizer needs the Keras model: pass keras=...")
     unknown = set(skip) - set(ALL_VARIANTS)
     if unknown:
         raise UserError(f"unknown variant ids to skip: {sorted(unknown)}; known: {ALL_VARIANTS}")
@@ -156,6 +166,7 @@ def build_bundle(
             skip=set(skip),
             threads=threads,
             budget=budget or evaluate.SpeedBudget(),
+            tflite_quantizer=tflite_quantizer,
         )
         _publish(staging, out_dir)
         return manifest
@@ -229,6 +240,7 @@ def _build(
     skip: set[str],
     threads: int,
     budget: evaluate.SpeedBudget,
+    tflite_quantizer: str,
 ) -> Manifest:
     from controller.optimize import onnx as onnx_mod
     from controller.optimize import tflite as tflite_mod
@@ -239,8 +251,9 @@ def _build(
         import onnxruntime
 
         onnxruntime.set_default_logger_severity(3)  # its warnings are not the user's problem
+    keras_model = None
     if keras is not None:
-        onnx, tflite = _from_keras(keras, work, onnx, tflite)
+        keras_model, onnx, tflite = _from_keras(keras, work, onnx, tflite)
     if onnx is None and tflite is None:
         raise UserError("no model given: pass an fp32 ONNX file, a .tflite file, or both")
     for path in (onnx, tflite):
@@ -268,7 +281,8 @@ def _build(
     if onnx is not None:
         plans += _onnx_plans(onnx, work, calib)
     if tflite is not None:
-        plans += _tflite_plans(tflite, work, calib)
+        by_tensorflow = keras_model if tflite_quantizer == "tensorflow" else None
+        plans += _tflite_plans(tflite, work, calib, by_tensorflow)
     plans = [p for p in plans if p.id not in skip or p.precision is Precision.FP32]
     job = _Job(
         out_dir=out_dir,
@@ -310,7 +324,7 @@ def _build(
 
 def _from_keras(
     model: Any, work: Path, onnx: Path | None, tflite: Path | None
-) -> tuple[Path, Path]:
+) -> tuple[Any, Path, Path]:
     from controller.optimize import keras as keras_mod
 
     if isinstance(model, (str, Path)):
@@ -332,7 +346,7 @@ def _from_keras(
         raise UserError(
             f"TensorFlow could not convert the Keras model: {_first_line(exc)}"
         ) from None
-    return onnx, tflite
+    return model, onnx, tflite
 
 
 def _first_line(exc: BaseException) -> str:
@@ -386,8 +400,24 @@ def _onnx_plans(source: Path, work: Path, calib: np.ndarray) -> list[_Plan]:
     ]
 
 
-def _tflite_plans(source: Path, work: Path, calib: np.ndarray) -> list[_Plan]:
+def _tflite_plans(
+    source: Path, work: Path, calib: np.ndarray, keras_model: Any = None
+) -> list[_Plan]:
+    """ai-edge-quantizer's variants; with `keras_model`, TensorFlow's converter makes the
+    fp16 and int8 dynamic/static ones from the Keras model instead."""
     from controller.optimize import tflite as t
+
+    if keras_model is not None:
+        from controller.optimize import keras as k
+
+        def by_tf(kind: str) -> Callable[[Path], str]:
+            return lambda o: k.to_tflite_quantized(keras_model, o, kind, calib)
+
+        fp16, dynamic, static = by_tf("fp16"), by_tf("int8-dynamic"), by_tf("int8-static")
+    else:
+        fp16 = lambda o: t.make_fp16(source, o)  # noqa: E731
+        dynamic = lambda o: t.make_int8_dynamic(source, o)  # noqa: E731
+        static = lambda o: t.make_int8_static(source, o, calib)  # noqa: E731
 
     def keep_sensitive(out: Path) -> str:
         tensors = t.weighted_tensors(source)
@@ -398,20 +428,9 @@ def _tflite_plans(source: Path, work: Path, calib: np.ndarray) -> list[_Plan]:
     mixed = _Plan("tflite-int8-static-mixed", ModelFormat.TFLITE, Precision.INT8, keep_sensitive)
     return [
         _Plan("tflite-fp32", ModelFormat.TFLITE, Precision.FP32, lambda o: t.make_fp32(source, o)),
-        _Plan("tflite-fp16", ModelFormat.TFLITE, Precision.FP16, lambda o: t.make_fp16(source, o)),
-        _Plan(
-            "tflite-int8-static",
-            ModelFormat.TFLITE,
-            Precision.INT8,
-            lambda o: t.make_int8_static(source, o, calib),
-            fallback=mixed,
-        ),
-        _Plan(
-            "tflite-int8-dynamic",
-            ModelFormat.TFLITE,
-            Precision.INT8,
-            lambda o: t.make_int8_dynamic(source, o),
-        ),
+        _Plan("tflite-fp16", ModelFormat.TFLITE, Precision.FP16, fp16),
+        _Plan("tflite-int8-static", ModelFormat.TFLITE, Precision.INT8, static, fallback=mixed),
+        _Plan("tflite-int8-dynamic", ModelFormat.TFLITE, Precision.INT8, dynamic),
         _Plan(
             "tflite-int8-weight-only",
             ModelFormat.TFLITE,

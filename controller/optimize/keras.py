@@ -80,8 +80,10 @@ def to_onnx(model: Any, path: Path, *, opset: int = ONNX_OPSET) -> Path:
 def to_tflite(model: Any, path: Path, **converter_options: Any) -> Path:
     """Export with TensorFlow's TFLite converter; `converter_options` e.g. `optimizations`,
     `representative_dataset`, `target_spec` pass through to it (used for TF-made int8/fp16)."""
-    _require_tensorflow()
+    tf = _require_tensorflow()
     path = Path(path)
+    # Builtin ops only: a file needing TensorFlow's flex delegate would not run on LiteRT.
+    converter_options.setdefault("target_spec", {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
     with contextlib.redirect_stdout(io.StringIO()):
         model.export(
             str(path),
@@ -91,3 +93,32 @@ def to_tflite(model: Any, path: Path, **converter_options: Any) -> Path:
             **converter_options,
         )
     return path
+
+
+def to_tflite_quantized(model: Any, path: Path, kind: str, calib_x: Any = None) -> str:
+    """TensorFlow's own post-training quantization (the alternative to ai-edge-quantizer):
+    `kind` is "fp16", "int8-dynamic" or "int8-static" (full integer, int8 I/O, calibrated on
+    `calib_x`). Returns the scheme name."""
+    tf = _require_tensorflow()
+    options: dict[str, Any] = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+    if kind == "fp16":
+        options["target_spec"] = {
+            "supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS],
+            "supported_types": [tf.float16],
+        }
+    elif kind == "int8-static":
+
+        def representative() -> Any:
+            for i in range(len(calib_x)):
+                yield [calib_x[i : i + 1]]
+
+        options.update(
+            representative_dataset=representative,
+            inference_input_type=tf.int8,
+            inference_output_type=tf.int8,
+            target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        )
+    elif kind != "int8-dynamic":
+        raise ValueError(f"unknown TensorFlow quantization {kind!r}")
+    to_tflite(model, path, **options)
+    return f"tf_converter_{kind.replace('-', '_')}"

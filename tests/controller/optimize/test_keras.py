@@ -1,0 +1,84 @@
+"""Keras models in (the `keras` extra): HardwareAdapter.fit/evaluate on a tiny Keras CNN made
+here, converted with TensorFlow's converters; TFLite int8 by ai-edge-quantizer and by TF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.optimize import HardwareAdapter, load_bundle
+from shared.errors import UserError
+from shared.idx import fashion_mnist
+from shared.manifest import ModelFormat
+from tests.controller.optimize.test_reference_bundle import run_plain
+
+pytestmark = pytest.mark.slow
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn():  # type: ignore[no-untyped-def]
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = fashion_mnist("train")
+    x = (x[:3000].astype(np.float32) / 255.0)[..., None]
+    model.fit(x, y[:3000], epochs=1, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("quantizer", ["ai-edge-quantizer", "tensorflow"])
+def test_adapter_fit_and_evaluate(tiny_cnn, quantizer: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x_train, y_train = fashion_mnist("train")
+    x_test, y_test = fashion_mnist("t10k")
+    adapter = HardwareAdapter(
+        tmp_path / "bundle", model_name="tiny-cnn", calibration_samples=200, holdout_samples=300
+    )
+    adapter.fit(tiny_cnn, x_train[:2000], y_train[:2000], tflite_quantizer=quantizer)
+    manifest = adapter.manifest
+    assert manifest is not None
+    assert {v.id for v in manifest.variants} >= {
+        "onnx-fp32", "onnx-fp16", "onnx-int8-dynamic", "tflite-fp32", "tflite-fp16",
+        "tflite-int8-dynamic", "tflite-int8-weight-only",
+    }  # fmt: skip
+    load_bundle(tmp_path / "bundle", adapter.key.public_key())
+    assert len(adapter.evaluate_results) == len(manifest.variants)
+
+    rows = adapter.evaluate(x_test[:500], y_test[:500])
+    assert rows is adapter.evaluate_results
+    x = (x_test[:500].astype(np.float32) / 255.0)[..., None]
+    keras_accuracy = float(np.mean(tiny_cnn.predict(x, verbose=0).argmax(1) == y_test[:500]))
+    by_id = {r["id"]: r for r in rows}
+    # The fp32 exports compute the Keras model's function: same predictions (+-1 on ties).
+    for fp32 in ("onnx-fp32", "tflite-fp32"):
+        assert by_id[fp32]["accuracy"] == pytest.approx(keras_accuracy, abs=0.004)
+    for variant in manifest.variants:
+        path = tmp_path / "bundle" / f"{variant.sha256}.{variant.format.value}"
+        scores = run_plain(path, variant.format, x)
+        row = by_id[variant.id]
+        assert row["accuracy"] == pytest.approx(float(np.mean(scores.argmax(1) == y_test[:500])))
+        assert row["size_bytes"] == path.stat().st_size
+    static = manifest.variant("tflite-int8-static")
+    assert static.inputs[0].dtype == "int8"
+    expected = "tf_converter_int8_static" if quantizer == "tensorflow" else "static_wi8_ai8"
+    assert static.scheme == expected
+    assert manifest.variant("tflite-int8-dynamic").format is ModelFormat.TFLITE
+
+
+def test_adapter_errors(tmp_path: Path) -> None:
+    adapter = HardwareAdapter(tmp_path / "b")
+    with pytest.raises(UserError, match="before evaluate"):
+        adapter.evaluate(np.zeros((1, 28, 28)), np.zeros(1, int))
+    with pytest.raises(UserError, match="is not a Keras model"):
+        adapter.fit(object(), np.zeros((4, 28, 28)), np.zeros(4, int))
+    with pytest.raises(UserError, match="4 samples but y_train 3"):
+        adapter.fit(object(), np.zeros((4, 28, 28)), np.zeros(3, int))

@@ -1,0 +1,99 @@
+"""The committed reference models are what examples/fashion_mnist/train.py produces, and the
+quantizers are deterministic on them (same input, same bytes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from controller.optimize import onnx as onnx_variants
+from controller.optimize import tflite as tflite_variants
+from controller.optimize.evaluate import Predictor
+from shared.idx import fashion_mnist
+from shared.manifest import ModelFormat
+
+ROOT = Path(__file__).resolve().parents[3]
+REFERENCE = ROOT / "examples" / "fashion_mnist"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_committed_models_match_train_py(tmp_path: Path) -> None:
+    """Re-run the whole (deterministic, ~30 s) training and compare with the committed files."""
+    pytest.importorskip("tensorflow")
+    done = subprocess.run(
+        [sys.executable, str(REFERENCE / "train.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout[done.stdout.index("{") :])
+    assert report["test_accuracy"] >= 0.89
+    x, _ = fashion_mnist("t10k")
+    x = (x[:1000].astype(np.float32) / 255.0)[..., None]
+    for name, fmt in (("model.onnx", ModelFormat.ONNX), ("model.tflite", ModelFormat.TFLITE)):
+        fresh = Predictor(tmp_path / name, fmt).predict_all(x)
+        committed = Predictor(REFERENCE / name, fmt).predict_all(x)
+        # Tolerance rather than bytes: oneDNN may round differently on another CPU.
+        np.testing.assert_allclose(fresh, committed, atol=1e-4)
+        if sha256(tmp_path / name) != sha256(REFERENCE / name):
+            print(f"{name}: same predictions, different bytes (another CPU's rounding?)")
+
+
+def test_committed_models_are_the_seed_cnn() -> None:
+    session = ort.InferenceSession(str(REFERENCE / "model.onnx"))
+    assert session.get_inputs()[0].shape == ["batch", 28, 28, 1]
+    assert session.get_outputs()[0].shape == ["batch", 10]
+    model = onnx_variants.load(REFERENCE / "model.onnx")
+    shapes = sorted(tuple(t.dims) for t in model.graph.initializer if len(t.dims) >= 2)
+    assert (64, 10) in shapes and (5408, 64) in shapes  # 13*13*32 -> Dense 64 -> Dense 10
+    assert any(len(s) == 4 and 32 in s and s.count(3) == 2 for s in shapes)  # Conv 32 3x3
+    x, y = fashion_mnist("t10k")
+    x = (x.astype(np.float32) / 255.0)[..., None]
+    accuracy = {
+        fmt: float(
+            np.mean(Predictor(REFERENCE / f"model.{fmt.value}", fmt).predict_all(x).argmax(1) == y)
+        )
+        for fmt in ModelFormat
+    }
+    assert accuracy[ModelFormat.ONNX] >= 0.89
+    assert accuracy[ModelFormat.ONNX] == pytest.approx(accuracy[ModelFormat.TFLITE], abs=0.001)
+
+
+def test_quantizers_are_deterministic(tmp_path: Path) -> None:
+    x, _ = fashion_mnist("train")
+    calib = (x[:200].astype(np.float32) / 255.0)[..., None]
+    source = REFERENCE / "model.tflite"
+    makers = {
+        "fp16": lambda out: tflite_variants.make_fp16(source, out),
+        "dynamic": lambda out: tflite_variants.make_int8_dynamic(source, out),
+        "weight_only": lambda out: tflite_variants.make_int8_weight_only(source, out),
+        "static": lambda out: tflite_variants.make_int8_static(source, out, calib),
+        "onnx_fp32": lambda out: onnx_variants.make_fp32(REFERENCE / "model.onnx", out),
+    }
+    for name, make in makers.items():
+        make(tmp_path / f"{name}-1.bin")
+        make(tmp_path / f"{name}-2.bin")
+        assert sha256(tmp_path / f"{name}-1.bin") == sha256(tmp_path / f"{name}-2.bin"), name
+    fp32 = tmp_path / "onnx_fp32-1.bin"
+    for name, make in {
+        "onnx_fp16": lambda out: onnx_variants.make_fp16(fp32, out),
+        "onnx_static": lambda out: onnx_variants.make_int8_static(fp32, out, calib),
+        "onnx_dynamic": lambda out: onnx_variants.make_int8_dynamic(fp32, out),
+    }.items():
+        make(tmp_path / f"{name}-1.bin")
+        make(tmp_path / f"{name}-2.bin")
+        assert sha256(tmp_path / f"{name}-1.bin") == sha256(tmp_path / f"{name}-2.bin"), name
