@@ -19,6 +19,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from shared.manifest import Manifest, Requirements, Variant
 from shared.messages import PowerLevel
@@ -199,14 +201,22 @@ class ArtifactServer:
 class Watcher:
     """An independent paho subscriber that records (topic, payload, retain) of what it sees."""
 
-    def __init__(self, port: int, topic: str = "lepton/v1/#", client_id: str = "") -> None:
+    def __init__(
+        self, port: int, topic: str = "lepton/v1/#", client_id: str = "", persistent: bool = False
+    ) -> None:
+        """`persistent`: a session the broker keeps (and queues for) while we are away."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        props = None
+        if persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=not persistent, properties=props)
         self.client.subscribe(topic, qos=1)
         self.client.loop_start()
 
