@@ -1,0 +1,1 @@
+"""`lepton-agent` subcommands other than `run` (one module each)."""
