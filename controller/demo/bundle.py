@@ -7,7 +7,10 @@ labelled by the fp32 model itself, so accuracy means "agreement with fp32".
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +76,14 @@ def _dataset(data_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return calib, evalx, np.argmax(scores, axis=1).astype(np.int64)
 
 
-def build(out_dir: Path, key_file: Path, data_dir: Path | None) -> Any:
+def build(
+    out_dir: Path,
+    key_file: Path,
+    data_dir: Path | None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Any:
     from controller.optimize import build_bundle
+    from controller.optimize.evaluate import SpeedBudget
     from shared.idx import FASHION_MNIST_LABELS
     from shared.signing import load_private_key
 
@@ -89,41 +98,61 @@ def build(out_dir: Path, key_file: Path, data_dir: Path | None) -> Any:
         key=load_private_key(key_file.read_bytes()),
         model_name="fashion-mnist-demo",
         labels=list(FASHION_MNIST_LABELS),
+        progress=progress,
+        # Build-host timings are only a fallback: the devices measure for themselves.
+        budget=SpeedBudget(min_runs=20, max_runs=200, seconds=0.2),
     )
 
 
 def build_and_upload(
-    client: ControllerClient, workdir: Path, data_dir: Path | None, notes: list[str]
+    client: ControllerClient,
+    workdir: Path,
+    data_dir: Path | None,
+    notes: list[str],
+    progress: Callable[[str], None] | None = None,
 ) -> str:
+    """Build the bundle with the controller's key, upload it as the API expects (a tar.gz)."""
     out = workdir / "bundle"
     started = time.monotonic()
-    manifest = build(out, workdir / "controller" / "keys" / "signing.pem", data_dir)
+
+    def step(done: int, total: int, what: str) -> None:
+        if progress is not None:
+            progress(f"building the bundle: {what} ({done}/{total})")
+
+    manifest = build(out, workdir / "controller" / "keys" / "signing.pem", data_dir, step)
     accepted = [v.id for v in manifest.accepted()]
     notes.append(
-        f"bundle {manifest.bundle_id}: {len(accepted)} accepted variants, "
-        f"built in {time.monotonic() - started:.0f} s"
+        f"bundle {manifest.bundle_id}: {len(accepted)} of {len(manifest.variants)} variants "
+        f"accepted, built in {time.monotonic() - started:.0f} s"
     )
-    client.upload_bundle(out)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz", compresslevel=1) as tar:
+        for path in sorted(out.iterdir()):
+            tar.add(path, arcname=path.name)
+    client.post(
+        "/bundles", content=archive.getvalue(), headers={"Content-Type": "application/gzip"}
+    )
     return str(manifest.bundle_id)
 
 
-def benchmark(client: ControllerClient, bundle_id: str, device_ids: list[str]) -> None:
-    """Ask every device to time every variant it can run; wait for all replies."""
-    result = client.post("/benchmarks", json={"bundle_id": bundle_id, "iterations": 30})
+def benchmark(client: ControllerClient, bundle_id: str, iterations: int = 30) -> int:
+    """Ask one device per hardware class to time every accepted variant; wait for all results.
 
-    def finished() -> bool:
-        status = client.get("/benchmarks", bundle_id=bundle_id)
-        return bool(status) and _benchmarks_done(status, result)
+    Returns how many hardware classes were measured."""
+    sent = client.post("/benchmarks", json={"bundle_id": bundle_id, "iterations": iterations})
+    classes = {s["hardware_class"] for s in sent if s.get("hardware_class")}
 
-    wait_until(finished, 90, "on-device benchmarks")
+    def measured() -> bool:
+        rows = client.get("/benchmarks", bundle_id=bundle_id)
+        return classes <= {r["hardware_class"] for r in rows}
 
-
-def _benchmarks_done(status: Any, created: Any) -> bool:
-    rows = status if isinstance(status, list) else status.get("items", [])
-    pending = [r for r in rows if r.get("status") in ("pending", "sent", "accepted")]
-    return not pending
+    wait_until(measured, 120, f"on-device benchmarks from {len(classes)} hardware classes")
+    return len(classes)
 
 
-def start_rollout(client: ControllerClient, bundle_id: str) -> str:
-    rollout = client.post("/rollouts", json={"bundle_id": bundle_id})
+def start_rollout(client: ControllerClient, bundle_id: str, waves: list[float]) -> str:
+    """A staged rollout of the bundle to every device, in cumulative waves (percent)."""
+    rollout = client.post(
+        "/rollouts", json={"bundle_id": bundle_id, "target": {"all": True}, "waves": waves}
+    )
     return str(rollout["id"])

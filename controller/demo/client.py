@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -68,14 +67,9 @@ class ControllerClient:
         result: dict[str, Any] = self.get(f"/rollouts/{rollout_id}")
         return result
 
-    def upload_bundle(self, bundle_dir: Path) -> dict[str, Any]:
-        files = [
-            ("files", (p.name, p.read_bytes(), "application/octet-stream"))
-            for p in sorted(bundle_dir.iterdir())
-            if p.is_file()
-        ]
-        result: dict[str, Any] = self.post("/bundles", files=files)
-        return result
+    def read_token(self, name: str) -> str:
+        """A new read-only API token (for the dashboard URL)."""
+        return str(self.post("/tokens", json={"scope": "read", "name": name})["token"])
 
 
 def _items(payload: Any, key: str) -> list[dict[str, Any]]:
@@ -118,7 +112,7 @@ def device_row(d: dict[str, Any]) -> DeviceRow:
     inference = tel.get("inference") or {}
     battery = tel.get("battery") or {}
     return DeviceRow(
-        device_id=str(d.get("device_id") or d.get("id")),
+        device_id=str(d["id"]),
         online=bool(d.get("online")),
         power_level=d.get("power_level") or tel.get("power_level"),
         variant=d.get("active_variant") or tel.get("active_variant"),

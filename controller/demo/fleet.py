@@ -18,6 +18,7 @@ from controller.demo.broker import Broker
 from controller.demo.processes import Child
 from controller.demo.profiles import DeviceProfile
 
+POLICY_DWELL_S = 4.0
 _RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
 
 
@@ -79,6 +80,16 @@ def agent_config(
             "charging": b.charging,
             "time_scale": b.time_scale,
         }
+    if data_dir is not None:
+        engine: dict[str, Any] = {
+            "source": "idx",
+            "source_path": data_dir / "t10k-images-idx3-ubyte.gz",
+            "labels_path": data_dir / "t10k-labels-idx1-ubyte.gz",
+        }
+    else:
+        engine = {"source": "synthetic"}
+    # One runtime thread and a modest frame rate: eight devices share this machine's cores.
+    engine.update({"fps": profile.fps, "threads": 1, "warmup_runs": 2})
     return {
         "device_id": device_id,
         "state_dir": state_dir,
@@ -96,6 +107,9 @@ def agent_config(
             "gpu": "none",
         },
         "simulate": simulate,
+        "engine": engine,
+        # Short dwell so a time-scaled battery shows its steps within a one-minute demo.
+        "policy": {"min_dwell_s": POLICY_DWELL_S},
     }
 
 

@@ -57,7 +57,7 @@ PARTS = {
     "controller API": ("controller.app", "create_app"),
     "variant factory": ("controller.optimize", "build_bundle"),
     "agent service": ("agent.service", "build_agent"),
-    "inference engine": ("agent.runner", "InferenceRunner"),
+    "inference engine": ("agent.runner", "build_runner"),
 }
 
 
@@ -90,6 +90,10 @@ def missing_parts() -> list[str]:
     return missing
 
 
+#: Cumulative percent of the fleet per wave: a canary quarter first, then everyone.
+ROLLOUT_WAVES = [25.0, 100.0]
+
+
 class _Stop(Exception):
     """SIGTERM, turned into an exception in the main thread like Ctrl-C."""
 
@@ -101,7 +105,11 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 class Demo:
     def __init__(self, options: DemoOptions, console: Console | None = None) -> None:
         self.o = options
-        self.console = console or Console()
+        if console is None:
+            console = Console()
+            if not console.is_terminal:  # logs and pipes: wide enough for the fleet table
+                console = Console(width=150)
+        self.console = console
         self.workdir: Path | None = None
         self.broker: Broker | None = None
         self.server: Any = None
@@ -170,7 +178,8 @@ class Demo:
         settings = self._controller_settings(state_dir)
         self.server = ControllerServer(settings).start()
         self.client = ControllerClient(self.server.url, self.token)
-        dashboard = f"{self.server.url}/ui/"
+        # The dashboard gets a read-only token; the admin token stays in this process.
+        dashboard = f"{self.server.url}/ui/#token={self.client.read_token('demo dashboard')}"
         say(f"controller: {self.server.url} (SQLite in a temp dir)")
         say(f"[bold]dashboard: {dashboard}[/]")
         self.view = ViewState(
@@ -211,7 +220,7 @@ class Demo:
                     **demo_bundle.mqtt_protocol_setting(self.broker),
                 },
                 rollout={
-                    "waves": [25.0, 100.0],
+                    "waves": ROLLOUT_WAVES,
                     "soak_s": 3.0,
                     "wave_timeout_s": 60.0,
                     "resend_after_s": 5.0,
@@ -222,6 +231,10 @@ class Demo:
             )
         )
 
+    def _set_phase(self, phase: str) -> None:
+        if self.view is not None:
+            self.view.phase = phase
+
     def _setup_fleet(self) -> None:
         """Build the bundle, wait for the fleet, benchmark on the devices, start the rollout."""
         assert self.client is not None and self.view is not None and self.workdir is not None
@@ -229,7 +242,7 @@ class Demo:
         try:
             view.phase = "building the Fashion-MNIST bundle (variant factory)"
             self.bundle_id = demo_bundle.build_and_upload(
-                client, self.workdir, self.o.data_dir, notes=view.notes
+                client, self.workdir, self.o.data_dir, view.notes, progress=self._set_phase
             )
             view.phase = "waiting for every device to come online"
             wait_until(
@@ -238,9 +251,10 @@ class Demo:
                 f"{len(self.devices)} devices to come online",
             )
             view.phase = "benchmarking every variant on every device"
-            demo_bundle.benchmark(client, self.bundle_id, [d for d, _ in self.devices])
+            classes = demo_bundle.benchmark(client, self.bundle_id)
+            view.notes.append(f"benchmarks: every variant timed on {classes} hardware classes")
             view.phase = "staged rollout"
-            self.rollout_id = demo_bundle.start_rollout(client, self.bundle_id)
+            self.rollout_id = demo_bundle.start_rollout(client, self.bundle_id, ROLLOUT_WAVES)
             self.fleet_live_at = time.monotonic()
             view.deadline = self.fleet_live_at + self.o.duration
             view.phase = "running: batteries drain, precision steps down"

@@ -111,7 +111,7 @@ def render(state: ViewState) -> RenderableType:
         left = f" · {max(0, state.deadline - time.monotonic()):.0f} s left (Ctrl-C ends early)"
     header = Text.assemble(
         ("lepton-edge demo", "bold"),
-        "  dashboard ",
+        "  dashboard (open in a browser):\n",
         (state.dashboard_url, "bold underline cyan"),
         f"\nbroker {state.broker} · {online}/{len(state.profiles)} devices online · ",
         ("phase: ", "dim"),

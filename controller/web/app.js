@@ -65,6 +65,10 @@ function precisionOf(variant) {
   return PRECISIONS.find(p => variant.includes(p)) || null;
 }
 
+function fill(root, ...nodes) {
+  root.replaceChildren(...nodes.flat().filter(n => n !== null && n !== undefined && n !== false));
+}
+
 function badge(text, cls) {
   return h("span", { class: `badge ${cls || ""}` }, text ?? "–");
 }
@@ -148,12 +152,13 @@ function levelBadge(level) {
 
 async function fleetPage(root) {
   const [devicesRaw, rollouts, events] = await Promise.all([
-    api("/devices"), api("/rollouts").catch(() => []), api("/events?limit=12").catch(() => []),
+    api("/devices"), api("/rollouts").catch(() => []),
+    api("/events?kind=precision_switch&limit=500").catch(() => []),
   ]);
   const devices = listOf(devicesRaw, "devices").map(deviceView).sort((a, b) => a.id.localeCompare(b.id));
   const online = devices.filter(d => d.online).length;
   const switches = listOf(events, "events").filter(e => e.kind === "precision_switch");
-  const active = listOf(rollouts, "rollouts").find(r => ["running", "pending", "paused"].includes(r.status)) ||
+  const active = listOf(rollouts, "rollouts").find(r => ["running", "paused"].includes(r.state)) ||
     listOf(rollouts, "rollouts")[0];
 
   const tableBox = h("div", { class: "card" });
@@ -179,14 +184,14 @@ async function fleetPage(root) {
   };
   draw();
 
-  root.replaceChildren(
+  fill(root, 
     h("section", { class: "stats" },
       stat("devices", devices.length),
       stat("online", `${online} / ${devices.length}`),
-      stat("precision switches", switches.length, "recent"),
-      active ? stat("rollout", `${rolloutPercent(active)} %`, active.status, `#/rollout/${active.id}`) : stat("rollout", "none")),
+      stat("precision switches", switches.length),
+      active ? stat("rollout", `${rolloutPercent(active)} %`, active.state, `#/rollout/${active.id}`) : stat("rollout", "none")),
     tableBox,
-    h("section", { class: "card" }, h("h2", {}, "Recent precision switches"), eventList(switches, true)));
+    h("section", { class: "card", id: "switches" }, h("h2", {}, "Recent precision switches"), eventList(switches.slice(0, 12), true)));
 }
 
 function stat(label, value, sub, href) {
@@ -232,7 +237,7 @@ async function devicePage(root, id) {
     ["Frames per second", [{ name: "fps", color: COLORS[0], points: series(s => pick(s, "inference.fps")) }], {}],
   ];
   const hw = d.hardware || {};
-  root.replaceChildren(
+  fill(root, 
     h("p", {}, h("a", { href: "#/" }, "← fleet")),
     h("section", { class: "card device-head" },
       h("h1", { id: "device-id" }, v.id, " ", h("span", { class: `dot ${v.online ? "on" : "off"}` })),
@@ -255,7 +260,7 @@ async function devicePage(root, id) {
       Charts.render(box, s, o);
       return h("div", { class: "card" }, h("h3", {}, title), box);
     })),
-    h("section", { class: "card" }, h("h2", {}, "Events"), eventList(events.slice().reverse(), false)));
+    h("section", { class: "card" }, h("h2", {}, "Events"), eventList(events, false)));
 }
 
 function fact(k, v) {
@@ -272,23 +277,23 @@ function ladderCard(ladder) {
       h("ul", {}, Object.entries(rejected).map(([k, why]) => h("li", {}, h("code", {}, k), ` — ${why}`)))) : null);
 }
 
+const DONE_STATES = ["healthy", "skipped"];
+
+/* Share of the rollout's devices that are healthy (or skipped), in percent. */
 function rolloutPercent(r) {
-  const done = pick(r, "progress.done", "done", "devices_done") ;
-  const total = pick(r, "progress.total", "total", "devices_total");
-  if (done !== null && total) return Math.round(100 * done / total);
-  const waves = r.waves || [];
-  if (waves.length) return Math.round(100 * waves.filter(w => w.status === "done" || w.status === "succeeded").length / waves.length);
-  return r.status === "succeeded" || r.status === "done" ? 100 : 0;
+  const devs = r.devices || [];
+  if (!devs.length) return r.state === "completed" ? 100 : 0;
+  return Math.round(100 * devs.filter(d => DONE_STATES.includes(d.state)).length / devs.length);
 }
 
 async function rolloutsPage(root) {
   const rollouts = listOf(await api("/rollouts"), "rollouts");
-  root.replaceChildren(h("section", { class: "card" }, h("h1", {}, "Rollouts"),
+  fill(root, h("section", { class: "card" }, h("h1", {}, "Rollouts"),
     rollouts.length ? h("table", { class: "fleet" },
       h("thead", {}, h("tr", {}, ["rollout", "bundle", "status", "progress", "created"].map(t => h("th", {}, t)))),
       h("tbody", {}, rollouts.map(r => h("tr", {},
         h("td", {}, h("a", { href: `#/rollout/${r.id}` }, r.id)),
-        h("td", {}, r.bundle_id), h("td", {}, badge(r.status, `status-${r.status}`)),
+        h("td", {}, r.bundle_id), h("td", {}, badge(r.state, `status-${r.state}`)),
         h("td", {}, progressBar(rolloutPercent(r))), h("td", { class: "muted" }, fmt.time(r.created_at))))))
       : h("p", { class: "muted" }, "no rollouts yet")));
 }
@@ -299,30 +304,34 @@ function progressBar(pct, cls) {
 
 async function rolloutPage(root, id) {
   const r = await api(`/rollouts/${encodeURIComponent(id)}`);
-  const waves = r.waves || [];
-  root.replaceChildren(
+  const devs = r.devices || [];
+  fill(root,
     h("p", {}, h("a", { href: "#/rollouts" }, "← rollouts")),
     h("section", { class: "card" },
-      h("h1", {}, `Rollout ${r.id} `, badge(r.status, `status-${r.status}`)),
-      h("p", {}, `bundle ${r.bundle_id} · overall `, progressBar(rolloutPercent(r))),
-      r.reason || r.detail ? h("p", { class: "muted" }, r.reason || r.detail) : null),
-    h("section", { class: "waves" }, waves.map((w, i) => {
-      const devs = listOf(pick(w, "devices") || [], "devices");
-      const ok = devs.filter(d => ["healthy", "done", "succeeded"].includes(d.status || d.state)).length;
-      const pct = devs.length ? Math.round(100 * ok / devs.length) : (w.status === "done" || w.status === "succeeded" ? 100 : 0);
-      return h("div", { class: "card wave", "data-wave": i },
-        h("h3", {}, `Wave ${i + 1} `, badge(w.status, `status-${w.status}`)),
+      h("h1", {}, `Rollout ${r.id} `, badge(r.state, `status-${r.state}`)),
+      h("p", {}, `bundle ${r.bundle_id} · target ${JSON.stringify(r.target)} · wave ${Math.min(r.current_wave + 1, r.waves.length)} of ${r.waves.length} · overall `,
+        progressBar(rolloutPercent(r))),
+      r.reason ? h("p", { class: "muted" }, r.reason) : null),
+    h("section", { class: "waves", id: "waves" }, (r.waves || []).map(w => {
+      const members = devs.filter(d => d.wave === w.index);
+      const ok = members.filter(d => DONE_STATES.includes(d.state)).length;
+      const pct = members.length ? Math.round(100 * ok / members.length) : 0;
+      const status = w.index < r.current_wave || (pct === 100 && members.length) ? "done"
+        : w.index === r.current_wave ? (r.state === "running" ? "running" : r.state) : "waiting";
+      return h("div", { class: "card wave", "data-wave": w.index },
+        h("h3", {}, `Wave ${w.index + 1} · ${w.devices} device(s), ${w.cumulative_devices} in all `, badge(status, `status-${status}`)),
         progressBar(pct),
-        h("ul", { class: "wave-devices" }, devs.map(d => h("li", {},
-          h("a", { href: `#/device/${encodeURIComponent(d.device_id || d.id)}` }, d.device_id || d.id), " ",
-          badge(d.status || d.state, `status-${d.status || d.state}`),
-          d.detail || d.reason ? h("span", { class: "muted" }, ` ${d.detail || d.reason}`) : null))));
+        h("ul", { class: "wave-devices" }, members.map(d => h("li", {},
+          h("a", { href: `#/device/${encodeURIComponent(d.device_id)}` }, d.device_id), " ",
+          badge(d.state, `status-${d.state}`),
+          d.ladder ? h("span", { class: "muted" }, ` ${[...new Set(Object.values(d.ladder))].join(" / ")}`) : null,
+          d.detail ? h("div", { class: "muted small" }, d.detail) : null))));
     })));
 }
 
 async function eventsPage(root) {
   const events = listOf(await api("/events?limit=200"), "events");
-  root.replaceChildren(h("section", { class: "card" }, h("h1", {}, "Fleet events"), eventList(events, true)));
+  fill(root, h("section", { class: "card" }, h("h1", {}, "Fleet events"), eventList(events, true)));
 }
 
 /* --- router and polling -------------------------------------------------------------------- */
@@ -352,7 +361,7 @@ async function refresh() {
   try {
     const scratch = h("div");
     await r.render(scratch);
-    root.replaceChildren(...scratch.childNodes);
+    fill(root, ...scratch.childNodes);
     if (focused) { const f = root.querySelector(`[data-filter="${focused}"]`); if (f) f.focus(); }
     live.textContent = `live · ${fmt.time(Date.now() / 1000)}`;
     live.className = "live ok";
