@@ -79,6 +79,7 @@ class Switch:
     from_id: str | None = None
     loaded_at: float | None = None
     first_frame_at: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def decision_to_first_frame_s(self) -> float | None:
@@ -135,6 +136,7 @@ class Engine:
         self._lock = threading.Lock()
         self._interval = _Interval()
         self._thread: threading.Thread | None = None
+        self._helpers: list[threading.Thread] = []  # loaders and closers, joined on close
         self._stop = threading.Event()
         self._failures = 0
         self.switches: list[Switch] = []
@@ -153,14 +155,22 @@ class Engine:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the loop; False if it did not end in time (then nothing is closed under it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
             self._thread = None
+        return True
 
     def close(self) -> None:
-        self.stop()
+        if not self.stop():
+            log.error("engine loop did not stop; leaving its runtime open")
+            return
+        for helper in list(self._helpers):
+            helper.join(30)
         with self._lock:
             pending, self._pending = self._pending, None
             trial, self._trial = self._trial, None
@@ -209,19 +219,45 @@ class Engine:
         if old is not None:
             old.close()
 
-    def switch_to(self, spec: VariantSpec, reason: str = "") -> Switch:
+    def switch_to(
+        self, spec: VariantSpec, reason: str = "", meta: dict[str, Any] | None = None
+    ) -> Switch:
         """Load and warm `spec` in the background; the loop swaps it in between two frames.
-        A newer request supersedes one still loading."""
-        switch = Switch(spec, reason, time.perf_counter(), self._spec.id if self._spec else None)
-        with self._lock:
-            self._generation += 1
-            generation = self._generation
-        threading.Thread(
-            target=self._prepare, args=(switch, generation), name="lepton-switch", daemon=True
-        ).start()
+        A newer request supersedes one still loading. Failures are reported as events."""
+        switch, generation = self._new_switch(spec, reason, meta)
+        self._spawn(self._prepare, switch, generation)
+        return switch
+
+    def install(
+        self, spec: VariantSpec, reason: str = "", meta: dict[str, Any] | None = None
+    ) -> Switch:
+        """Like `switch_to`, but loads in the caller's thread and raises `VariantLoadError`
+        (a deploy wants to know at once whether the new bundle runs here)."""
+        switch, generation = self._new_switch(spec, reason, meta)
+        self._install(switch, generation)
         return switch
 
     # --- background work ----------------------------------------------------------------------
+
+    def _spawn(self, target: Callable[..., object], *args: object) -> None:
+        self._helpers = [t for t in self._helpers if t.is_alive()]
+        helper = threading.Thread(target=target, args=args, name="lepton-engine-helper")
+        helper.daemon = True
+        self._helpers.append(helper)
+        helper.start()
+
+    def _close_later(self, rt: Runtime) -> None:
+        """Close off the frame loop's thread: freeing a session can take milliseconds."""
+        self._spawn(rt.close)
+
+    def _new_switch(
+        self, spec: VariantSpec, reason: str, meta: dict[str, Any] | None
+    ) -> tuple[Switch, int]:
+        from_id = self._spec.id if self._spec else None
+        switch = Switch(spec, reason, time.perf_counter(), from_id, meta=meta or {})
+        with self._lock:
+            self._generation += 1
+            return switch, self._generation
 
     def _open(self, spec: VariantSpec) -> Runtime:
         rt = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)
@@ -234,15 +270,8 @@ class Engine:
             raise
         return rt
 
-    def _prepare(self, switch: Switch, generation: int) -> None:
-        try:
-            rt = self._open(switch.to)
-        except Exception as exc:
-            log.warning("variant %s failed to load: %s", switch.to.id, exc)
-            self._emit(
-                "load_failed", {"variant": switch.to.id, "error": str(exc), "switch": switch}
-            )
-            return
+    def _install(self, switch: Switch, generation: int) -> None:
+        rt = self._open(switch.to)
         switch.loaded_at = time.perf_counter()
         with self._lock:
             if generation != self._generation:  # superseded while loading
@@ -253,6 +282,15 @@ class Engine:
             stale[0].close()
         if self._thread is None or not self._thread.is_alive():
             self._swap()  # no loop running: swap now
+
+    def _prepare(self, switch: Switch, generation: int) -> None:
+        try:
+            self._install(switch, generation)
+        except Exception as exc:
+            log.warning("variant %s failed to load: %s", switch.to.id, exc)
+            self._emit(
+                "load_failed", {"variant": switch.to.id, "error": str(exc), "switch": switch}
+            )
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -272,7 +310,7 @@ class Engine:
             old, old_spec = self._rt, self._spec
             self._rt, self._spec = rt, switch.to
             if self._trial is not None and self._trial[0] is not None:
-                _close_later(self._trial[0])  # two swaps before a frame: the older trial goes
+                self._close_later(self._trial[0])  # two swaps before a frame: the older trial goes
             self._trial = (old, old_spec)
         self._switch_in_flight = switch
         self.switches.append(switch)
@@ -349,7 +387,7 @@ class Engine:
         switch.first_frame_at = when
         self._last_good = switch.to
         if trial is not None and trial[0] is not None:
-            _close_later(trial[0])
+            self._close_later(trial[0])
         self._emit("switched", {"switch": switch})
 
     def _run_failed(self, rt: Runtime, frame: Frame, exc: Exception) -> None:
@@ -363,7 +401,7 @@ class Engine:
             with self._lock:
                 failed, self._rt, self._spec = self._rt, old, old_spec
             if failed is not None:
-                _close_later(failed)
+                self._close_later(failed)
             log.warning("%s; back on %s", message, old_spec.id)
             self._emit(
                 "run_failed", {"variant": rt.variant_id, "error": str(exc), "fallback": old_spec.id}
@@ -416,8 +454,3 @@ class Engine:
             if watts is not None:
                 stats.joules_per_inference = watts * elapsed / n
         return stats
-
-
-def _close_later(rt: Runtime) -> None:
-    """Close off the frame loop's thread: freeing a session can take milliseconds."""
-    threading.Thread(target=rt.close, name="lepton-close", daemon=True).start()

@@ -1,0 +1,343 @@
+"""The agent's inference side: engine + power policy + frame source, behind the `Runner`
+protocol of `agent.service`.
+
+The agent hands it verified bundles and power readings; it runs frames, turns policy
+decisions into hot variant switches, and reports each switch as an event with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent import runtimes
+from agent.engine import Engine, EngineSettings, VariantSpec
+from agent.local_api import LocalEndpoint, ModelInfo
+from agent.power import PolicySettings, PowerPolicy
+from agent.runtimes import RuntimeOptions, VariantLoadError
+from agent.sources import QueueSource, Source, SyntheticSource, idx_source, image_dir_source
+from shared.errors import UserError
+from shared.hardware import HardwareProfile
+from shared.manifest import Manifest
+from shared.messages import (
+    BatterySample,
+    EventKind,
+    InferenceStats,
+    PowerLevel,
+    SetPolicy,
+    ThermalSample,
+    VariantTiming,
+)
+
+if TYPE_CHECKING:
+    from agent.config import AgentSettings
+
+log = logging.getLogger(__name__)
+
+EmitEvent = Callable[[EventKind, str, dict[str, Any]], None]
+
+
+def make_source(
+    settings: EngineSettings, input_shape: tuple[int, ...], labels: list[str] | None = None
+) -> Source:
+    """The frame source the settings name, shaped for the model."""
+    kind = settings.source
+    if kind == "idx":
+        return idx_source(settings.source_path, settings.labels_path, batch=settings.batch)
+    if kind == "images":
+        if settings.source_path is None:
+            raise UserError("engine.source = images needs engine.source_path: a folder of images")
+        return image_dir_source(settings.source_path, input_shape, labels, batch=settings.batch)
+    if kind == "synthetic":
+        return SyntheticSource(input_shape, batch=settings.batch)
+    raise UserError(f"engine.source = {kind} has no frames to make; use idx, images or synthetic")
+
+
+class InferenceRunner:
+    """One device's inference: thread-safe, called from the agent's threads."""
+
+    def __init__(
+        self,
+        engine: EngineSettings,
+        policy: PolicySettings | None = None,
+        *,
+        emit_event: EmitEvent,
+        state_dir: Path | None = None,
+        profile: HardwareProfile | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        source: Source | None = None,
+    ) -> None:
+        self.settings = engine
+        self.policy = PowerPolicy(policy, clock=clock)
+        self._emit_event = emit_event
+        self.options = RuntimeOptions(
+            threads=engine.threads,
+            providers=engine.providers,
+            optimization=engine.optimization,
+            cache_dir=state_dir / "cache" / "runtimes" if state_dir is not None else None,
+            delegates=list(engine.delegates),
+            has_gpu=(profile.gpu is not None) if profile is not None else None,
+        )
+        self._lock = threading.RLock()
+        self._source = source
+        self._engine: Engine | None = None
+        self._bundle: tuple[Path, Manifest] | None = None
+        self._ladder: dict[PowerLevel, str] = {}
+        self._battery: BatterySample | None = None
+        self._bench_cpu_s = 0.0
+        self.endpoint: LocalEndpoint | None = None
+        if engine.source == "local" and source is None:
+            self._source = QueueSource()
+            self.endpoint = LocalEndpoint(
+                self._source, self._model_info, engine.local_host, engine.local_port
+            ).start()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: AgentSettings,
+        emit_event: EmitEvent,
+        profile: HardwareProfile | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> InferenceRunner:
+        return cls(
+            settings.engine,
+            settings.policy,
+            emit_event=emit_event,
+            state_dir=settings.state_dir,
+            profile=profile,
+            clock=clock,
+        )
+
+    # --- the Runner protocol -------------------------------------------------------------------
+
+    def activate(self, bundle_dir: Path, manifest: Manifest, ladder: dict[PowerLevel, str]) -> None:
+        """Run `manifest`'s ladder; raise `VariantLoadError` if none of its variants runs here."""
+        missing = [v for v in ladder.values() if v not in {x.id for x in manifest.variants}]
+        if missing:
+            raise VariantLoadError(
+                f"ladder names {', '.join(missing)}, which bundle {manifest.bundle_id} lacks"
+            )
+        with self._lock:
+            if self.policy.level is None:
+                self.policy.update(self._battery, None)
+            level = self.policy.level or PowerLevel.PERFORMANCE
+            order = [ladder[level]] if level in ladder else []
+            order += [v for v in dict.fromkeys(ladder.values()) if v not in order]
+            errors = []
+            for vid in order:
+                spec = self._spec(bundle_dir, manifest, vid)
+                try:
+                    self._run(spec, manifest)
+                except VariantLoadError as exc:
+                    errors.append(str(exc))
+                    self._emit_event(
+                        EventKind.ERROR, str(exc), {"variant": vid, "bundle_id": manifest.bundle_id}
+                    )
+                    continue
+                self._bundle, self._ladder = (bundle_dir, manifest), dict(ladder)
+                return
+            raise VariantLoadError(
+                f"no variant of bundle {manifest.bundle_id} runs here: {'; '.join(errors)}"
+            )
+
+    def stats(self) -> InferenceStats | None:
+        engine = self._engine
+        return engine.stats() if engine is not None else None
+
+    def power_level(self) -> PowerLevel | None:
+        return self.policy.level
+
+    def active_variant(self) -> str | None:
+        engine = self._engine
+        spec = engine.active() if engine is not None else None
+        return spec.id if spec is not None else None
+
+    def update_power(self, battery: BatterySample | None, thermal: ThermalSample | None) -> None:
+        with self._lock:
+            self._battery = battery
+            decision = self.policy.update(battery, thermal)
+            if decision is not None:
+                self._apply(decision.from_level, decision.to_level, decision.reason)
+
+    def set_policy(self, command: SetPolicy) -> None:
+        with self._lock:
+            decision = self.policy.set_policy(command)
+            if decision is not None:
+                self._apply(decision.from_level, decision.to_level, decision.reason)
+            elif self._engine is not None:
+                self._engine.set_max_fps(self.policy.max_fps())
+
+    def benchmark(
+        self, bundle_dir: Path, manifest: Manifest, variant_ids: list[str], iterations: int
+    ) -> dict[str, Any]:
+        """Time each variant at batch 1 on this device (alongside the running engine)."""
+        timings: dict[str, VariantTiming] = {}
+        for vid in variant_ids:
+            try:
+                spec = self._spec(bundle_dir, manifest, vid)
+                timings[vid] = self._time(spec, iterations)
+            except (KeyError, VariantLoadError) as exc:
+                timings[vid] = VariantTiming(error=str(exc).strip("'\""))
+            except Exception as exc:
+                timings[vid] = VariantTiming(error=f"{type(exc).__name__}: {exc}")
+        return timings
+
+    def cpu_seconds(self) -> float:
+        engine = self._engine
+        return (engine.cpu_s if engine is not None else 0.0) + self._bench_cpu_s
+
+    def close(self) -> None:
+        with self._lock:
+            if self.endpoint is not None:
+                self.endpoint.close()
+                self.endpoint = None
+            if self._engine is not None:
+                self._engine.close()
+            if self._source is not None:
+                self._source.close()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _spec(self, bundle_dir: Path, manifest: Manifest, vid: str) -> VariantSpec:
+        variant = manifest.variant(vid)
+        return VariantSpec(vid, bundle_dir / f"{variant.sha256}.{variant.format.value}", variant)
+
+    def _run(self, spec: VariantSpec, manifest: Manifest) -> None:
+        """Start the engine on `spec`, or hot-swap it in when the engine already runs."""
+        engine = self._engine
+        meta = {"activate": manifest.bundle_id}
+        if engine is not None:
+            probe = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)
+            same_shape = probe.input_shape() == engine.input_shape()
+            probe.close()
+            if same_shape:
+                engine.install(spec, f"bundle {manifest.bundle_id} activated", meta)
+                return
+            engine.close()  # a model with another input shape needs new frames
+            if self.settings.source != "local" and self._source is not None:
+                self._source.close()
+                self._source = None
+        engine = Engine(
+            self._source or _Deferred(),
+            fps=None if self.settings.source == "local" else self.settings.fps,  # apps set the pace
+            options=self.options,
+            warmup_runs=self.settings.warmup_runs,
+            on_event=self._on_engine_event,
+            power_w=self._power_w,
+        )
+        engine.load(spec)
+        if self._source is None:
+            shape = engine.input_shape() or ()
+            try:
+                self._source = make_source(self.settings, shape, manifest.labels)
+            except UserError:
+                engine.close()
+                raise
+        engine.source = self._source
+        engine.set_max_fps(self.policy.max_fps())
+        self._engine = engine.start()
+
+    def _apply(self, from_level: PowerLevel | None, to_level: PowerLevel, reason: str) -> None:
+        engine = self._engine
+        if engine is not None:
+            engine.set_max_fps(self.policy.max_fps())
+        current = self.active_variant()
+        target = self._ladder.get(to_level)
+        meta = {"from_level": from_level, "to_level": to_level}
+        if engine is None or self._bundle is None or target is None or target == current:
+            if from_level is None:
+                return  # the first reading sets the level: nothing switched
+            data = {
+                "from_variant": current,
+                "to_variant": current,
+                "from_level": from_level,
+                "to_level": to_level,
+                "precision": _precision(self._bundle, current),
+            }
+            self._emit_event(EventKind.PRECISION_SWITCH, reason, data)
+            return
+        engine.switch_to(self._spec(*self._bundle, target), reason, meta)
+
+    def _on_engine_event(self, kind: str, data: dict[str, Any]) -> None:
+        switch = data.get("switch")
+        if kind == "switched" and switch is not None:
+            if "activate" in switch.meta:
+                return  # the agent reports deploys itself
+            payload = {
+                "from_variant": switch.from_id,
+                "to_variant": switch.to.id,
+                "from_level": switch.meta.get("from_level"),
+                "to_level": switch.meta.get("to_level"),
+                "precision": switch.to.precision,
+                "decision_to_first_frame_ms": round(
+                    (switch.decision_to_first_frame_s or 0.0) * 1e3, 3
+                ),
+            }
+            self._emit_event(EventKind.PRECISION_SWITCH, switch.reason, payload)
+        elif kind == "load_failed":
+            self._emit_event(
+                EventKind.ERROR,
+                f"{data['error']}; staying on {self.active_variant()}",
+                {"variant": data["variant"]},
+            )
+        elif kind in ("run_failed", "fallback"):
+            back = data.get("fallback") or data.get("to")
+            self._emit_event(
+                EventKind.ERROR,
+                f"variant {data['variant']} failed to run ({data['error']}); back on {back}",
+                {"variant": data["variant"], "fallback": back},
+            )
+
+    def _power_w(self) -> float | None:
+        battery = self._battery
+        return battery.power_w if battery is not None and not battery.charging else None
+
+    def _model_info(self) -> ModelInfo | None:
+        engine, bundle = self._engine, self._bundle
+        spec = engine.active() if engine is not None else None
+        shape = engine.input_shape() if engine is not None else None
+        if spec is None or shape is None:
+            return None
+        return ModelInfo(spec.id, shape, list(bundle[1].labels) if bundle else [])
+
+    def _time(self, spec: VariantSpec, iterations: int) -> VariantTiming:
+        rt = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)
+        try:
+            x = np.random.default_rng(0).random((1, *rt.input_shape()), dtype=np.float32)
+            for _ in range(min(5, iterations)):
+                rt.run(x)
+            times = np.empty(iterations)
+            c0 = time.thread_time()
+            for i in range(iterations):
+                t0 = time.perf_counter()
+                rt.run(x)
+                times[i] = time.perf_counter() - t0
+            self._bench_cpu_s += time.thread_time() - c0
+        finally:
+            rt.close()
+        p50, p95, p99 = (float(v) for v in np.percentile(times * 1e3, [50, 95, 99]))
+        return VariantTiming(p50_ms=p50, p95_ms=p95, p99_ms=p99)
+
+
+class _Deferred(Source):
+    """Placeholder until the model's input shape is known and the real source is made."""
+
+    def read(self, timeout: float) -> None:
+        time.sleep(timeout)
+        return None
+
+
+def _precision(bundle: tuple[Path, Manifest] | None, vid: str | None) -> str | None:
+    if bundle is None or vid is None:
+        return None
+    try:
+        return bundle[1].variant(vid).precision.value
+    except KeyError:
+        return None

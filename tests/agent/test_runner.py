@@ -1,0 +1,154 @@
+"""InferenceRunner: ladder activation, power-driven precision switches, benchmark, refusals."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.engine import EngineSettings
+from agent.power import PolicySettings
+from agent.runner import InferenceRunner
+from agent.runtimes import VariantLoadError
+from agent.service import Runner
+from shared.messages import (
+    BatterySample,
+    EventKind,
+    PowerLevel,
+    SetPolicy,
+    ThermalSample,
+    VariantTiming,
+)
+from tests.agent.inference_bundle import Bundle, fm_bundle  # noqa: F401
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[tuple[EventKind, str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, kind: EventKind, reason: str, data: dict[str, Any]) -> None:
+        with self.lock:
+            self.items.append((kind, reason, data))
+
+    def of(self, kind: EventKind) -> list[tuple[EventKind, str, dict[str, Any]]]:
+        with self.lock:
+            return [e for e in self.items if e[0] == kind]
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def bat(pct: float, charging: bool = False) -> BatterySample:
+    return BatterySample(percent=pct, charging=charging, power_w=5.0, source="simulated")
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Any:
+    events, clock = Events(), Clock()
+    r = InferenceRunner(
+        EngineSettings(source="idx", fps=200, threads=1, warmup_runs=1),
+        PolicySettings(min_dwell_s=30),
+        emit_event=events,
+        state_dir=tmp_path,
+        clock=clock,
+    )
+    yield r, events, clock
+    r.close()
+
+
+def test_power_drives_precision_switches(runner: Any, fm_bundle: Bundle) -> None:  # noqa: F811
+    r, events, clock = runner
+    assert isinstance(r, Runner)
+    ladder = fm_bundle.ladder("tflite")
+    r.update_power(bat(90), None)
+    r.activate(fm_bundle.dir, fm_bundle.manifest, ladder)
+    assert r.power_level() is PowerLevel.PERFORMANCE
+    assert r.active_variant() == ladder[PowerLevel.PERFORMANCE]
+    wait_for(lambda: r.cpu_seconds() > 0)
+    clock.now += 31
+    r.update_power(bat(45), None)  # straight to saver: int8
+    wait_for(lambda: r.active_variant() == ladder[PowerLevel.SAVER])
+    wait_for(lambda: len(events.of(EventKind.PRECISION_SWITCH)) == 1)
+    _, reason, data = events.of(EventKind.PRECISION_SWITCH)[0]
+    assert reason == "battery 45 % < 50 %, discharging"
+    assert data["from_variant"] == ladder[PowerLevel.PERFORMANCE]
+    assert data["to_variant"] == ladder[PowerLevel.SAVER]
+    assert (data["from_level"], data["to_level"], data["precision"]) == (
+        "performance",
+        "saver",
+        "int8",
+    )
+    stats = r.stats()
+    assert stats is not None and stats.frames > 0 and stats.errors == 0
+    assert stats.accuracy is not None and stats.accuracy > 0.8  # IDX frames are labeled
+    assert stats.joules_per_inference is not None  # from the battery's power reading
+    clock.now += 31
+    r.update_power(bat(45, charging=True), ThermalSample(max_c=90, source="simulated"))
+    assert r.power_level() is PowerLevel.CRITICAL  # hot wins over charging; fps capped
+    assert r._engine.fps_target == 5  # type: ignore[union-attr]
+
+
+def test_controller_policy_pins_and_caps(runner: Any, fm_bundle: Bundle) -> None:  # noqa: F811
+    r, events, _ = runner
+    ladder = fm_bundle.ladder("tflite")
+    r.activate(fm_bundle.dir, fm_bundle.manifest, ladder)
+    r.set_policy(SetPolicy(command_id="p1", ts=0, override=PowerLevel.SAVER, max_fps=20))
+    wait_for(lambda: r.active_variant() == ladder[PowerLevel.SAVER])
+    assert r._engine.fps_target == 20  # type: ignore[union-attr]
+    wait_for(lambda: events.of(EventKind.PRECISION_SWITCH))
+    assert events.of(EventKind.PRECISION_SWITCH)[0][1] == "controller policy: saver"
+
+
+def test_benchmark_times_variants_and_reports_errors(
+    runner: Any,
+    fm_bundle: Bundle,  # noqa: F811
+) -> None:
+    r, _, _ = runner
+    ids = [fm_bundle.ids("onnx", "fp32")[0], fm_bundle.ids("tflite", "int8")[0]]
+    timings = r.benchmark(fm_bundle.dir, fm_bundle.manifest, [*ids, "no-such-variant"], 20)
+    for vid in ids:
+        t = timings[vid]
+        assert isinstance(t, VariantTiming) and t.error is None
+        assert 0 < t.p50_ms <= t.p95_ms <= t.p99_ms  # type: ignore[operator]
+    assert "no-such-variant" in timings["no-such-variant"].error
+
+
+def test_broken_variant_falls_back_and_all_broken_refuses(
+    runner: Any,
+    fm_bundle: Bundle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    r, events, _ = runner
+    copy = tmp_path / "bundle"
+    shutil.copytree(fm_bundle.dir, copy)
+    ladder = fm_bundle.ladder("tflite")
+    fp32 = ladder[PowerLevel.PERFORMANCE]
+    fm_copy = Bundle(copy, fm_bundle.manifest)
+    fm_copy.path(fp32).write_bytes(b"corrupt")
+    r.activate(copy, fm_bundle.manifest, ladder)  # fp32 rejected: runs the int8 step instead
+    assert r.active_variant() == ladder[PowerLevel.SAVER]
+    errors = events.of(EventKind.ERROR)
+    assert errors and fp32 in errors[0][1] and "rejected" in errors[0][1]
+    fm_copy.path(ladder[PowerLevel.SAVER]).write_bytes(b"corrupt")
+    other = InferenceRunner(EngineSettings(source="idx"), emit_event=events)
+    with pytest.raises(VariantLoadError, match="no variant of bundle"):
+        other.activate(copy, fm_bundle.manifest, ladder)
+    with pytest.raises(VariantLoadError, match="lacks"):
+        other.activate(copy, fm_bundle.manifest, {PowerLevel.PERFORMANCE: "nope"})
+    other.close()
