@@ -255,7 +255,7 @@ class RolloutEngine:
             if rollout.state != "paused":
                 raise RolloutError(409, f"rollout {rollout_id} is {rollout.state}, not paused")
             for rd in self._devices(session, rollout.id, wave=rollout.current_wave):
-                if rd.state in ("failed", "rolled_back"):
+                if rd.state in ("failed", "rolling_back", "rolled_back"):
                     rd.state = "pending"
                     rd.detail = "retried after resume"
                     rd.command_id = None

@@ -196,12 +196,12 @@ class SimAgent:
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         client.subscribe(topics.topic(self.device_id, Kind.CMD), qos=1)
-        self.publish_state("online")
+        self.publish_state("online", wait=False)  # never block the network thread
         self.connected.set()
 
     # --- publishing ---------------------------------------------------------------------------
 
-    def publish_state(self, status: str) -> None:
+    def publish_state(self, status: str, wait: bool = True) -> None:
         state = State(
             device_id=self.device_id,
             ts=time.time(),
@@ -211,9 +211,11 @@ class SimAgent:
             active_bundle=self.active_bundle if status == "online" else None,
             active_variant=self.active_variant if status == "online" else None,
         )
-        self.client.publish(
+        info = self.client.publish(
             topics.topic(self.device_id, Kind.STATE), messages.encode(state), 1, retain=True
-        ).wait_for_publish(5)
+        )
+        if wait:
+            info.wait_for_publish(5)
 
     def telemetry(self) -> Telemetry:
         inference = None
