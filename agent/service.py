@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import queue
@@ -117,7 +116,8 @@ class Agent:
         self.notifier = notifier or Notifier({})
         self.clock = clock
         self.ready = threading.Event()
-        self.profile: HardwareProfile | None = None
+        self.probes = build_probes(settings, self._runner_cpu_seconds)
+        self.profile: HardwareProfile = build_profile(settings, self.probes.gpu)
         self.active: Bundle | None = None
         self.rejected_commands = 0
         self._stop = threading.Event()
@@ -156,8 +156,6 @@ class Agent:
         self.outbox = Outbox(s.state_dir, s.outbox.max_messages)
         self.command_log = CommandLog(s.state_dir)
         self.store = ArtifactStore(s.state_dir, public_key, s.store, key_hint=f" at {key_path}")
-        self.probes = build_probes(s, self._runner_cpu_seconds)
-        self.profile = build_profile(s, self.probes.gpu)
         self.active = self.store.recover()
         if self.active is not None:
             self._activate_runner(self.active, at_start=True)
@@ -513,7 +511,6 @@ class Agent:
             timings = self.runner.benchmark(
                 bundle.dir, bundle.manifest, cmd.variant_ids, cmd.iterations
             )
-            assert self.profile is not None
             result = BenchmarkResult(
                 hardware_class=self.profile.hardware_class(),
                 bundle_id=cmd.bundle_id,
@@ -597,19 +594,21 @@ def resolve_device_id(settings: AgentSettings) -> str:
 
 
 def build_agent(settings: AgentSettings, *, notifier: Notifier | None = None) -> Agent:
-    """An agent for `settings`, with an inference runner when the engine settings ask for one."""
+    """An agent for `settings`, with an inference runner when `engine.source` names frames.
+
+    Without one (`source = "none"`) the agent still reports, deploys and rolls back.
+    """
     agent = Agent(settings, notifier=notifier)
-    try:
-        runner_module = importlib.import_module("agent.runner")
-    except ImportError as exc:
-        if exc.name != "agent.runner":
-            raise
+    if settings.engine.source == "none":
         return agent
-    build_runner = getattr(runner_module, "build_runner", None)
-    if build_runner is not None:
-        runner = build_runner(settings, agent.emit_event)
-        if runner is not None:
-            agent.attach_runner(runner)
+    try:
+        from agent.runner import InferenceRunner
+    except ImportError as exc:
+        raise UserError(
+            f"engine.source = {settings.engine.source} needs the Python package {exc.name!r}: "
+            "pip install 'lepton-edge[agent,onnx]' (or [agent,litert])"
+        ) from None
+    agent.attach_runner(InferenceRunner.from_settings(settings, agent.emit_event, agent.profile))
     return agent
 
 
