@@ -151,6 +151,8 @@ class Engine:
 
     def start(self) -> Engine:
         self._stop.clear()
+        with self._lock:
+            self._interval = _Interval()  # loading time is not frame time
         self._thread = threading.Thread(target=self._loop, name="lepton-engine", daemon=True)
         self._thread.start()
         return self
@@ -206,6 +208,10 @@ class Engine:
 
     def active(self) -> VariantSpec | None:
         return self._spec
+
+    def accelerator(self) -> str | None:
+        rt = self._rt
+        return rt.accelerator if rt is not None else None
 
     def input_shape(self) -> tuple[int, ...] | None:
         rt = self._rt

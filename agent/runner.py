@@ -21,7 +21,15 @@ from agent.engine import Engine, EngineSettings, VariantSpec
 from agent.local_api import LocalEndpoint, ModelInfo
 from agent.power import PolicySettings, PowerPolicy
 from agent.runtimes import RuntimeOptions, VariantLoadError
-from agent.sources import QueueSource, Source, SyntheticSource, idx_source, image_dir_source
+from agent.sources import (
+    ArraySource,
+    NoFrames,
+    QueueSource,
+    Source,
+    SyntheticSource,
+    idx_source,
+    image_dir_source,
+)
 from shared.errors import UserError
 from shared.hardware import HardwareProfile
 from shared.manifest import Manifest
@@ -44,19 +52,26 @@ EmitEvent = Callable[[EventKind, str, dict[str, Any]], None]
 
 
 def make_source(
-    settings: EngineSettings, input_shape: tuple[int, ...], labels: list[str] | None = None
+    settings: EngineSettings,
+    input_shape: tuple[int, ...],
+    labels: list[str] | None = None,
+    limit: int | None = None,
 ) -> Source:
-    """The frame source the settings name, shaped for the model."""
+    """The frame source the settings name, shaped for the model; `limit` frames, or endless."""
     kind = settings.source
+    source: ArraySource
     if kind == "idx":
-        return idx_source(settings.source_path, settings.labels_path, batch=settings.batch)
-    if kind == "images":
+        source = idx_source(settings.source_path, settings.labels_path, batch=settings.batch)
+    elif kind == "images":
         if settings.source_path is None:
             raise UserError("engine.source = images needs engine.source_path: a folder of images")
-        return image_dir_source(settings.source_path, input_shape, labels, batch=settings.batch)
-    if kind == "synthetic":
-        return SyntheticSource(input_shape, batch=settings.batch)
-    raise UserError(f"engine.source = {kind} has no frames to make; use idx, images or synthetic")
+        source = image_dir_source(settings.source_path, input_shape, labels, batch=settings.batch)
+    elif kind == "synthetic":
+        source = SyntheticSource(input_shape, batch=settings.batch)
+    else:
+        raise UserError(f"engine.source = {kind} makes no frames; use idx, images or synthetic")
+    source.limit = limit
+    return source
 
 
 class InferenceRunner:
@@ -225,7 +240,7 @@ class InferenceRunner:
                 self._source.close()
                 self._source = None
         engine = Engine(
-            self._source or _Deferred(),
+            self._source or NoFrames(),
             fps=None if self.settings.source == "local" else self.settings.fps,  # apps set the pace
             options=self.options,
             warmup_runs=self.settings.warmup_runs,
@@ -324,14 +339,6 @@ class InferenceRunner:
             rt.close()
         p50, p95, p99 = (float(v) for v in np.percentile(times * 1e3, [50, 95, 99]))
         return VariantTiming(p50_ms=p50, p95_ms=p95, p99_ms=p99)
-
-
-class _Deferred(Source):
-    """Placeholder until the model's input shape is known and the real source is made."""
-
-    def read(self, timeout: float) -> None:
-        time.sleep(timeout)
-        return None
 
 
 def _precision(bundle: tuple[Path, Manifest] | None, vid: str | None) -> str | None:

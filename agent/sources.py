@@ -54,6 +54,13 @@ class Source(ABC):
         self.done = True
 
 
+class NoFrames(Source):
+    """Stands in until the model's input shape is known and the real source can be made."""
+
+    def read(self, timeout: float) -> Frame | None:
+        return None
+
+
 class ArraySource(Source):
     """Frames cut from an in-memory array, looping forever unless `loop` is off."""
 
