@@ -33,8 +33,16 @@ def _serve(tmp_path: Path, db_url: str, broker: Mosquitto, port: int) -> subproc
         "LEPTON_CONTROLLER_INGEST__FLUSH_INTERVAL_MS": "20",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from controller.cli import controller_main; raise SystemExit(controller_main())",
-         "serve", "--port", str(port), "--public-url", f"http://127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-c",
+            "from controller.cli import controller_main; raise SystemExit(controller_main())",
+            "serve",
+            "--port",
+            str(port),
+            "--public-url",
+            f"http://127.0.0.1:{port}",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / f"serve-{port}.log", "ab"),  # noqa: SIM115
@@ -53,19 +61,27 @@ def _serve(tmp_path: Path, db_url: str, broker: Mosquitto, port: int) -> subproc
 
 
 @pytest.mark.slow
-def test_killed_mid_rollout_completes_once(tmp_path: Path, db_url: str, mosquitto: Mosquitto) -> None:
+def test_killed_mid_rollout_completes_once(
+    tmp_path: Path, db_url: str, mosquitto: Mosquitto
+) -> None:
     port = free_port()
     key = load_or_create_private_key(tmp_path / "state" / "keys" / "signing.pem")
     make_bundle(tmp_path / "bundle", key)
     proc = _serve(tmp_path, db_url, mosquitto, port)
-    agents = [SimAgent(f"r-{i}", mosquitto.port, public_pem(key.public_key())).start() for i in range(4)]
+    agents = [
+        SimAgent(f"r-{i}", mosquitto.port, public_pem(key.public_key())).start() for i in range(4)
+    ]
     try:
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=5)
         assert http.post("/api/v1/bundles", content=pack(tmp_path / "bundle")).status_code == 201
         wait_for(lambda: len(http.get("/api/v1/devices?online=true").json()) == 4)
-        rid = http.post("/api/v1/rollouts", json={"bundle_id": "fmnist-1", "target": {"all": True}}).json()["id"]
+        rid = http.post(
+            "/api/v1/rollouts", json={"bundle_id": "fmnist-1", "target": {"all": True}}
+        ).json()["id"]
         # kill it while the second wave is being deployed
-        wait_for(lambda: http.get(f"/api/v1/rollouts/{rid}").json()["current_wave"] >= 1, what="wave 2")
+        wait_for(
+            lambda: http.get(f"/api/v1/rollouts/{rid}").json()["current_wave"] >= 1, what="wave 2"
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         installed_before = sum(a.installs["fmnist-1"] for a in agents)
