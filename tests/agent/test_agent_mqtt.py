@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from agent.config import AgentSettings
+from agent.outbox import Outbox
 from agent.service import Agent
-from shared.messages import Deploy, Rollback, encode
+from shared.messages import Deploy, EventKind, Rollback, encode
 from shared.signing import generate_key
 from shared.topics import Kind, topic
 from tests.agent.agent_support import ArtifactServer, Watcher, ladder_for, make_bundle, write_key
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, free_port
 
 KEY = generate_key()
 
@@ -226,3 +227,31 @@ def test_command_sent_while_offline_arrives_later(
         )
     finally:
         agent.stop()
+
+
+def test_offline_queue_is_bounded_and_reports_drops(tmp_path: Path) -> None:
+    """Broker unreachable: the outbox stays at its bound and telemetry counts what it dropped."""
+    s = AgentSettings(
+        device_id="d5",
+        state_dir=tmp_path / "d5",
+        telemetry_interval_s=0.02,
+        outbox={"max_messages": 10},
+        mqtt={"port": free_port(), "reconnect_min_s": 0.1, "reconnect_max_s": 0.2},
+        probes={"sysfs_root": tmp_path},
+    )
+    agent = Agent(s)
+    agent.start()
+    agent.emit_event(EventKind.ERROR, "an event outlives older telemetry")
+    try:
+        deadline = time.monotonic() + 20
+        while agent.outbox.next_seq("telemetry") < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        agent.stop(flush_timeout=0.5)
+    box = Outbox(s.state_dir, 10)
+    rows = box.peek(limit=100)
+    assert len(rows) == 10
+    assert rows[0].kind == "event"
+    last = json.loads(rows[-1].payload)
+    assert last["dropped"] >= 25  # the count as of that sample
+    assert box.dropped >= last["dropped"]
