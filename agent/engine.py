@@ -52,6 +52,13 @@ class EngineSettings(BaseModel):
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
     delegates: list[str] = Field(default_factory=list, description="LiteRT delegate libraries")
     warmup_runs: int = Field(default=3, ge=0, le=1000, description="runs before a swap-in")
+    keep_warm: int = Field(
+        default=3,
+        ge=0,
+        le=8,
+        description="variants kept loaded besides the active one (the ladder's), so a switch "
+        "is a swap between frames; 0 = close the old variant after each switch",
+    )
     local_host: str = Field(default="127.0.0.1", description="local endpoint address")
     local_port: int = Field(default=8765, ge=0, le=65535, description="0 = any free port")
 
@@ -78,12 +85,16 @@ class Switch:
     decided_at: float
     from_id: str | None = None
     loaded_at: float | None = None
+    first_frame_start: float | None = None
     first_frame_at: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def decision_to_first_frame_s(self) -> float | None:
-        return None if self.first_frame_at is None else self.first_frame_at - self.decided_at
+        """From the decision until the new variant takes its first frame."""
+        if self.first_frame_start is None:
+            return None
+        return self.first_frame_start - self.decided_at
 
 
 #: (kind, data): "switched", "load_failed", "run_failed", "fallback".
@@ -112,6 +123,7 @@ class Engine:
         fps: float | None = None,
         options: RuntimeOptions | None = None,
         warmup_runs: int = 3,
+        keep_warm: int = 0,
         on_result: OnResult | None = None,
         on_event: EngineEvent | None = None,
         power_w: Callable[[], float | None] | None = None,
@@ -119,6 +131,9 @@ class Engine:
         self.source = source
         self.options = options or RuntimeOptions()
         self.warmup_runs = warmup_runs
+        self.keep_warm = keep_warm
+        # Loaded, warmed variants not in use, by file path, least recently used first.
+        self._warm: dict[Path, tuple[VariantSpec, Runtime]] = {}
         self.on_result = on_result
         self.on_event = on_event
         self._power_w = power_w
@@ -176,7 +191,9 @@ class Engine:
         with self._lock:
             pending, self._pending = self._pending, None
             trial, self._trial = self._trial, None
-        for rt in (self._rt, pending[0] if pending else None, trial[0] if trial else None):
+            warm, self._warm = self._warm, {}
+        others = [rt for _, rt in warm.values()]
+        for rt in (self._rt, pending[0] if pending else None, trial[0] if trial else None, *others):
             if rt is not None:
                 rt.close()
         self._rt = None
@@ -265,7 +282,52 @@ class Engine:
             self._generation += 1
             return switch, self._generation
 
+    def prewarm(self, specs: list[VariantSpec]) -> None:
+        """Load and warm these variants in the background (up to `keep_warm`), so switching
+        to them later is only a swap between frames."""
+        active = self._spec.path if self._spec else None
+        todo = [s for s in specs if s.path != active][: self.keep_warm]
+        wanted = {s.path for s in todo}
+        with self._lock:  # what is warm but no longer wanted (an older bundle) goes
+            stale = [p for p in self._warm if p not in wanted]
+            dropped = [self._warm.pop(p)[1] for p in stale]
+        for rt in dropped:
+            self._close_later(rt)
+        if todo:
+            self._spawn(self._prewarm, todo)
+
+    def _prewarm(self, specs: list[VariantSpec]) -> None:
+        for spec in specs:
+            with self._lock:
+                if spec.path in self._warm:
+                    continue
+            try:
+                rt = self._load(spec)
+            except Exception as exc:
+                self._emit("load_failed", {"variant": spec.id, "error": str(exc)})
+                continue
+            self._retire(rt, spec)
+
+    def _retire(self, rt: Runtime, spec: VariantSpec) -> None:
+        """A variant leaves service: keep it warm (LRU, `keep_warm` of them) or close it."""
+        with self._lock:
+            self._warm.pop(spec.path, None)
+            self._warm[spec.path] = (spec, rt)
+            evict = []
+            while len(self._warm) > self.keep_warm:
+                oldest = next(iter(self._warm))
+                evict.append(self._warm.pop(oldest)[1])
+        for old in evict:
+            self._close_later(old)
+
     def _open(self, spec: VariantSpec) -> Runtime:
+        with self._lock:
+            warm = self._warm.pop(spec.path, None)
+        if warm is not None:
+            return warm[1]
+        return self._load(spec)
+
+    def _load(self, spec: VariantSpec) -> Runtime:
         rt = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)
         try:
             sample = np.zeros((1, *rt.input_shape()), np.float32)
@@ -326,8 +388,6 @@ class Engine:
         source = self.source
         next_t = perf()
         while not self._stop.is_set():
-            if self._pending is not None:
-                self._swap()
             period = self._period
             if period:
                 now = perf()
@@ -340,6 +400,8 @@ class Engine:
                 deadline = next_t + period
                 next_t += period
             frame = source.read(0.05)
+            if self._pending is not None:  # checked after the wait: a switch ready by now runs it
+                self._swap()
             if frame is None:
                 if source.done:
                     break
@@ -375,7 +437,7 @@ class Engine:
                 self.deadline_misses += 1
             self._failures = 0
             if self._trial is not None:
-                self._confirm(t1)
+                self._confirm(t0, t1)
             if frame.reply is not None or self.on_result is not None:
                 result = Result(self._spec.id if self._spec else None, scores, None, latency)
                 if frame.reply is not None:
@@ -383,17 +445,17 @@ class Engine:
                 if self.on_result is not None:
                     self.on_result(frame, result)
 
-    def _confirm(self, when: float) -> None:
+    def _confirm(self, started: float, when: float) -> None:
         """The new variant ran its first frame: close the old one, report the switch."""
         with self._lock:
             trial, self._trial = self._trial, None
         switch = self._switch_in_flight
         if switch is None:
             return
-        switch.first_frame_at = when
+        switch.first_frame_start, switch.first_frame_at = started, when
         self._last_good = switch.to
-        if trial is not None and trial[0] is not None:
-            self._close_later(trial[0])
+        if trial is not None and trial[0] is not None and trial[1] is not None:
+            self._retire(trial[0], trial[1])
         self._emit("switched", {"switch": switch})
 
     def _run_failed(self, rt: Runtime, frame: Frame, exc: Exception) -> None:

@@ -157,6 +157,9 @@ class InferenceRunner:
                     )
                     continue
                 self._bundle, self._ladder = (bundle_dir, manifest), dict(ladder)
+                if self._engine is not None:
+                    others = [v for v in dict.fromkeys(ladder.values()) if v != vid]
+                    self._engine.prewarm([self._spec(bundle_dir, manifest, v) for v in others])
                 return
             raise VariantLoadError(
                 f"no variant of bundle {manifest.bundle_id} runs here: {'; '.join(errors)}"
@@ -244,6 +247,7 @@ class InferenceRunner:
             fps=None if self.settings.source == "local" else self.settings.fps,  # apps set the pace
             options=self.options,
             warmup_runs=self.settings.warmup_runs,
+            keep_warm=self.settings.keep_warm,
             on_event=self._on_engine_event,
             power_w=self._power_w,
         )

@@ -195,3 +195,25 @@ def test_variant_that_fails_to_run_falls_back_without_losing_the_frame(
     assert data["variant"] == "onnx-wrong-shape" and data["fallback"] == "tflite-fp32"
     assert engine.errors == 0  # the failing frame was rerun on the old variant
     assert {r.variant for r in rec.results} == {"tflite-fp32"}
+
+
+@pytest.mark.parametrize("keep_warm", [0, 1])
+def test_switching_back_reuses_a_warm_variant(fm_bundle: Bundle, keep_warm: int) -> None:  # noqa: F811
+    rec = Recorder()
+    x, _ = fm_images(64)
+    engine = Engine(ArraySource(x), fps=200, options=OPTS, keep_warm=keep_warm, on_event=rec.event)
+    a, b = spec(fm_bundle, "tflite-fp32"), spec(fm_bundle, fm_bundle.ids("tflite", "int8")[0])
+    engine.load(a)
+    first = engine._rt
+    engine.start()
+    for n, target in enumerate((b, a), start=1):
+        engine.switch_to(target, "test")
+        wait_for(lambda n=n: rec.kinds().count("switched") == n)  # type: ignore[misc]
+    assert engine.active() == a
+    assert (engine._rt is first) == bool(keep_warm)  # warm: the very same loaded session
+    assert len(engine._warm) == keep_warm
+    engine.prewarm([b])
+    wait_for(lambda: len(engine._warm) == keep_warm and (not keep_warm or b.path in engine._warm))
+    engine.prewarm([])  # a new ladder without b: b is closed
+    assert not engine._warm
+    engine.close()
