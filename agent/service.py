@@ -427,9 +427,10 @@ class Agent:
             {**data, "stage": "verified"},
             cmd.command_id,
         )
-        if not self._activate_runner(bundle):
+        refused = self._activate_runner(bundle)
+        if refused:
             self.store.gc()
-            self._deploy_failed(cmd, data, f"the engine refused bundle {cmd.bundle_id}")
+            self._deploy_failed(cmd, data, refused)
             return
         self.store.activate(bundle)
         with self._lock:
@@ -454,19 +455,19 @@ class Agent:
         )
         self.reply(cmd.command_id, "failed", reason)
 
-    def _activate_runner(self, bundle: Bundle, at_start: bool = False) -> bool:
+    def _activate_runner(self, bundle: Bundle, at_start: bool = False) -> str | None:
+        """Hand `bundle` to the runner; the reason it refused, or None if it took it."""
         if self.runner is None:
-            return True
+            return None
         try:
             self.runner.activate(bundle.dir, bundle.manifest, bundle.ladder)
         except Exception as exc:
-            log.exception("runner refused bundle %s", bundle.bundle_id)
-            if not at_start:
-                return False
-            self.emit_event(
-                EventKind.ERROR, f"engine could not load bundle {bundle.bundle_id} at start: {exc}"
-            )
-        return True
+            log.warning("runner refused bundle %s: %s", bundle.bundle_id, exc)
+            reason = f"the engine refused bundle {bundle.bundle_id}: {exc}"
+            if at_start:
+                self.emit_event(EventKind.ERROR, f"at start, {reason}")
+            return reason
+        return None
 
     def _rollback(self, cmd: Rollback) -> None:
         before = self.active.bundle_id if self.active else None
@@ -476,9 +477,10 @@ class Agent:
             self.reply(cmd.command_id, "failed", str(exc))
             self.emit_event(EventKind.ROLLBACK, f"rollback failed: {exc}", {}, cmd.command_id)
             return
-        if not self._activate_runner(bundle):
+        refused = self._activate_runner(bundle)
+        if refused:
             self.store.rollback()  # put the one that works back
-            self.reply(cmd.command_id, "failed", f"the engine refused bundle {bundle.bundle_id}")
+            self.reply(cmd.command_id, "failed", refused)
             return
         with self._lock:
             self.active = bundle
