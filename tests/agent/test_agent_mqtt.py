@@ -255,3 +255,56 @@ def test_offline_queue_is_bounded_and_reports_drops(tmp_path: Path) -> None:
     last = json.loads(rows[-1].payload)
     assert last["dropped"] >= 25  # the count as of that sample
     assert box.dropped >= last["dropped"]
+
+
+def test_bad_deploys_are_refused_with_reason_and_current_kept(
+    tmp_path: Path, mosquitto: Mosquitto, watcher: Watcher, server: ArtifactServer
+) -> None:
+    """Bad signature, 404, stall, full disk: a failed event says why; b1 keeps being served."""
+    s = settings(
+        tmp_path,
+        mosquitto,
+        "d6",
+        telemetry_interval_s=0.5,
+        store={"http_timeout_s": 0.5, "download_attempts": 1},
+    )
+    names = ("b1", "unsigned", "gone", "stall", "big")
+    for name in names:
+        make_bundle(tmp_path / name, KEY, name, {"onnx-fp32": os.urandom(5000)})
+    manifests = {n: server.add_bundle(tmp_path / n) for n in names}
+    forged = tmp_path / "unsigned" / "manifest.json"
+    forged.write_text(forged.read_text().replace('"model_name":"test"', '"model_name":"evil"'))
+    del server.files[manifests["gone"].variants[0].sha256]
+    server.faults.stall.add(manifests["stall"].variants[0].sha256)
+    agent = Agent(s)
+    agent.start()
+    try:
+        watcher.wait_json("/d6/state", lambda m: m["status"] == "online")
+        cmd = topic("d6", Kind.CMD)
+        watcher.publish(cmd, encode(deploy_command(server, manifests["b1"], "ok")))
+        watcher.wait_json("/d6/reply", lambda m: m["command_id"] == "ok" and m["status"] == "done")
+        expected = {
+            "unsigned": "signature does not match",
+            "gone": "HTTP 404",
+            "stall": "stalled",
+            "big": "not enough disk space",
+        }
+        for name, why in expected.items():
+            if name == "big":
+                agent.store.settings = agent.store.settings.model_copy(
+                    update={"min_free_mb": 10**9}
+                )
+            watcher.publish(cmd, encode(deploy_command(server, manifests[name], name)))
+            event = watcher.wait_json(
+                "/d6/event",
+                lambda m, n=name: m.get("command_id") == n and m["data"].get("stage") == "failed",
+            )
+            assert why in event["reason"] and "still serving b1" in event["reason"], event
+            watcher.wait_json(
+                "/d6/reply", lambda m, n=name: m["command_id"] == n and m["status"] == "failed"
+            )
+        assert agent.store.current().bundle_id == "b1"  # type: ignore[union-attr]
+        assert [d.name.split("-")[0] for d in agent.store.bundles.iterdir()] == ["b1"]
+        assert not list(agent.store.staging.iterdir())
+    finally:
+        agent.stop()
