@@ -175,7 +175,7 @@ class Agent:
             thread.start()
             self._threads.append(thread)
         if self.active is not None:
-            self._mark_ready(f"serving bundle {self.active.bundle_id} from the store")
+            self.mark_ready(f"serving bundle {self.active.bundle_id} from the store")
 
     def stop(self, flush_timeout: float = 5.0) -> None:
         """Clean shutdown: last telemetry queued and flushed, `offline` published by us."""
@@ -319,6 +319,7 @@ class Agent:
         watchdog = self.notifier.watchdog_interval_s
         next_sample = time.monotonic()
         next_ping = time.monotonic()
+        reported_error: str | None = None
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_sample:
@@ -332,13 +333,18 @@ class Agent:
             if watchdog is not None and now >= next_ping:
                 self.notifier.watchdog()
                 next_ping = now + watchdog
+            error = self.link.last_error
+            if error != reported_error:
+                reported_error = error
+                if error is not None:
+                    self.notifier.status(f"{error}; {len(self.outbox)} message(s) queued")
             wake = next_sample if watchdog is None else min(next_sample, next_ping)
             self._stop.wait(max(0.0, wake - time.monotonic()))
 
     def _on_connected(self) -> None:
-        self._mark_ready(f"connected to {self.settings.mqtt.host}:{self.settings.mqtt.port}")
+        self.mark_ready(f"connected to {self.settings.mqtt.host}:{self.settings.mqtt.port}")
 
-    def _mark_ready(self, status: str) -> None:
+    def mark_ready(self, status: str) -> None:
         if not self.ready.is_set():
             self.ready.set()
             self.notifier.ready(status)
@@ -675,9 +681,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     agent.start()
     log.info("agent %s started (state in %s)", agent.device_id, settings.state_dir)
-    # Offline boxes are still working (queueing telemetry): tell systemd after the first try.
-    if not agent.wait_ready(timeout=OFFLINE_READY_AFTER_S) and not stop.is_set():
-        agent._mark_ready("running offline: broker unreachable, telemetry queued")
-    stop.wait()
+    # An offline box is still working (queueing telemetry): tell systemd after a while.
+    offline_ready_at = time.monotonic() + OFFLINE_READY_AFTER_S
+    while not stop.wait(0.2):
+        if not agent.ready.is_set() and time.monotonic() > offline_ready_at:
+            agent.mark_ready("running offline: broker unreachable, telemetry queued")
     agent.stop()
     return 0

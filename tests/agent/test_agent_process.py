@@ -245,13 +245,20 @@ def test_agent_without_bundle_or_broker_still_runs(tmp_path: Path) -> None:
         f'device_id = "p5"\nstate_dir = "{tmp_path / "p5"}"\ntelemetry_interval_s = 0.1\n'
         "[mqtt]\nport = 1\nreconnect_min_s = 0.1\nreconnect_max_s = 0.2\n"
     )
-    proc = start_agent_process(cfg, log_file=tmp_path / "agent.log")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(20)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    proc = start_agent_process(cfg, env=env, log_file=tmp_path / "agent.log")
     try:
-        time.sleep(2.0)
+        status = sock.recv(4096).decode()  # systemctl status shows why it is offline
+        assert status.startswith("STATUS=cannot connect to 127.0.0.1:1") and "queued" in status
+        time.sleep(1.5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
         stop_process(proc)
+        sock.close()
     with sqlite3.connect(tmp_path / "p5" / "agent.db") as db:
         (count,) = db.execute("SELECT COUNT(*) FROM outbox WHERE kind='telemetry'").fetchone()
     assert count >= 5
