@@ -92,14 +92,15 @@ def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         return np.ascontiguousarray(x, dtype=np.float32)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    quantized: np.ndarray = np.clip(np.round(x / scale + zero_point), info.min, info.max)
+    return quantized.astype(dtype)
 
 
 def dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if np.dtype(detail["dtype"]) == np.float32:
         return np.asarray(y, dtype=np.float32)
     scale, zero_point = detail["quantization"]
-    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return np.asarray((y.astype(np.float32) - zero_point) * scale, dtype=np.float32)
 
 
 def tensor_specs(path: Path, fmt: ModelFormat) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -266,11 +267,9 @@ def variant_metrics(
     accuracy: dict[str, Any], speed: dict[str, float], baseline_accuracy: float | None
 ) -> VariantMetrics:
     delta = None if baseline_accuracy is None else (accuracy["accuracy"] - baseline_accuracy) * 100
-    return VariantMetrics(
-        **accuracy,
-        accuracy_delta=delta,
-        **{k: v for k, v in speed.items() if k in VariantMetrics.model_fields},
-    )
+    fields: dict[str, Any] = {**accuracy, "accuracy_delta": delta}
+    fields.update({k: v for k, v in speed.items() if k in VariantMetrics.model_fields})
+    return VariantMetrics(**fields)
 
 
 def _child(request_json: str) -> None:

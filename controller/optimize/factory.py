@@ -183,7 +183,7 @@ def _load_key(path: Path) -> Ed25519PrivateKey:
 
 def _publish(staging: Path, out_dir: Path) -> None:
     """Swap the finished bundle into place; the old folder (if any) goes only after."""
-    (staging / "work").exists() and shutil.rmtree(staging / "work")
+    shutil.rmtree(staging / "work", ignore_errors=True)
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{time.time_ns()}")
@@ -212,10 +212,10 @@ def _model_io(onnx_path: Path | None, tflite_path: Path | None) -> tuple[list[in
             raise UserError(f"{path} outputs shape {out_shape}, not (N, classes) scores")
         shapes[str(path)] = (inputs[0].shape, int(out_shape[1]))
     (first_path, first), *rest = shapes.items()
-    for path, other in rest:
-        if [d for d in other[0][1:]] != [d for d in first[0][1:]] or other[1] != first[1]:
+    for other_path, other in rest:
+        if other[0][1:] != first[0][1:] or other[1] != first[1]:
             raise UserError(
-                f"{first_path} and {path} are not the same network: inputs {first[0]} vs "
+                f"{first_path} and {other_path} are not the same network: inputs {first[0]} vs "
                 f"{other[0]}, {first[1]} vs {other[1]} classes"
             )
     return first

@@ -84,7 +84,7 @@ def _batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
 
 def input_name(model: onnx.ModelProto) -> str:
     inits = {i.name for i in model.graph.initializer}
-    return next(i.name for i in model.graph.input if i.name not in inits)
+    return str(next(i.name for i in model.graph.input if i.name not in inits))
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
