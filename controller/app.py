@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError
 
 from controller.api import artifacts, devices, metrics, models, rollouts, tokens
 from controller.bridge import Bridge
@@ -44,11 +45,16 @@ class Controller:
     leader: Leader
     engine: RolloutEngine
     bridge: Bridge | None = None
+    started: bool = False
 
     def publish(self, device_id: str, command: WireMessage) -> bool:
         return self.bridge.publish_command(device_id, command) if self.bridge else False
 
     def start(self) -> None:
+        """Migrate, register the bootstrap token, start bridge and rollout loop (once)."""
+        if self.started:
+            return
+        self.started = True
         self.db.migrate()
         if self.settings.bootstrap_admin_token:
             with self.db.session() as session:
@@ -62,6 +68,9 @@ class Controller:
             self.engine.start()
 
     def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
         self.engine.stop()
         if self.bridge:
             self.bridge.stop()
@@ -78,7 +87,8 @@ def build_controller(settings: ControllerSettings) -> Controller:
     engine = RolloutEngine(
         settings, db, lambda device_id, cmd: holder["c"].publish(device_id, cmd), leader
     )
-    controller = Controller(settings, db, store, Fleet(), leader, engine)
+    fleet = Fleet(shared=settings.mqtt.shared_subscription_group is not None)
+    controller = Controller(settings, db, store, fleet, leader, engine)
     holder["c"] = controller
     return controller
 
@@ -97,6 +107,17 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
                 {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                 for e in errors
             ],
+        },
+    )
+
+
+async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Values the database cannot hold (a NUL byte for PostgreSQL) are the client's mistake."""
+    return JSONResponse(
+        status_code=422,
+        content={
+            "message": "a parameter holds a value the database cannot store (e.g. a NUL byte)",
+            "detail": str(getattr(exc, "orig", exc)).splitlines()[0],
         },
     )
 
@@ -121,6 +142,7 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     )
     app.state.controller = controller
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DataError, _data_error)
     for module in (devices, models, rollouts, tokens):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(artifacts.router)
