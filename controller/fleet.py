@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from controller.models import (
@@ -30,8 +30,8 @@ from shared.messages import BenchmarkResult, Event, Reply, State, Telemetry
 
 log = logging.getLogger(__name__)
 
-_DEV = Device.__table__
-_SAMPLES = TelemetrySample.__table__
+_DEV: Table = Device.__table__  # type: ignore[assignment]
+_SAMPLES: Table = TelemetrySample.__table__  # type: ignore[assignment]
 
 
 @dataclass
@@ -54,14 +54,31 @@ class IngestResult:
     duplicates: int = 0
 
 
+def _insert_new(session: Session, model: Any) -> Any:
+    """INSERT that skips rows already there: another controller (shared subscriptions) may
+    register the same new device in the same instant, and its batch must not fail for it."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model).on_conflict_do_nothing()
+    return insert(model)
+
+
 class Fleet:
     """Registry writes with a small cache of known devices and their last sequence numbers.
 
-    With shared subscriptions each controller sees only part of a device's stream, so the
-    gap/duplicate counts are exact only where one controller ingests a device's telemetry.
+    With shared subscriptions (`shared=True`) each controller sees only part of a device's
+    stream: no controller can tell a gap or a duplicate from the other's share, so none is
+    judged (and no sample is dropped for a sequence number another controller moved past).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
+        self.shared = shared
         self._known: set[str] = set()
         self._last_seq: dict[str, int] = {}
         self._touched: set[str] = set()
@@ -81,7 +98,7 @@ class Fleet:
             unknown.discard(device_id)
         if unknown:
             session.execute(
-                insert(Device),
+                _insert_new(session, Device),
                 [
                     {
                         "id": d,
@@ -167,7 +184,7 @@ class Fleet:
             acc = per_device.get(d)
             if acc is None:
                 acc = per_device[d] = {"n": 0, "gaps": 0, "dups": 0, "last": None}
-            last = self._last_seq.get(d)
+            last = None if self.shared else self._last_seq.get(d)
             if last is not None and sample.seq <= last and sample.seq != 0:
                 acc["dups"] += 1
                 result.duplicates += 1
