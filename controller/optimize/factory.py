@@ -139,6 +139,8 @@ def build_bundle(
         )
     if tflite_quantizer == "tensorflow" and keras is None:
         raise UserError("TensorFlow's TFLite quantizer needs the Keras model: pass keras=...")
+    if any(v.endswith("-fp32") for v in skip):
+        raise UserError("the fp32 variants are the accuracy baseline and cannot be skipped")
     unknown = set(skip) - set(ALL_VARIANTS)
     if unknown:
         raise UserError(f"unknown variant ids to skip: {sorted(unknown)}; known: {ALL_VARIANTS}")
@@ -283,7 +285,7 @@ def _build(
     if tflite is not None:
         by_tensorflow = keras_model if tflite_quantizer == "tensorflow" else None
         plans += _tflite_plans(tflite, work, calib, by_tensorflow)
-    plans = [p for p in plans if p.id not in skip or p.precision is Precision.FP32]
+    plans = [p for p in plans if p.id not in skip]
     job = _Job(
         out_dir=out_dir,
         staging=staging,

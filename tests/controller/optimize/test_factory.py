@@ -133,6 +133,8 @@ def test_existing_bundle_is_kept_unless_overwrite(tiny_model: Path, tmp_path: Pa
     (out / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
         build(out, tiny_model)
+    with pytest.raises(UserError, match="baseline and cannot be skipped"):
+        build(out, tiny_model, overwrite=True, skip=["onnx-fp32"])
     assert (out / "keep.txt").read_text() == "mine"
     manifest = build(out, tiny_model, overwrite=True, skip=["onnx-fp16", "onnx-int8-dynamic"])
     assert [v.id for v in manifest.variants] == ["onnx-fp32", "onnx-int8-static"]
