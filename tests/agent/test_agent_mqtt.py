@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,3 +309,29 @@ def test_bad_deploys_are_refused_with_reason_and_current_kept(
         assert not list(agent.store.staging.iterdir())
     finally:
         agent.stop()
+
+
+def test_username_password_and_refusal_reason(tmp_path: Path, mosquitto_factory: Any) -> None:
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "d7", "s3cret"], check=True)
+    pw.chmod(0o644)
+    port = free_port()
+    broker = mosquitto_factory(
+        f"user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}", port
+    )
+    wrong = Agent(settings(tmp_path, broker, "d7", mqtt={"username": "d7", "password": "nope"}))
+    wrong.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not wrong.link.last_error and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "refused" in (wrong.link.last_error or "")
+        assert not wrong.ready.is_set()
+    finally:
+        wrong.stop(flush_timeout=0.5)
+    right = Agent(settings(tmp_path, broker, "d7", mqtt={"username": "d7", "password": "s3cret"}))
+    right.start()
+    try:
+        assert right.wait_ready(10)
+    finally:
+        right.stop()
