@@ -31,7 +31,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS seen_commands (command_id TEXT PRIMARY KEY, seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_commands (
+    command_id TEXT PRIMARY KEY,
+    seen REAL NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0
+);
 """
 
 #: Kinds dropped first when the queue is full.
@@ -165,28 +169,41 @@ class Outbox:
 
 
 class CommandLog:
-    """Ids of commands already handled, so a redelivered command does nothing twice. Bounded."""
+    """Ids of commands handled, so a redelivered command does nothing twice. Bounded.
+
+    A command is `begin`-ed before it runs and `finish`-ed after, whatever its outcome; one
+    interrupted by a crash (begun, never finished) runs again if it is delivered again.
+    """
 
     def __init__(self, state_dir: Path, max_ids: int = 10_000) -> None:
         self.max_ids = max_ids
         self._db = _connect(state_dir / DB_FILE)
         self._lock = threading.Lock()
 
-    def first_time(self, command_id: str) -> bool:
-        """Record `command_id`; True if it was not seen before."""
+    def begin(self, command_id: str) -> bool:
+        """True if `command_id` should run: never seen, or begun by a process that died."""
         with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO seen_commands (command_id, seen) VALUES (?, ?)",
+            row = self._db.execute(
+                "SELECT finished FROM seen_commands WHERE command_id = ?", (command_id,)
+            ).fetchone()
+            if row is not None:
+                return not row[0]
+            self._db.execute(
+                "INSERT INTO seen_commands (command_id, seen) VALUES (?, ?)",
                 (command_id, time.time()),
             )
-            if cur.rowcount == 0:
-                return False
             self._db.execute(
                 "DELETE FROM seen_commands WHERE command_id IN (SELECT command_id FROM "
                 "seen_commands ORDER BY seen DESC, rowid DESC LIMIT -1 OFFSET ?)",
                 (self.max_ids,),
             )
             return True
+
+    def finish(self, command_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE seen_commands SET finished = 1 WHERE command_id = ?", (command_id,)
+            )
 
     def close(self) -> None:
         with self._lock:

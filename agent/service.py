@@ -383,7 +383,7 @@ class Agent:
             self._reject(payload, exc)
             return
         command = cast(Deploy | Rollback | Benchmark | SetPolicy, decoded)
-        if not self.command_log.first_time(command.command_id):
+        if not self.command_log.begin(command.command_id):
             self.reply(command.command_id, "duplicate", "command id already handled")
             return
         handler = {
@@ -392,7 +392,10 @@ class Agent:
             "benchmark": self._benchmark,
             "set_policy": self._set_policy,
         }[command.type]
-        handler(command)  # type: ignore[operator]
+        try:
+            handler(command)  # type: ignore[operator]
+        finally:
+            self.command_log.finish(command.command_id)
 
     def _reject(self, payload: bytes, exc: MessageError) -> None:
         self.rejected_commands += 1

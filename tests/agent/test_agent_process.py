@@ -188,9 +188,10 @@ def test_sigkill_during_download_then_resume(
     proc = start_agent_process(cfg)
     try:
         assert wait_birth(watcher, "p3", 1)["active_bundle"] == "b1"  # came back on b1
-        watcher.publish(topic("p3", Kind.CMD), deploy(server, m2, "d-again"))
+        # the controller resends the same command: it was interrupted, so it runs (not a dup)
+        watcher.publish(topic("p3", Kind.CMD), deploy(server, m2, "d-stall"))
         watcher.wait_json(
-            "/p3/reply", lambda m: m["command_id"] == "d-again" and m["status"] == "done"
+            "/p3/reply", lambda m: m["command_id"] == "d-stall" and m["status"] == "done"
         )
     finally:
         stop_process(proc)

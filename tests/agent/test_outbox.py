@@ -100,12 +100,24 @@ def test_failed_payload_build_leaves_no_trace(tmp_path: Path) -> None:
 
 def test_command_log_dedupes_persistently_and_is_bounded(tmp_path: Path) -> None:
     log = CommandLog(tmp_path, max_ids=5)
-    assert log.first_time("a") is True
-    assert log.first_time("a") is False
+    assert log.begin("a") is True
+    log.finish("a")
+    assert log.begin("a") is False
     log.close()
     log = CommandLog(tmp_path, max_ids=5)
-    assert log.first_time("a") is False  # survives a restart
+    assert log.begin("a") is False  # survives a restart
     for i in range(10):
-        assert log.first_time(f"c{i}")
-    assert log.first_time("c9") is False
-    assert log.first_time("a") is True  # forgotten: the log is bounded
+        assert log.begin(f"c{i}")
+        log.finish(f"c{i}")
+    assert log.begin("c9") is False
+    assert log.begin("a") is True  # forgotten: the log is bounded
+
+
+def test_command_interrupted_by_a_crash_runs_again(tmp_path: Path) -> None:
+    log = CommandLog(tmp_path)
+    assert log.begin("deploy-1") is True
+    log.close()  # the process died before finishing it
+    again = CommandLog(tmp_path)
+    assert again.begin("deploy-1") is True
+    again.finish("deploy-1")
+    assert again.begin("deploy-1") is False
