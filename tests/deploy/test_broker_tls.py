@@ -24,7 +24,7 @@ from agent.commands.enroll import dump_toml
 from shared import topics
 from shared.messages import State, Telemetry, decode
 from shared.topics import Kind
-from tests.deploy.conftest import DEPLOY, REPO
+from tests.deploy.support import DEPLOY, REPO
 from tests.mosquitto import Mosquitto, free_port
 
 MAKE_CERTS = DEPLOY / "broker/make-certs.sh"

@@ -16,7 +16,7 @@ import pytest
 from agent.commands.enroll import dump_toml
 from agent.config import load_settings
 from shared.signing import load_private_key, public_pem
-from tests.deploy.conftest import DEPLOY, ControllerProcess
+from tests.deploy.support import DEPLOY, ControllerProcess
 from tests.mosquitto import free_port
 
 AGENT = Path(sys.executable).parent / "lepton-agent"

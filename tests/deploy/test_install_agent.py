@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_settings
-from tests.deploy.conftest import (
+from tests.deploy.support import (
     DEPLOY,
     REPO,
     ControllerProcess,

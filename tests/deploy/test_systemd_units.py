@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import DEPLOY, make_system_root, systemd_version, verify
+from tests.deploy.support import DEPLOY, make_system_root, systemd_version, verify
 
 UNITS = ("lepton-agent.service", "lepton-controller.service")
 BINARIES = {
