@@ -13,12 +13,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.leader import lock_key
 from shared.errors import UserError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = "lepton-edge/migrations"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -57,6 +59,12 @@ def migrate(engine: Engine) -> None:
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Controllers starting together on one database migrate one at a time (the
+                # lock ends with this transaction; the next one finds the schema at head).
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(MIGRATION_LOCK)}
+                )
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
     except Exception as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from controller.leader import AlwaysLeader, PostgresLeader, libpq_url, lock_key, make_leader
+from tests.deploy.support import ControllerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,3 +136,18 @@ def test_sigkilled_leader_process_fails_over(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_controllers_starting_together_migrate_one_at_a_time(
+    controller_factory: Callable[..., ControllerProcess], postgres_url: str, tmp_path: Path
+) -> None:
+    """Three controllers on a fresh database at once (a fleet-wide restart after an upgrade):
+    the migration runs under an advisory lock, every one comes up, exactly one leads."""
+    settings = {"database_url": postgres_url, "state_dir": str(tmp_path / "shared-state")}
+    (tmp_path / "shared-state").mkdir()
+    controllers = [controller_factory(settings, wait=False) for _ in range(3)]
+    health = [c.wait_healthy(90) for c in controllers]
+    assert all(h["database"] == "postgresql" for h in health)
+    assert wait_until(lambda: sum(c.wait_healthy()["leader"] for c in controllers) == 1)
