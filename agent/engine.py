@@ -248,7 +248,12 @@ class Engine:
         """Load and warm `spec` in the background; the loop swaps it in between two frames.
         A newer request supersedes one still loading. Failures are reported as events."""
         switch, generation = self._new_switch(spec, reason, meta)
-        self._spawn(self._prepare, switch, generation)
+        with self._lock:
+            warm = spec.path in self._warm
+        if warm:  # nothing to load: hand it to the loop now, no thread to wait for
+            self._prepare(switch, generation)
+        else:
+            self._spawn(self._prepare, switch, generation)
         return switch
 
     def install(

@@ -130,6 +130,11 @@ class InferenceRunner:
             clock=clock,
         )
 
+    @property
+    def engine(self) -> Engine | None:
+        """The running engine (None before the first bundle is activated)."""
+        return self._engine
+
     # --- the Runner protocol -------------------------------------------------------------------
 
     def activate(self, bundle_dir: Path, manifest: Manifest, ladder: dict[PowerLevel, str]) -> None:
