@@ -6,6 +6,7 @@ a config that lists only what the test asked for (listeners, password file, ACL)
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -52,8 +53,11 @@ class Mosquitto:
             if "listener " in self.extra_config
             else (f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
         )
+        # As root, mosquitto drops to user `mosquitto`, which cannot write pytest's 0700 temp
+        # dirs: persistence (sessions across restart) and the log would silently be lost.
+        as_root = "user root\n" if os.geteuid() == 0 and "user " not in self.extra_config else ""
         self.config.write_text(
-            "per_listener_settings false\n"
+            as_root + "per_listener_settings false\n"
             f"{default_listener}"
             f"persistence true\npersistence_location {self.workdir}/\n"
             f"log_dest file {self.log}\nlog_type all\n"
