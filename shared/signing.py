@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -56,15 +58,24 @@ def load_public_key(data: bytes) -> Ed25519PublicKey:
 
 
 def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
-    """Read the signing key at `path`, creating it (mode 0600) on first use."""
+    """Read the signing key at `path`, creating it (mode 0600) on first use.
+
+    Several controllers sharing a state volume may start at once: the key file is created with
+    a hard link, which fails if it exists, so they all end up with the one key that won.
+    """
     if path.exists():
         return load_private_key(path.read_bytes())
     key = generate_key()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(private_pem(key))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_bytes(private_pem(key))
+        tmp.chmod(0o600)
+        os.link(tmp, path)
+    except FileExistsError:
+        return load_private_key(path.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
     return key
 
 

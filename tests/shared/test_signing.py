@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from shared.errors import SignatureError
@@ -77,6 +79,27 @@ def test_key_file_is_created_private_and_reused(tmp_path) -> None:  # type: igno
     assert key_id(first.public_key()) == key_id(second.public_key())
     pinned = load_public_key(public_pem(first.public_key()))
     verify_manifest(sign_manifest(manifest(), second), pinned)
+
+
+def test_controllers_creating_the_key_at_once_share_one(tmp_path: Path) -> None:
+    """Controllers on a shared state volume starting together end up with the same key."""
+    import threading
+
+    path = tmp_path / "keys" / "signing.pem"
+    barrier = threading.Barrier(8)
+    ids: list[str] = []
+
+    def create() -> None:
+        barrier.wait()  # all of them find no key, then race to create it
+        ids.append(key_id(load_or_create_private_key(path).public_key()))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 8 and set(ids) == {key_id(load_or_create_private_key(path).public_key())}
+    assert [p.name for p in path.parent.iterdir()] == ["signing.pem"]  # no temp files left
 
 
 def test_bad_public_key_pem_is_a_signature_error() -> None:
