@@ -147,7 +147,7 @@ class Bridge:
         if len(self._queue) >= self.settings.ingest.queue_max:
             self.counters.dropped_queue_full += 1
             return
-        self._queue.append((msg.topic, msg.payload))
+        self._queue.append((msg.topic, bytes(msg.payload)))
         if len(self._queue) >= self.settings.ingest.batch_max:
             self._wake.set()
 

@@ -318,7 +318,7 @@ class RolloutEngine:
             sent: list[str] = []
             for device_id, command in outbox:
                 if self.publish(device_id, command):
-                    sent.append(command.command_id)  # type: ignore[union-attr]
+                    sent.append(str(command.command_id))  # type: ignore[union-attr]
             if sent:
                 with self.db.session() as session:
                     stamp = time.time()

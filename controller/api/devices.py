@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from controller import fleet
 from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
@@ -88,7 +89,7 @@ def event_out(e: Any) -> EventOut:
     )
 
 
-def _device(session: Any, device_id: str) -> Device:
+def _device(session: Session, device_id: str) -> Device:
     device = session.get(Device, device_id)
     if device is None:
         raise HTTPException(404, f"device {device_id} not found")

@@ -7,20 +7,22 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
+from controller.bundles import BundleError
+from controller.models import BenchmarkRecord, Bundle, Device
+from controller.rollout import new_command_id, record_command
+from shared.manifest import Manifest
+from shared.messages import Benchmark
 
 if TYPE_CHECKING:
     from controller.app import Controller
-from controller.bundles import BundleError
-from controller.models import Bundle
-from shared.manifest import Manifest
 
 router = APIRouter(tags=["bundles"])
 
@@ -188,3 +190,115 @@ def _build_and_store(
                 return controller.store.add(session, out)
         except BundleError as exc:
             raise HTTPException(exc.status, str(exc)) from None
+
+
+# --- on-device benchmarks ---------------------------------------------------------------------
+
+
+class BenchmarkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle_id: str = Field(min_length=1, max_length=128)
+    device_ids: list[str] | None = Field(
+        default=None, description="default: one online device per hardware class"
+    )
+    variant_ids: list[str] | None = Field(default=None, description="default: every accepted one")
+    iterations: int = Field(default=50, ge=1, le=10_000)
+
+
+class BenchmarkSent(BaseModel):
+    command_id: str
+    device_id: str
+    hardware_class: str | None
+    published: bool
+
+
+class BenchmarkOut(BaseModel):
+    hardware_class: str
+    bundle_id: str
+    variant_id: str
+    device_id: str
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    error: str | None
+    measured_at: float
+
+
+@router.post("/benchmarks", response_model=list[BenchmarkSent], status_code=202)
+def request_benchmarks(
+    body: BenchmarkRequest, session: SessionDep, controller: ControllerDep, _auth: AdminAuth
+) -> list[BenchmarkSent]:
+    """Ask devices to time the bundle's variants on their own hardware; results are kept per
+    hardware class and used by selection for every device of that class."""
+    bundle = session.get(Bundle, body.bundle_id)
+    if bundle is None:
+        raise HTTPException(404, f"bundle {body.bundle_id} not found")
+    manifest = Manifest.model_validate(bundle.manifest)
+    variant_ids = body.variant_ids or [v.id for v in manifest.accepted()]
+    unknown = sorted(set(variant_ids) - {v.id for v in manifest.variants})
+    if unknown:
+        raise HTTPException(
+            422, f"variant_ids: bundle {body.bundle_id} has no {', '.join(unknown)}"
+        )
+    if body.device_ids:
+        devices = list(session.scalars(select(Device).where(Device.id.in_(body.device_ids))))
+        missing = sorted(set(body.device_ids) - {d.id for d in devices})
+        if missing:
+            raise HTTPException(404, f"device(s) not found: {', '.join(missing)}")
+    else:
+        by_class: dict[str, Device] = {}
+        for d in session.scalars(
+            select(Device)
+            .where(Device.online.is_(True), Device.hardware_class.is_not(None))
+            .order_by(Device.id)
+        ):
+            by_class.setdefault(d.hardware_class or "", d)
+        devices = list(by_class.values())
+        if not devices:
+            raise HTTPException(409, "no online device with a known hardware profile")
+    base = controller.settings.base_url()
+    now = time.time()
+    commands = []
+    for device in devices:
+        command = Benchmark(
+            command_id=new_command_id("bench"),
+            ts=now,
+            bundle_id=manifest.bundle_id,
+            manifest_url=f"{base}/bundles/{manifest.bundle_id}/manifest.json",
+            artifact_base_url=f"{base}/artifacts",
+            variant_ids=variant_ids,
+            iterations=body.iterations,
+        )
+        record_command(session, device.id, command, None, now)
+        commands.append((device, command))
+    session.commit()
+    out = []
+    for device, command in commands:
+        published = controller.publish(device.id, command)
+        out.append(
+            BenchmarkSent(
+                command_id=command.command_id,
+                device_id=device.id,
+                hardware_class=device.hardware_class,
+                published=published,
+            )
+        )
+    return out
+
+
+@router.get("/benchmarks", response_model=list[BenchmarkOut])
+def list_benchmarks(
+    session: SessionDep,
+    _auth: ReadAuth,
+    bundle_id: str | None = None,
+    hardware_class: str | None = None,
+) -> list[dict[str, Any]]:
+    query = select(BenchmarkRecord).order_by(
+        BenchmarkRecord.hardware_class, BenchmarkRecord.variant_id
+    )
+    if bundle_id:
+        query = query.where(BenchmarkRecord.bundle_id == bundle_id)
+    if hardware_class:
+        query = query.where(BenchmarkRecord.hardware_class == hardware_class)
+    return [{c: getattr(r, c) for c in BenchmarkOut.model_fields} for r in session.scalars(query)]
