@@ -1,15 +1,18 @@
 """systemd `Type=notify` support without depending on systemd: datagrams to $NOTIFY_SOCKET.
 
-The same small class as `agent/systemd.py` (the controller never imports the agent): READY=1
-once the API listens, WATCHDOG=1 from the event loop at half of $WATCHDOG_USEC, so a wedged
-loop is restarted. Outside systemd every call is a cheap no-op.
+The same small class as `agent/systemd.py` (the controller never imports the agent), and
+`serve()`, which runs uvicorn with READY=1 once the API listens and WATCHDOG=1 from the event
+loop at half of $WATCHDOG_USEC, so a wedged loop is restarted. Outside systemd every
+notification is a cheap no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +66,31 @@ class Notifier:
 
     def stopping(self, status: str = "stopping") -> bool:
         return self.notify("STOPPING=1", f"STATUS={status}")
+
+
+def serve(app: Any, host: str, port: int, *, log_level: str = "info") -> None:
+    """`uvicorn.run` for systemd: READY=1 once the port listens (not before, as a lifespan
+    hook would), WATCHDOG=1 from the event loop itself, STOPPING=1 on shutdown."""
+    import uvicorn
+
+    notifier = Notifier()
+
+    async def ping(interval: float) -> None:
+        while True:
+            notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    class NotifyingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.should_exit:
+                return
+            notifier.ready(f"listening on {host}:{port}")
+            if notifier.watchdog_interval_s:
+                self._watchdog = asyncio.ensure_future(ping(notifier.watchdog_interval_s))
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            notifier.stopping()
+            await super().shutdown(sockets=sockets)
+
+    NotifyingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level)).run()

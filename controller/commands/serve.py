@@ -23,9 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from controller.app import create_app
+    from controller.systemd import serve
 
     overrides = {
         k: getattr(args, k)
@@ -40,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"mqtt": mqtt})
     app = create_app(settings)
     try:
-        uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")
+        # uvicorn, plus READY=1 / WATCHDOG=1 for the Type=notify unit (no-ops outside systemd)
+        serve(app, settings.http_host, settings.http_port)
     except OSError as exc:
         raise UserError(
             f"cannot listen on {settings.http_host}:{settings.http_port}: {exc.strerror}; "
