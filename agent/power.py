@@ -65,8 +65,13 @@ class Decision:
     reason: str
 
 
-def _num(x: float) -> str:
-    return f"{x:.1f}".rstrip("0").rstrip(".")
+def _num(x: float, other: float | None = None) -> str:
+    """Short number; with more digits when rounding would make it look equal to `other`."""
+    for digits in (1, 2, 3):
+        text = f"{x:.{digits}f}".rstrip("0").rstrip(".")
+        if other is None or x == other or text != _num(other):
+            return text
+    return text
 
 
 def worse(a: PowerLevel, b: PowerLevel) -> PowerLevel:
@@ -191,9 +196,9 @@ class PowerPolicy:
         ):
             limit = below + s.hysteresis if self._at_or_below(step) else below
             if pct >= limit:
-                up = f"battery {_num(pct)} % ≥ {_num(limit)} %, discharging"
+                up = f"battery {_num(pct, limit)} % ≥ {_num(limit)} %, discharging"
                 break
-            level, down = step, f"battery {_num(pct)} % < {_num(limit)} %, discharging"
+            level, down = step, f"battery {_num(pct, limit)} % < {_num(limit)} %, discharging"
         return self._explain(level, down, up)
 
     def _thermal_level(self, thermal: ThermalSample | None) -> tuple[PowerLevel, str]:
@@ -208,7 +213,7 @@ class PowerPolicy:
         ):
             limit = hot - s.hysteresis if self._at_or_below(step) else hot
             if temp < limit:
-                up = f"temperature {_num(temp)} °C < {_num(limit)} °C"
+                up = f"temperature {_num(temp, limit)} °C < {_num(limit)} °C"
                 break
-            level, down = step, f"temperature {_num(temp)} °C ≥ {_num(limit)} °C"
+            level, down = step, f"temperature {_num(temp, limit)} °C ≥ {_num(limit)} °C"
         return self._explain(level, down, up)

@@ -135,3 +135,10 @@ def test_settings_are_validated() -> None:
         PolicySettings(hysteresis=-1)
     with pytest.raises(ValidationError):
         PolicySettings(tresholds=1)  # type: ignore[call-arg]
+
+
+def test_reason_never_reads_as_equal(clock: Clock) -> None:
+    p = policy(clock)
+    p.update(bat(60), None)
+    d = p.update(bat(49.96), None)
+    assert d is not None and d.reason == "battery 49.96 % < 50 %, discharging"
