@@ -129,7 +129,7 @@ def make_int8_static(
     manager.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 8, 8)
     for name in keep_float or []:
         manager.add_quantization_config(
-            f"^{re.escape(name)}$",
+            f"(^|;){re.escape(name)};",  # an op's scope: its output names, each + ";"
             qtyping.TFLOperationName.ALL_SUPPORTED,
             algorithm_key=AlgorithmName.NO_QUANTIZE,
         )
