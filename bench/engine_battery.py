@@ -1,0 +1,220 @@
+"""Bench: battery life with the power-aware policy vs pinned to fp32 (goal >= 1.5x, accuracy
+within 1 point), and the plot for the README.
+
+    .venv/bin/python bench/engine_battery.py [--plot docs/engine_battery.png]
+
+Two simulated 10 Wh batteries (agent.probes.battery.SimulatedBattery) drained at the same time,
+one core each so both see the same load on this shared machine, by two real engines running the
+reference Fashion-MNIST bundle on labeled test frames at a fixed 30 fps, each frame a batch of
+64 images (a box classifying many crops per frame). Power model, in simulated watts:
+idle_w + w_per_cpu_s x (CPU-seconds spent inferring per second), with the CPU time measured
+around every run call of this machine's runtimes. The simulation runs `--time-scale` times
+faster than real time; the policy's clock (dwell, hysteresis) is scaled the same way.
+Ladder: performance/balanced -> tflite-fp32, saver/critical -> tflite-int8-static (what the
+controller's selection makes of a two-point fp32/int8 frontier); critical also caps the frame
+rate (PolicySettings.critical_max_fps, default 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from agent.config import SimulatedBatterySettings  # noqa: E402
+from agent.engine import EngineSettings  # noqa: E402
+from agent.power import PolicySettings  # noqa: E402
+from agent.probes.battery import SimulatedBattery  # noqa: E402
+from agent.runner import InferenceRunner  # noqa: E402
+from agent.sources import Frame, Result  # noqa: E402
+from bench.engine_overhead import CACHE, fashion_variants  # noqa: E402
+from shared.manifest import Manifest  # noqa: E402
+from shared.messages import EventKind, PowerLevel  # noqa: E402
+
+LEVEL_Y = {
+    PowerLevel.PERFORMANCE: 3,
+    PowerLevel.BALANCED: 2,
+    PowerLevel.SAVER: 1,
+    PowerLevel.CRITICAL: 0,
+}
+
+
+def drain(
+    policy: PolicySettings,
+    args: argparse.Namespace,
+    manifest: Manifest,
+    bundle_dir: Path,
+    ladder: dict[PowerLevel, str],
+    result: dict[str, Any],
+    emptied: threading.Barrier,
+) -> None:
+    t_start = time.monotonic()
+
+    def sim_clock() -> float:
+        return (time.monotonic() - t_start) * args.time_scale
+
+    events: list[tuple[float, str, dict[str, Any]]] = []
+
+    def emit(kind: EventKind, reason: str, data: dict[str, Any]) -> None:
+        if kind == EventKind.PRECISION_SWITCH:
+            events.append((sim_clock() / 3600, reason, data))
+
+    runner = InferenceRunner(
+        EngineSettings(source="idx", fps=args.fps, batch=args.batch, threads=1),
+        policy,
+        emit_event=emit,
+        clock=sim_clock,
+    )
+    battery = SimulatedBattery(
+        SimulatedBatterySettings(
+            capacity_wh=args.capacity_wh,
+            idle_w=args.idle_w,
+            w_per_cpu_s=args.w_per_cpu_s,
+            time_scale=args.time_scale,
+        ),
+        cpu_seconds=runner.cpu_seconds,
+    )
+    correct = [0, 0]
+    lock = threading.Lock()
+    runner.update_power(battery.sample(), None)
+    runner.activate(bundle_dir, manifest, ladder)
+    engine = runner.engine
+    assert engine is not None
+
+    def on_result(frame: Frame, result: Result) -> None:
+        if frame.label is not None and result.scores is not None:
+            with lock:
+                correct[0] += int((result.scores.argmax(1) == frame.label).sum())
+                correct[1] += len(frame.label)
+
+    engine.on_result = on_result
+    trace: list[tuple[float, float, int, float | None, float]] = []
+    while True:
+        time.sleep(args.tick)
+        sample = battery.sample()
+        runner.update_power(sample, None)
+        stats = runner.stats()
+        level = runner.power_level() or PowerLevel.PERFORMANCE
+        p50 = stats.latency_p50_ms if stats else None
+        trace.append((sim_clock() / 3600, sample.percent, LEVEL_Y[level], p50, sample.power_w or 0))
+        if sample.percent <= 0:
+            break
+    result.update(
+        hours=sim_clock() / 3600,
+        accuracy=correct[0] / max(1, correct[1]),
+        images=correct[1],
+        trace=trace,
+        events=events,
+    )
+    # Keep inferring until the other run's battery is empty too, so both runs share the same
+    # machine load from start to end (this box is shared; CPU time per inference varies).
+    emptied.wait()
+    runner.close()
+
+
+def plot(path: Path, runs: dict[str, dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 5.6), sharex=True)
+    styles = {"power-aware policy": "tab:green", "pinned fp32": "tab:gray"}
+    for name, run in runs.items():
+        t = np.array([r[0] for r in run["trace"]])
+        color = styles[name]
+        axes[0].plot(t, [r[1] for r in run["trace"]], color=color, label=name)
+        axes[1].step(t, [r[2] for r in run["trace"]], where="post", color=color, label=name)
+        timed = [(r[0], r[3]) for r in run["trace"] if r[3] is not None]  # ticks with frames
+        axes[2].plot([a for a, _ in timed], [b for _, b in timed], color=color, linewidth=0.8)
+    axes[0].set_ylabel("battery %")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[1].set_yticks(list(LEVEL_Y.values()), [lvl.value for lvl in LEVEL_Y], fontsize=8)
+    axes[1].set_ylabel("level")
+    axes[2].set_ylabel("p50 latency ms\n(batch of 64)")
+    axes[2].set_xlabel("simulated hours on a 10 Wh battery")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        "Precision switching on a simulated battery (bench/engine_battery.py)", fontsize=10
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fps", type=float, default=30)
+    parser.add_argument("--batch", type=int, default=64, help="images per frame")
+    parser.add_argument("--capacity-wh", type=float, default=10.0)
+    parser.add_argument("--idle-w", type=float, default=0.3, help="simulated idle draw")
+    parser.add_argument("--w-per-cpu-s", type=float, default=15.0, help="W per CPU-second/s")
+    parser.add_argument("--time-scale", type=float, default=1500.0)
+    parser.add_argument("--tick", type=float, default=0.1, help="real seconds between samples")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "engine_battery.png")
+    args = parser.parse_args()
+    fashion_variants()
+    bundle_dir = CACHE / "fashion_mnist"
+    manifest = Manifest.model_validate_json((bundle_dir / "manifest.json").read_bytes())
+    ladder = {
+        PowerLevel.PERFORMANCE: "tflite-fp32",
+        PowerLevel.BALANCED: "tflite-fp32",
+        PowerLevel.SAVER: "tflite-int8-static",
+        PowerLevel.CRITICAL: "tflite-int8-static",
+    }
+    policies = {
+        "pinned fp32": PolicySettings(override=PowerLevel.PERFORMANCE),
+        "power-aware policy": PolicySettings(),
+    }
+    runs: dict[str, dict[str, Any]] = {name: {} for name in policies}
+    emptied = threading.Barrier(len(policies))
+    threads = [
+        threading.Thread(
+            target=drain, args=(policy, args, manifest, bundle_dir, ladder, runs[name], emptied)
+        )
+        for name, policy in policies.items()
+    ]
+    for t in threads:  # both at once, one core each: the same machine noise for both
+        t.start()
+    for t in threads:
+        t.join()
+    for name, run in runs.items():
+        print(
+            f"{name:<20} lasted {run['hours']:6.2f} simulated h  accuracy {run['accuracy'] * 100:.2f} %"
+            f"  over {run['images']} images"
+        )
+        for t, reason, data in run["events"]:
+            print(
+                f"    {t:6.2f} h  {data['from_level']} -> {data['to_level']}"
+                f" ({data['to_variant']}): {reason}"
+            )
+    policy, fp32 = runs["power-aware policy"], runs["pinned fp32"]
+    life = policy["hours"] / fp32["hours"]
+    delta = (policy["accuracy"] - fp32["accuracy"]) * 100
+    plot(args.plot, runs)
+    print(
+        f"\none run; power model: idle {args.idle_w} W + {args.w_per_cpu_s} W per CPU-second/s, "
+        f"{args.capacity_wh} Wh, {args.fps:g} fps x {args.batch} images, time x{args.time_scale:g}"
+    )
+    checks = [
+        (f"battery life x{life:.2f} with the policy vs pinned fp32 (>= 1.5)", life >= 1.5),
+        (f"accuracy {delta:+.2f} points vs pinned fp32 (within 1)", abs(delta) <= 1.0),
+    ]
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    print(f"plot: {args.plot} ({args.plot.stat().st_size // 1024} KiB)")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
