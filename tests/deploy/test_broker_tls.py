@@ -46,9 +46,10 @@ class SecuredBroker:
 
 
 def broker_files(out: Path, device_ids: list[str]) -> tuple[str, dict[str, str]]:
-    """Enroll devices in a real controller database and write the broker files from it."""
+    """Enroll devices in a real controller database, then write the broker files from it with
+    the command lepton-broker-sync.service runs (`lepton-controller broker-config`)."""
     from controller.db import Database
-    from controller.security import Scope, create_token, enroll, write_broker_files
+    from controller.security import Scope, create_token, enroll
 
     db = Database(f"sqlite:///{out / 'controller.db'}")
     db.migrate()
@@ -58,10 +59,24 @@ def broker_files(out: Path, device_ids: list[str]) -> tuple[str, dict[str, str]]
             _, token = create_token(session, Scope.ENROLL, name=device_id)
             session.flush()
             passwords[device_id] = enroll(session, token, device_id).password
-    controller_password = "controller-secret"
-    with db.session() as session:
-        write_broker_files(session, out, CONTROLLER_USER, controller_password)
     db.close()
+    controller_password = "controller-secret"
+    env = {
+        **os.environ,
+        "LEPTON_CONTROLLER_DATABASE_URL": f"sqlite:///{out / 'controller.db'}",
+        "LEPTON_CONTROLLER_MQTT__USERNAME": CONTROLLER_USER,
+        "LEPTON_CONTROLLER_MQTT__PASSWORD": controller_password,
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lepton-controller"), "broker-config", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=out,
+    )
+    assert result.returncode == 0, result.stderr
     return controller_password, passwords
 
 
