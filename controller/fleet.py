@@ -13,7 +13,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    JSON,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from controller.models import (
@@ -195,6 +207,7 @@ class Fleet:
             self._last_seq[d] = sample.seq
             acc["n"] += 1
             acc["last"] = sample
+            acc["raw"] = raw
             history.append({"device_id": d, "seq": sample.seq, "ts": sample.ts, "payload": raw})
         result.telemetry += len(history)
         if history:
@@ -210,13 +223,20 @@ class Fleet:
                     "dup": acc["dups"],
                     "last_seq": self._last_seq.get(d),
                     "seen": now,
-                    "tel": s.model_dump(mode="json", exclude_none=True) if s else None,
+                    # the validated payload as it came: no re-serialisation per sample
+                    "tel": acc["raw"] if s else None,
                     "tel_at": now if s else None,
+                    "bundle": s.active_bundle if s else None,
+                    "variant": s.active_variant if s else None,
+                    "level": s.power_level.value if s and s.power_level else None,
                 }
             )
         with_sample = [r for r in rows if r["tel"] is not None]
         only_counts = [r for r in rows if r["tel"] is None]
         if with_sample:
+            raw_json: Any = bindparam("tel", type_=Text)
+            if session.get_bind().dialect.name != "sqlite":
+                raw_json = cast(raw_json, JSON)
             session.execute(
                 update(_DEV)
                 .where(_DEV.c.id == bindparam("did"))
@@ -226,22 +246,14 @@ class Fleet:
                     duplicates=_DEV.c.duplicates + bindparam("dup"),
                     last_seq=bindparam("last_seq"),
                     last_seen=bindparam("seen"),
-                    last_telemetry=bindparam("tel", type_=_DEV.c.last_telemetry.type),
+                    last_telemetry=raw_json,
                     last_telemetry_at=bindparam("tel_at"),
                     online=True,
                     active_bundle=bindparam("bundle"),
                     active_variant=bindparam("variant"),
                     power_level=bindparam("level"),
                 ),
-                [
-                    {
-                        **r,
-                        "bundle": r["tel"].get("active_bundle"),
-                        "variant": r["tel"].get("active_variant"),
-                        "level": r["tel"].get("power_level"),
-                    }
-                    for r in with_sample
-                ],
+                with_sample,
             )
         if only_counts:
             session.execute(
