@@ -65,7 +65,12 @@ def start_broker(workdir: Path, *, port: int | None = None, kind: str = "auto") 
         argv = [sys.executable, "-m", "controller.demo.amqtt_broker", HOST, str(chosen)]
         child = Child("amqtt", argv, workdir / "amqtt.log")
         broker = Broker("amqtt", HOST, chosen, "3.1.1", child)
-    if not wait_for_port(chosen, 15.0, HOST, alive=child.alive):
+    try:
+        started = wait_for_port(chosen, 15.0, HOST, alive=child.alive)
+    except BaseException:  # Ctrl-C while waiting: do not leave the broker behind
+        child.stop()
+        raise
+    if not started:
         child.stop()
         raise UserError(
             f"the {broker.kind} broker did not start on port {chosen}: {child.log_tail(300).strip()}"

@@ -24,7 +24,7 @@ from shared.signing import load_or_create_private_key, public_pem
 #: The committed reference models (examples/fashion_mnist, next to the package in a checkout).
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "examples" / "fashion_mnist"
 CALIBRATION_IMAGES = 200
-EVALUATION_IMAGES = 1000
+EVALUATION_IMAGES = 10000
 
 
 def prepare_key(state_dir: Path, public_out: Path) -> Path:

@@ -78,6 +78,7 @@ def agent_config(
             "idle_w": b.idle_w,
             "w_per_cpu_s": b.w_per_cpu_s,
             "charging": b.charging,
+            "charge_w": b.charge_w,
             "time_scale": b.time_scale,
         }
     if data_dir is not None:
@@ -113,34 +114,29 @@ def agent_config(
     }
 
 
-def start_agents(
-    devices: list[tuple[str, DeviceProfile]],
+def start_agent(
+    device_id: str,
+    profile: DeviceProfile,
     workdir: Path,
     *,
     broker: Broker,
     controller_key_file: Path,
     data_dir: Path | None,
     telemetry_interval_s: float = 1.0,
-) -> list[DemoAgent]:
-    """Write each device's config under `workdir/{id}/` and start its agent process."""
-    agents = []
-    for device_id, profile in devices:
-        home = workdir / device_id
-        home.mkdir(parents=True, exist_ok=True)
-        config = home / "agent.toml"
-        config.write_text(
-            toml.dumps(
-                agent_config(
-                    device_id,
-                    profile,
-                    broker=broker,
-                    state_dir=home / "state",
-                    controller_key_file=controller_key_file,
-                    data_dir=data_dir,
-                    telemetry_interval_s=telemetry_interval_s,
-                )
-            )
-        )
-        child = Child(device_id, agent_argv(config), home / "agent.log", cwd=home)
-        agents.append(DemoAgent(device_id, profile, config, child))
-    return agents
+) -> DemoAgent:
+    """Write the device's config under `workdir/{id}/` and start its agent process."""
+    home = workdir / device_id
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "agent.toml"
+    settings = agent_config(
+        device_id,
+        profile,
+        broker=broker,
+        state_dir=home / "state",
+        controller_key_file=controller_key_file,
+        data_dir=data_dir,
+        telemetry_interval_s=telemetry_interval_s,
+    )
+    config.write_text(toml.dumps(settings))
+    child = Child(device_id, agent_argv(config), home / "agent.log", cwd=home)
+    return DemoAgent(device_id, profile, config, child)

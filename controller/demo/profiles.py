@@ -18,7 +18,9 @@ class Battery:
     """A simulated battery; `time_scale` makes one real second count as that many.
 
     Idle drain in % per real second = idle_w * time_scale / 36 / capacity_wh: about 0.75-1.5
-    here, so every battery crosses a policy threshold (80, 50, 20 %) about every 20-40 s.
+    here, so every battery crosses a policy threshold (80, 50, 20 %) about every 20-40 s, and
+    the 50 % crossings (where ladders step from fp32 to int8) are spread between 13 s and 67 s
+    after start, so some fall after the rollout however long the setup took.
     """
 
     start_percent: float
@@ -26,6 +28,7 @@ class Battery:
     idle_w: float = 4.0
     w_per_cpu_s: float = 30.0
     charging: bool = False
+    charge_w: float = 6.0
     time_scale: float = 60.0
 
 
@@ -51,6 +54,8 @@ class DeviceProfile:
         return "charging" if self.battery.charging else "battery"
 
 
+#: In this order, so that even a small fleet (the tests use four) mixes runtimes (LiteRT-only,
+#: ONNX-only) and power sources (draining, charging, mains).
 PROFILES: tuple[DeviceProfile, ...] = (
     DeviceProfile(
         kind="pi-zero",
@@ -74,9 +79,22 @@ PROFILES: tuple[DeviceProfile, ...] = (
         features=("avx2", "avx512f", "avx512_vnni"),
         memory_mb=16384,
         runtimes=("onnxruntime", "litert"),
-        battery=Battery(start_percent=90, capacity_wh=8.0, idle_w=4.8),
+        battery=Battery(start_percent=100, capacity_wh=8.0, idle_w=4.8),
         fps=10,
         tags=("x86", "office"),
+    ),
+    DeviceProfile(
+        kind="tablet",
+        description="x86 tablet (AVX-VNNI), ONNX Runtime only, battery charging",
+        arch="x86_64",
+        cpu_model="Intel(R) N100",
+        cores=4,
+        features=("avx2", "avx_vnni"),
+        memory_mb=8192,
+        runtimes=("onnxruntime",),
+        battery=Battery(start_percent=15, capacity_wh=10.0, charging=True, charge_w=5.0),
+        fps=8,
+        tags=("x86", "field"),
     ),
     DeviceProfile(
         kind="jetson",
@@ -115,19 +133,6 @@ PROFILES: tuple[DeviceProfile, ...] = (
         battery=Battery(start_percent=100, capacity_wh=6.0, idle_w=2.7),
         fps=8,
         tags=("arm", "field"),
-    ),
-    DeviceProfile(
-        kind="tablet",
-        description="x86 tablet (AVX-VNNI), ONNX Runtime only, battery charging",
-        arch="x86_64",
-        cpu_model="Intel(R) N100",
-        cores=4,
-        features=("avx2", "avx_vnni"),
-        memory_mb=8192,
-        runtimes=("onnxruntime",),
-        battery=Battery(start_percent=15, capacity_wh=10.0, charging=True),
-        fps=8,
-        tags=("x86", "field"),
     ),
     DeviceProfile(
         kind="drone",

@@ -29,9 +29,10 @@ from controller.demo import bundle as demo_bundle
 from controller.demo import summary as demo_summary
 from controller.demo.broker import Broker, start_broker
 from controller.demo.client import ApiError, ControllerClient, Snapshot, snapshot, wait_until
-from controller.demo.fleet import DemoAgent, start_agents
+from controller.demo.fleet import DemoAgent, start_agent
 from controller.demo.processes import free_port, port_in_use, stop_all
 from controller.demo.profiles import fleet
+from controller.demo.summary import is_variant_switch
 from controller.demo.view import ViewState, render
 from shared.errors import UserError
 
@@ -57,7 +58,7 @@ PARTS = {
     "controller API": ("controller.app", "create_app"),
     "variant factory": ("controller.optimize", "build_bundle"),
     "agent service": ("agent.service", "build_agent"),
-    "inference engine": ("agent.runner", "build_runner"),
+    "inference engine": ("agent.runner", "InferenceRunner"),
 }
 
 
@@ -122,6 +123,7 @@ class Demo:
         self.setup_error: BaseException | None = None
         self.fleet_live_at: float | None = None  # monotonic, once the rollout started
         self.view: ViewState | None = None
+        self._setup_thread: threading.Thread | None = None
 
     # --- the whole run -------------------------------------------------------------------
 
@@ -176,7 +178,8 @@ class Demo:
         from controller.demo.server import ControllerServer  # imports FastAPI: only when needed
 
         settings = self._controller_settings(state_dir)
-        self.server = ControllerServer(settings).start()
+        self.server = ControllerServer(settings)
+        self.server.start()
         self.client = ControllerClient(self.server.url, self.token)
         # The dashboard gets a read-only token; the admin token stays in this process.
         dashboard = f"{self.server.url}/ui/#token={self.client.read_token('demo dashboard')}"
@@ -188,18 +191,25 @@ class Demo:
             profiles={d: p for d, p in self.devices},
         )
 
-        self.agents = start_agents(
-            self.devices,
-            self.workdir / "devices",
-            broker=self.broker,
-            controller_key_file=public_key,
-            data_dir=self.o.data_dir,
-        )
+        for device_id, profile in self.devices:  # kept one by one: a Ctrl-C here stops those
+            self.agents.append(
+                start_agent(
+                    device_id,
+                    profile,
+                    self.workdir / "devices",
+                    broker=self.broker,
+                    controller_key_file=public_key,
+                    data_dir=self.o.data_dir,
+                )
+            )
         say(
             f"agents: {len(self.agents)} processes started ({', '.join(a.device_id for a in self.agents)})"
         )
         # The slow part (bundle build, benchmarks, rollout) runs beside the live view.
-        threading.Thread(target=self._setup_fleet, name="demo-setup", daemon=True).start()
+        self._setup_thread = threading.Thread(
+            target=self._setup_fleet, name="demo-setup", daemon=True
+        )
+        self._setup_thread.start()
 
     def _controller_settings(self, state_dir: Path) -> Any:
         from controller.config import ControllerSettings
@@ -282,6 +292,7 @@ class Demo:
         last_print = 0.0
         seen_switches: set[Any] = set()
         last_phase = ""
+        notes_printed = 0
         ctx = Live(render(self.view), console=self.console, refresh_per_second=2) if live else None
         try:
             if ctx is not None:
@@ -304,6 +315,8 @@ class Demo:
                         last_phase = self.view.phase
                         self.console.print(f"phase: {last_phase}")
                     for e in snap.switches if snap else []:
+                        if not is_variant_switch(e):
+                            continue
                         key = (e.get("device_id"), e.get("ts"), e.get("seq"))
                         if key not in seen_switches:
                             seen_switches.add(key)
@@ -312,9 +325,12 @@ class Demo:
                                 f"switch: {e.get('device_id')} {d.get('from_variant')} -> "
                                 f"{d.get('to_variant')} ({e.get('reason')})"
                             )
+                    for note in self.view.notes[notes_printed:]:
+                        self.console.print(note)
+                    notes_printed = len(self.view.notes)
                     if time.monotonic() - last_print > 15:
                         last_print = time.monotonic()
-                        self.console.print(render(self.view))
+                        self.console.print(render(self.view, live=False))
                 if self.view.deadline is not None and time.monotonic() >= self.view.deadline:
                     return True
                 time.sleep(1.0)
@@ -366,11 +382,20 @@ class Demo:
     def _stop_agents(self) -> None:
         stop_all([a.child for a in self.agents], timeout=8.0)
 
+    def _join_setup(self) -> None:
+        """Let a bundle build in progress finish, so nothing writes into the removed temp dir."""
+        thread = self._setup_thread
+        if thread is not None and thread.is_alive():
+            self.console.print("waiting for the setup step in progress to end…")
+            thread.join(60)
+
     def _shutdown(self) -> None:
         steps: tuple[tuple[str, Callable[[], object]], ...] = (
             ("agents", self._stop_agents),
-            ("controller", lambda: self.server.stop() if self.server else None),
+            # A closed client makes the setup thread's next request fail, so it ends.
             ("api client", lambda: self.client.close() if self.client else None),
+            ("controller", lambda: self.server.stop() if self.server else None),
+            ("setup", self._join_setup),
             ("broker", lambda: self.broker.stop() if self.broker else None),
         )
         for name, step in steps:

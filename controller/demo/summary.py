@@ -16,6 +16,12 @@ from controller.demo.client import ControllerClient
 from controller.demo.profiles import DeviceProfile
 
 
+def is_variant_switch(event: dict[str, Any]) -> bool:
+    """A precision-switch event that really changed the variant (not only the power level)."""
+    data = event.get("data") or {}
+    return bool(data.get("to_variant")) and data.get("from_variant") != data.get("to_variant")
+
+
 def _frames_weighted(history: list[dict[str, Any]], key: str) -> float | None:
     num = den = 0.0
     for sample in history:
@@ -53,8 +59,9 @@ def _device_summary(
     if profile is not None and profile.battery is not None and len(batteries) >= 2:
         energy_wh = (batteries[0] - batteries[-1]) / 100.0 * profile.battery.capacity_wh
     joules = _frames_weighted(history, "joules_per_inference")
-    mine = [e for e in switches if e.get("device_id") == device_id]
-    mine.sort(key=lambda e: float(e.get("ts") or 0))
+    events = [e for e in switches if e.get("device_id") == device_id]
+    events.sort(key=lambda e: float(e.get("ts") or 0))
+    mine = [e for e in events if is_variant_switch(e)]
     last_tel = detail.get("last_telemetry") or {}
     return {
         "device_id": device_id,
@@ -75,6 +82,15 @@ def _device_summary(
                 "reason": e.get("reason"),
             }
             for e in mine
+        ],
+        "level_changes": [
+            {
+                "ts": e.get("ts"),
+                "from_level": (e.get("data") or {}).get("from_level"),
+                "to_level": (e.get("data") or {}).get("to_level"),
+                "reason": e.get("reason"),
+            }
+            for e in events
         ],
         "frames": frames,
         "accuracy": _frames_weighted(history, "accuracy"),
@@ -143,16 +159,17 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         f"bundle {summary.get('bundle_id') or '–'} · rollout "
         f"{rollout.get('id', '–')} {rollout.get('state') or rollout.get('status') or ''} · "
         f"{summary['distinct_ladders']} distinct ladders · "
-        f"{summary['precision_switches']} precision switches"
+        f"{summary['precision_switches']} precision switches · "
+        f"{sum(len(d['level_changes']) for d in summary['devices'])} power-level changes"
     )
     table = Table(header_style="bold", expand=True)
     for col in (
         "device",
         "ladder (performance → critical)",
-        "switches",
-        "accuracy",
-        "p99 ms",
-        "energy",
+        "precision switches (to level)",
+        "live accuracy",
+        "median p99 ms",
+        "energy (simulated battery)",
     ):
         table.add_column(col)
     for d in summary["devices"]:
@@ -171,7 +188,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         )
         energy = f"{d['energy_wh']:.2f} Wh" if d.get("energy_wh") is not None else "mains"
         if d.get("joules_per_inference") is not None:
-            energy += f", {1000 * d['joules_per_inference']:.1f} mJ/inf"
+            energy += f", {d['joules_per_inference']:.2f} J/frame"
         table.add_row(
             d["device_id"],
             ladder_text,
@@ -181,18 +198,35 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             energy,
         )
     console.print(table)
-    console.print("[bold]why each ladder[/]")
+    console.print(
+        "[bold]why each ladder[/] (from latency measured on the device and accuracy in the manifest)"
+    )
     for d in summary["devices"]:
-        ladder = d.get("ladder") or {}
-        body = _ladder_body(ladder)
-        whys = [
-            f"{s.get('level')}: {s.get('variant_id')} ({s.get('why')})"
-            for s in body.get("steps") or []
-        ]
-        rejected = body.get("rejected") or {}
-        line = "; ".join(whys) if whys else ladder.get("error", "no ladder")
-        console.print(f"  [bold]{d['device_id']}[/] {line}")
-        if rejected:
-            rej = "; ".join(f"{k}: {v}" for k, v in list(rejected.items())[:4])
-            more = f" (+{len(rejected) - 4} more)" if len(rejected) > 4 else ""
-            console.print(f"    [dim]not chosen: {rej}{more}[/]")
+        first, *rest = explain_ladder(d.get("ladder"))
+        console.print(f"  [bold]{d['device_id']}[/] {first}")
+        for line in rest:
+            console.print(f"    {line}")
+
+
+def explain_ladder(ladder: dict[str, Any] | None) -> list[str]:
+    """A few lines: each distinct variant with its levels and why, then what was left out."""
+    body = _ladder_body(ladder)
+    steps = body.get("steps") or []
+    if not steps:
+        return [str((ladder or {}).get("error", "no ladder"))]
+    lines: list[str] = []
+    seen: dict[str, list[str]] = {}
+    whys: dict[str, str] = {}
+    for step in steps:
+        seen.setdefault(step["variant_id"], []).append(step["level"])
+        whys.setdefault(step["variant_id"], step.get("why", ""))
+    for variant, levels in seen.items():
+        lines.append(f"{', '.join(levels)}: {variant} ({whys[variant]})")
+    groups: dict[str, list[str]] = {}
+    for variant, why in (body.get("rejected") or {}).items():
+        dominated = why.startswith(("slower", "no more accurate", "dominated"))
+        key = "dominated by a cheaper or more accurate variant" if dominated else why
+        groups.setdefault(key, []).append(variant)
+    for why, variants in groups.items():
+        lines.append(f"[dim]not chosen, {why}: {', '.join(variants)}[/]")
+    return lines

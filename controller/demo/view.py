@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -12,6 +13,7 @@ from rich.text import Text
 
 from controller.demo.client import DeviceRow, Snapshot
 from controller.demo.profiles import DeviceProfile
+from controller.demo.summary import is_variant_switch
 
 LEVEL_STYLE = {
     "performance": "green",
@@ -52,18 +54,18 @@ def _battery(row: DeviceRow, profile: DeviceProfile | None) -> Text:
     return Text(f"{bar} {pct:4.0f} %{' ⚡' if row.charging else ''}", style=style)
 
 
-def rollout_progress(rollout: dict[str, object] | None) -> str:
+def rollout_progress(rollout: dict[str, Any] | None) -> str:
+    """`completed: wave 2/2, 4/4 devices healthy` from a rollout of the API."""
     if not rollout:
         return "no rollout yet"
-    state = rollout.get("state") or rollout.get("status") or "?"
-    waves = rollout.get("waves")
-    current = rollout.get("current_wave")
-    if isinstance(waves, list) and waves and isinstance(current, int):
-        done = min(current, len(waves))
-        if state in ("succeeded", "done", "completed"):
-            done = len(waves)
-        return f"{state}: wave {min(done + 1, len(waves))}/{len(waves)} (waves of {waves} devices)"
-    return str(state)
+    waves = rollout.get("waves") or []
+    devices = rollout.get("devices") or []
+    healthy = sum(1 for d in devices if d.get("state") == "healthy")
+    wave = min(int(rollout.get("current_wave") or 0) + 1, max(len(waves), 1))
+    return (
+        f"{rollout.get('state')}: wave {wave}/{len(waves)}, "
+        f"{healthy}/{len(devices)} devices healthy"
+    )
 
 
 def device_table(snapshot: Snapshot | None, profiles: dict[str, DeviceProfile]) -> Table:
@@ -103,7 +105,8 @@ def device_table(snapshot: Snapshot | None, profiles: dict[str, DeviceProfile]) 
     return table
 
 
-def render(state: ViewState) -> RenderableType:
+def render(state: ViewState, live: bool = True) -> RenderableType:
+    """The whole view; `live=False` leaves out notes (printed once each instead)."""
     snap = state.snapshot
     online = sum(1 for r in snap.devices.values() if r.online) if snap else 0
     left = ""
@@ -123,7 +126,7 @@ def render(state: ViewState) -> RenderableType:
         device_table(snap, state.profiles),
         Text(f"rollout: {rollout_progress(snap.rollout if snap else None)}"),
     ]
-    switches = list(snap.switches) if snap else []
+    switches = [e for e in snap.switches if is_variant_switch(e)] if snap else []
     switches.sort(key=lambda e: float(e.get("ts") or 0))
     if switches:
         lines = [f"{len(switches)} precision switch(es); latest:"]
@@ -134,6 +137,7 @@ def render(state: ViewState) -> RenderableType:
                 f"{data.get('to_variant')}  ({e.get('reason')})"
             )
         parts.append(Text("\n".join(lines), style="magenta"))
-    for note in state.notes[-3:]:
-        parts.append(Text(note, style="yellow"))
+    if live:
+        for note in state.notes[-3:]:
+            parts.append(Text(note, style="yellow"))
     return Group(*parts)

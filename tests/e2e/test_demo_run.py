@@ -1,0 +1,231 @@
+"""A short real demo (4 devices), watched in headless Chromium and checked against the API.
+
+One demo run serves both tests (it is the slow part): the browser test watches the dashboard
+while the fleet runs; the summary test waits for `--summary-json`, compares every fact in it
+with the controller's API (kept up by `--hold`), then stops the demo with Ctrl-C (SIGINT) and
+checks that no process and no temp dir is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.demo.summary import is_variant_switch
+from tests.e2e.demo_process import DemoProcess
+
+pytestmark = pytest.mark.slow
+
+DEVICES = ["pi-zero-1", "laptop-1", "tablet-1", "jetson-1"]
+DURATION_S = 30
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+#: `LEPTON_SCREENSHOT=docs/dashboard.png pytest tests/e2e -k browser` refreshes the README's.
+SCREENSHOT_ENV = "LEPTON_SCREENSHOT"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoProcess]:
+    run = DemoProcess(tmp_path_factory.mktemp("demo"))
+    run.start(
+        "--devices",
+        str(len(DEVICES)),
+        "--duration",
+        str(DURATION_S),
+        "--summary-json",
+        str(run.summary),
+        "--hold",
+    )
+    try:
+        run.wait_for_output("agents:", 120)
+        yield run
+    finally:
+        run.kill()
+
+
+def _token(demo: DemoProcess) -> str:
+    """The read-only token in the dashboard URL the demo printed."""
+    found = re.search(r"#token=([A-Za-z0-9_-]+)", demo.output())
+    assert found, demo.output()[-2000:]
+    return found.group(1)
+
+
+def _api(demo: DemoProcess, path: str, **params: object) -> object:
+    r = httpx.get(
+        f"{demo.url}/api/v1{path}",
+        params=params,  # type: ignore[arg-type]
+        headers={"Authorization": f"Bearer {_token(demo)}"},
+        timeout=10,
+    )
+    r.raise_for_status()
+    return r.json()
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs Debian chromium-driver"
+)
+def test_browser_sees_every_device_and_a_precision_switch(
+    demo: DemoProcess, tmp_path: Path
+) -> None:
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    demo.wait_for_output("dashboard:", 120)
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,860",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+
+    def wait(seconds: float, what: str, condition: Any) -> None:
+        try:
+            WebDriverWait(driver, seconds, poll_frequency=1).until(condition)
+        except TimeoutException:
+            driver.save_screenshot(str(tmp_path / "timeout.png"))
+            page = driver.find_element(By.TAG_NAME, "body").text
+            raise AssertionError(
+                f"dashboard: no {what} after {seconds} s; page:\n{page[:2000]}\n"
+                f"demo output:\n{demo.output()[-2000:]}"
+            ) from None
+
+    try:
+        driver.get(f"{demo.url}/ui/#token={_token(demo)}")
+
+        def rows(d: webdriver.Chrome) -> set[str]:
+            found = d.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr[data-device]")
+            return {r.get_attribute("data-device") or "" for r in found}
+
+        wait(120, "row for every device", lambda d: rows(d) >= set(DEVICES))
+        assert rows(driver) == set(DEVICES)
+        # Every device runs a variant once the rollout reached it...
+        wait(
+            150,
+            "active variant on every device",
+            lambda d: all(
+                c.text not in ("", "–")
+                for c in d.find_elements(By.CSS_SELECTOR, "#fleet-table td.variant")
+            ),
+        )
+        # ...and a draining battery makes one of them step down its precision.
+        wait(
+            150,
+            "precision switch",
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#switches li[data-kind=precision_switch]"),
+        )
+        switch = driver.find_element(By.CSS_SELECTOR, "#switches li[data-kind=precision_switch]")
+        assert "→" in switch.text and "%" in switch.text  # from → to, and the battery reason
+        shot = tmp_path / "dashboard.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        target = os.environ.get(SCREENSHOT_ENV)
+        if target:
+            shutil.copy(shot, target)
+
+        # The device page draws its charts from the telemetry history.
+        device = sorted(rows(driver))[0]
+        driver.get(f"{demo.url}/ui/#/device/{device}")
+        wait(
+            30,
+            "charts on the device page",
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".charts svg path.line")) >= 3,
+        )
+        assert driver.find_element(By.ID, "device-id").text.startswith(device)
+        driver.save_screenshot(str(tmp_path / "device.png"))
+    finally:
+        driver.quit()
+
+
+def test_summary_matches_the_controller_api_and_ctrl_c_leaves_nothing(demo: DemoProcess) -> None:
+    deadline = time.monotonic() + 300
+    while not demo.summary.exists():
+        assert demo.proc is not None
+        assert demo.proc.poll() is None, demo.output()[-3000:]
+        assert time.monotonic() < deadline, demo.output()[-3000:]
+        time.sleep(1)
+    summary = json.loads(demo.summary.read_text())
+    out = demo.output()
+
+    # The facts `make demo` promises.
+    assert summary["distinct_ladders"] >= 2, out[-3000:]
+    assert summary["precision_switches"] >= 1, out[-3000:]
+    assert {d["device_id"] for d in summary["devices"]} == set(DEVICES)
+
+    # Every fact agrees with the controller's API (still up: --hold).
+    api_devices = {d["id"]: d for d in _api(demo, "/devices")}  # type: ignore[union-attr]
+    assert set(api_devices) == set(DEVICES)
+    rollout = _api(demo, f"/rollouts/{summary['rollout']['id']}")
+    assert isinstance(rollout, dict)
+    assert rollout["bundle_id"] == summary["bundle_id"]
+    assert rollout["state"] == summary["rollout"]["state"] == "completed", rollout
+    assert {d["state"] for d in rollout["devices"]} == {"healthy"}
+    for d in summary["devices"]:
+        api = api_devices[d["device_id"]]
+        assert d["active_bundle"] == api["active_bundle"] == summary["bundle_id"]
+        assert d["active_variant"] == api["active_variant"]
+        ladder = _api(demo, f"/devices/{d['device_id']}/ladder", bundle_id=summary["bundle_id"])
+        assert isinstance(ladder, dict)
+        assert d["ladder"]["ladder"] == ladder["ladder"]
+        events = _api(demo, "/events", device_id=d["device_id"], kind="precision_switch")
+        assert isinstance(events, list)
+        assert len(d["level_changes"]) == len(events)
+        switched = sorted((e for e in events if is_variant_switch(e)), key=lambda e: e["ts"])
+        assert len(d["switches"]) == len(switched)
+        for s, e in zip(d["switches"], switched, strict=True):
+            assert s["from_variant"] == e["data"]["from_variant"] != s["to_variant"]
+            assert s["to_variant"] == e["data"]["to_variant"]
+            assert s["reason"] == e["reason"]
+        # Live accuracy on Fashion-MNIST: the variants keep the fp32 model's ~90 %.
+        assert d["frames"] > 0
+        assert d["accuracy"] is not None and 0.8 < d["accuracy"] <= 1.0
+    ladders = {
+        json.dumps(d["ladder"]["ladder"]["steps"], sort_keys=True) for d in summary["devices"]
+    }
+    assert len(ladders) == summary["distinct_ladders"]
+    # The LiteRT-only board got only .tflite variants; it says so for the ONNX ones.
+    pi = next(d for d in summary["devices"] if d["device_id"] == "pi-zero-1")
+    assert all(s["variant_id"].startswith("tflite-") for s in pi["ladder"]["ladder"]["steps"])
+    assert any("onnxruntime" in why for why in pi["ladder"]["ladder"]["rejected"].values())
+
+    assert "summary" in out and "precision switch" in out
+
+    assert demo.interrupt() == 0
+    demo.assert_clean()
+
+
+def test_ctrl_c_during_setup_stops_everything(tmp_path: Path) -> None:
+    run = DemoProcess(tmp_path)
+    run.start("--devices", "2", "--duration", "30")
+    try:
+        run.wait_for_output("agents:", 120)
+        time.sleep(1.0)
+        assert run.interrupt() == 130
+        run.assert_clean()
+        assert "Traceback" not in run.output()
+    finally:
+        run.kill()
