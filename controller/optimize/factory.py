@@ -3,7 +3,9 @@
 Each variant is made, evaluated on the evaluation data, timed in a fresh process, and kept
 under its sha256. A variant that loses more accuracy than the tolerance is recorded as
 rejected with the reason, and the next scheme of its precision is tried (static int8 ->
-static int8 with the sensitive layers kept float; dynamic int8 is always built as well).
+static int8 with the most sensitive layers kept float: layers are ranked by the harm each
+does when quantized alone, and the 1, 2, 4, ... worst are kept float until a slice of the
+evaluation data is within the tolerance; dynamic int8 is always built as well).
 Everything is written to a temporary folder next to `out_dir` and renamed into place at the
 end, so a failed build never leaves a half-written bundle.
 """
@@ -279,12 +281,13 @@ def _build(
         data_mod.load_array(eval_y, "evaluation labels"), num_classes, len(ex)
     )
 
+    probe = _Probe(ex[:PROBE_SAMPLES], ey[:PROBE_SAMPLES], num_classes, tolerance_points)
     plans: list[_Plan] = []
     if onnx is not None:
-        plans += _onnx_plans(onnx, work, calib)
+        plans += _onnx_plans(onnx, work, calib, probe)
     if tflite is not None:
         by_tensorflow = keras_model if tflite_quantizer == "tensorflow" else None
-        plans += _tflite_plans(tflite, work, calib, by_tensorflow)
+        plans += _tflite_plans(tflite, work, calib, probe, by_tensorflow)
     plans = [p for p in plans if p.id not in skip]
     job = _Job(
         out_dir=out_dir,
@@ -371,16 +374,65 @@ def _op_named_in(message: str) -> str | None:
     return None
 
 
-def _onnx_plans(source: Path, work: Path, calib: np.ndarray) -> list[_Plan]:
+@dataclass
+class _Probe:
+    """A labelled slice of the evaluation data that steers the sensitive-layer fallback."""
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    tolerance_points: float
+
+
+#: Evaluation samples the fallback's search scores each candidate on.
+PROBE_SAMPLES = 500
+
+
+def _make_mixed(
+    out: Path,
+    ranked: list[tuple[str, float]],
+    make: Callable[[Path, list[str]], str],
+    probe: _Probe,
+    fp32: Path,
+    fmt: ModelFormat,
+) -> str:
+    """Keep the 1, 2, 4, ... most harmful layers float (at most half of them) until the
+    probe's accuracy drop is within the tolerance; write that model to `out`."""
+
+    def probe_accuracy(path: Path) -> float:
+        scores = evaluate.Predictor(path, fmt).predict_all(probe.x)
+        return float(evaluate.accuracy_metrics(scores, probe.y, probe.num_classes)["accuracy"])
+
+    baseline = probe_accuracy(fp32)
+    limit = max(1, len(ranked) // 2)
+    count, scheme, keep = 1, "", []
+    while True:
+        keep = [name for name, _ in ranked[:count]]
+        scheme = make(out, keep)
+        drop = (baseline - probe_accuracy(out)) * 100
+        if drop <= probe.tolerance_points or count >= limit:
+            break
+        count = min(count * 2, limit)
+    names = ", ".join(name if len(name) <= 40 else name[:37] + "..." for name in keep)
+    return (
+        f"{scheme} (float: {len(keep)} of {len(ranked)} weighted layers, the most harmful "
+        f"when quantized alone: {names})"
+    )
+
+
+def _onnx_plans(source: Path, work: Path, calib: np.ndarray, probe: _Probe) -> list[_Plan]:
     from controller.optimize import onnx as m
 
     fp32 = work / "onnx-fp32.onnx"
 
     def keep_sensitive(out: Path) -> str:
-        nodes = m.weighted_nodes(m.load(fp32))
-        keep = sorted({nodes[0], nodes[-1]}) if nodes else []
-        scheme = m.make_int8_static(fp32, out, calib, keep_float=keep)
-        return f"{scheme} (float: {', '.join(keep)})"
+        ranked = m.sensitivity(fp32, calib, probe.x, work)
+        cache = m.calibration_cache(work)
+
+        def make(path: Path, keep: list[str]) -> str:
+            return m.make_int8_static(fp32, path, calib, keep_float=keep, calibration_cache=cache)
+
+        return _make_mixed(out, ranked, make, probe, fp32, ModelFormat.ONNX)
 
     mixed = _Plan("onnx-int8-static-mixed", ModelFormat.ONNX, Precision.INT8, keep_sensitive)
     return [
@@ -403,7 +455,7 @@ def _onnx_plans(source: Path, work: Path, calib: np.ndarray) -> list[_Plan]:
 
 
 def _tflite_plans(
-    source: Path, work: Path, calib: np.ndarray, keras_model: Any = None
+    source: Path, work: Path, calib: np.ndarray, probe: _Probe, keras_model: Any = None
 ) -> list[_Plan]:
     """ai-edge-quantizer's variants; with `keras_model`, TensorFlow's converter makes the
     fp16 and int8 dynamic/static ones from the Keras model instead."""
@@ -422,10 +474,13 @@ def _tflite_plans(
         static = lambda o: t.make_int8_static(source, o, calib)  # noqa: E731
 
     def keep_sensitive(out: Path) -> str:
-        tensors = t.weighted_tensors(source)
-        keep = sorted({tensors[0], tensors[-1]}) if tensors else []
-        scheme = t.make_int8_static(source, out, calib, keep_float=keep)
-        return f"{scheme} (float: {', '.join(keep)})"
+        qsvs = t.calibrate(source, calib)
+        ranked = t.sensitivity(source, qsvs, probe.x, work)
+
+        def make(path: Path, keep: list[str]) -> str:
+            return t.make_int8_static(source, path, calib, keep_float=keep, qsvs=qsvs)
+
+        return _make_mixed(out, ranked, make, probe, source, ModelFormat.TFLITE)
 
     mixed = _Plan("tflite-int8-static-mixed", ModelFormat.TFLITE, Precision.INT8, keep_sensitive)
     return [
@@ -479,9 +534,7 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
     drop = -(metrics.accuracy_delta or 0.0)
     if plan.precision is not Precision.FP32 and drop > job.tolerance_points:
         status = "rejected"
-        reason = (
-            f"accuracy drop {drop:.2f} pt > tolerance {job.tolerance_points:g} pt (scheme {scheme})"
-        )
+        reason = f"accuracy drop {drop:.2f} pt > tolerance {job.tolerance_points:g} pt; {reason}"
     job.variants.append(
         Variant(
             id=plan.id,

@@ -128,14 +128,40 @@ def weighted_nodes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def layer(model: onnx.ModelProto, node_name: str) -> list[str]:
+    """A weighted node plus the unweighted nodes after it (activation, bias, softmax...) up to
+    the next weighted node: what "keeping a layer float" must leave alone, or the quantized
+    input of the next node would still round away what the float layer computed."""
+    weighted = set(weighted_nodes(model))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    by_name = {n.name: n for n in model.graph.node}
+    found, todo = [node_name], list(by_name[node_name].output)
+    while todo:
+        for node in consumers.get(todo.pop(), []):
+            if node.name not in weighted and node.name not in found:
+                found.append(node.name)
+                todo.extend(node.output)
+    return found
+
+
 def make_int8_static(
-    fp32: Path, out: Path, calib_x: np.ndarray, keep_float: list[str] | None = None
+    fp32: Path,
+    out: Path,
+    calib_x: np.ndarray,
+    keep_float: list[str] | None = None,
+    *,
+    only: list[str] | None = None,
+    calibration_cache: Path | None = None,
 ) -> str:
     """QDQ, int8 weights per channel and uint8 activations (U8S8), MinMax-calibrated on
     `calib_x`. U8S8 rather than S8S8: on the x86 (AVX512-VNNI) build host ONNX Runtime ran
     a U8S8 MobileNetV2 faster than fp32 and an S8S8 one slower (one-off check, 1 thread).
 
-    `keep_float` names nodes left in float (the sensitive-node fallback)."""
+    `keep_float` names nodes left in float (the sensitive-node fallback); `only` quantizes just
+    those nodes (the sensitivity probe); `calibration_cache` reuses one calibration."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -165,14 +191,41 @@ def make_int8_static(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=keep_float or None,
+            nodes_to_quantize=only or None,
+            nodes_to_exclude=[n for k in keep_float or [] for n in layer(model, k)] or None,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            calibration_cache_path=calibration_cache,
         )
         save(onnx.load(str(tmp / "q.onnx")), out)
     if keep_float:
         return "static_qdq_per_channel_mixed"
     return "static_qdq_per_channel"
+
+
+def sensitivity(
+    fp32: Path, calib_x: np.ndarray, probe_x: np.ndarray, work: Path
+) -> list[tuple[str, float]]:
+    """Each weighted node's harm when it alone is quantized: the mean absolute change of the
+    scores on (up to 64 of) the unlabelled `probe_x` samples. Most harmful first. Calibrates
+    once into `calibration_cache(work)`, which later `make_int8_static` calls can reuse."""
+    from controller.optimize.evaluate import Predictor
+    from shared.manifest import ModelFormat
+
+    probe = probe_x[:64].astype(np.float32)
+    reference = Predictor(fp32, ModelFormat.ONNX).predict_all(probe)
+    harm: list[tuple[str, float]] = []
+    for node in weighted_nodes(load(fp32)):
+        candidate = work / "onnx-probe.onnx"
+        cache = calibration_cache(work)
+        make_int8_static(fp32, candidate, calib_x, only=[node], calibration_cache=cache)
+        scores = Predictor(candidate, ModelFormat.ONNX).predict_all(probe)
+        harm.append((node, float(np.abs(scores - reference).mean())))
+    return sorted(harm, key=lambda item: -item[1])
+
+
+def calibration_cache(work: Path) -> Path:
+    return work / "onnx-calibration.json"
 
 
 def make_int8_dynamic(fp32: Path, out: Path) -> str:

@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,11 @@ def make_fp32(source: Path, out: Path) -> str:
     return "as_given"
 
 
-def _quantize(source: Path, out: Path, recipe: Any, calibration: Any = None) -> None:
+def _quantize(
+    source: Path, out: Path, recipe: Any, calibration: Any = None, qsvs: Any = None
+) -> Any:
+    """Quantize `source` by `recipe` into `out`; returns the calibration result (tensor
+    ranges) so that a later call can reuse it as `qsvs`."""
     from ai_edge_quantizer import quantizer
 
     with (
@@ -51,9 +56,11 @@ def _quantize(source: Path, out: Path, recipe: Any, calibration: Any = None) -> 
     ):
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": calibration
         q = quantizer.Quantizer(str(source), recipe)
-        qsvs = q.calibrate(calibration) if q.need_calibration else None
+        if qsvs is None and q.need_calibration:
+            qsvs = q.calibrate(calibration)
         result = q.quantize(qsvs, enable_progress_report=False)
     out.write_bytes(bytes(result.quantized_model))
+    return qsvs
 
 
 def make_int8_dynamic(source: Path, out: Path) -> str:
@@ -114,28 +121,98 @@ def weighted_tensors(source: Path) -> list[str]:
     return names
 
 
-def make_int8_static(
-    source: Path, out: Path, calib_x: np.ndarray, keep_float: list[str] | None = None
-) -> str:
-    """Full integer: int8 weights (per channel) and activations, int8 input/output tensors,
-    MinMax-calibrated on `calib_x`. `keep_float` names op output tensors left in float."""
+def _scope(name: str) -> str:
+    """Recipe regex matching the op whose outputs include tensor `name` (an op's scope is its
+    output names, each followed by ";")."""
     import re
 
+    return f"(^|;){re.escape(name)};"
+
+
+def _calibration(source: Path, calib_x: np.ndarray) -> dict[str, list[dict[str, np.ndarray]]]:
+    key, name, batch = _signature(source)
+    x = calib_x.astype(np.float32)
+    step = batch or 1  # the calibrator runs the signature at the model's own shape
+    return {key: [{name: x[i : i + step]} for i in range(0, len(x) - step + 1, step)]}
+
+
+def layer(source: Path, tensor: str) -> list[str]:
+    """Output names of the weighted op producing `tensor` and of the unweighted ops after it
+    up to the next weighted op (see `controller.optimize.onnx.layer` for why)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(source))
+    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    start = next(op for op in ops if any(names.get(i) == tensor for i in op["outputs"]))
+    found = [names[i] for i in start["outputs"] if i in names]
+    todo = list(start["outputs"])
+    while todo:
+        produced = todo.pop()
+        for op in ops:
+            if produced in op["inputs"] and op["op_name"] not in WEIGHTED_OPS:
+                new = [names[i] for i in op["outputs"] if i in names and names[i] not in found]
+                found.extend(new)
+                todo.extend(i for i in op["outputs"] if i in names and names[i] in new)
+    return found
+
+
+def make_int8_static(
+    source: Path,
+    out: Path,
+    calib_x: np.ndarray,
+    keep_float: list[str] | None = None,
+    qsvs: Any = None,
+) -> str:
+    """Full integer: int8 weights (per channel) and activations, int8 input/output tensors,
+    MinMax-calibrated on `calib_x` (or ranges `qsvs` from `calibrate`). `keep_float` names
+    op output tensors left in float."""
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.recipe_manager import RecipeManager
 
     manager = RecipeManager()
     manager.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 8, 8)
-    for name in keep_float or []:
+    for name in [n for kept in keep_float or [] for n in layer(source, kept)]:
         manager.add_quantization_config(
-            f"(^|;){re.escape(name)};",  # an op's scope: its output names, each + ";"
+            _scope(name),
             qtyping.TFLOperationName.ALL_SUPPORTED,
             algorithm_key=AlgorithmName.NO_QUANTIZE,
         )
-    key, name, batch = _signature(source)
-    x = calib_x.astype(np.float32)
-    step = batch or 1  # the calibrator runs the signature at the model's own shape
-    calibration = {key: [{name: x[i : i + step]} for i in range(0, len(x) - step + 1, step)]}
-    _quantize(source, out, manager.get_quantization_recipe(), calibration)
+    _quantize(source, out, manager.get_quantization_recipe(), _calibration(source, calib_x), qsvs)
     return "static_wi8_ai8_mixed" if keep_float else "static_wi8_ai8"
+
+
+def calibrate(source: Path, calib_x: np.ndarray) -> Any:
+    """Tensor ranges of a full static-int8 calibration, reusable by `make_int8_static`."""
+    from ai_edge_quantizer import recipe
+
+    with tempfile.TemporaryDirectory(prefix="lepton-tflite-") as tmp:
+        return _quantize(
+            source, Path(tmp) / "q.tflite", recipe.static_wi8_ai8(), _calibration(source, calib_x)
+        )
+
+
+def sensitivity(
+    source: Path, qsvs: Any, probe_x: np.ndarray, work: Path
+) -> list[tuple[str, float]]:
+    """Each weighted op's harm when it alone is quantized (static int8, ranges `qsvs` from
+    `calibrate`): the mean absolute change of the scores on (up to 64 of) the unlabelled
+    `probe_x` samples. Most harmful first."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.recipe_manager import RecipeManager
+
+    from controller.optimize.evaluate import Predictor
+    from shared.manifest import ModelFormat
+
+    probe = probe_x[:64].astype(np.float32)
+    reference = Predictor(source, ModelFormat.TFLITE).predict_all(probe)
+    candidate = work / "tflite-probe.tflite"
+    harm: list[tuple[str, float]] = []
+    for name in weighted_tensors(source):
+        manager = RecipeManager()
+        manager.add_static_config(_scope(name), qtyping.TFLOperationName.ALL_SUPPORTED, 8, 8)
+        _quantize(source, candidate, manager.get_quantization_recipe(), qsvs=qsvs)
+        scores = Predictor(candidate, ModelFormat.TFLITE).predict_all(probe)
+        harm.append((name, float(np.abs(scores - reference).mean())))
+    return sorted(harm, key=lambda item: -item[1])

@@ -18,7 +18,9 @@ def data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, forward(x).argmax(1)
 
 
-def weights() -> tuple[np.ndarray, ...]:
+def weights(offset: float = 0.0) -> tuple[np.ndarray, ...]:
+    """`offset` adds the same constant to every logit: the same classifier (softmax ignores
+    it), but the last layer's output range grows so int8 steps swamp the class differences."""
     rng = np.random.default_rng(42)
     w1 = rng.normal(0, 1, (FEATURES, HIDDEN)).astype(np.float32)
     b1 = rng.normal(0, 0.1, HIDDEN).astype(np.float32)
@@ -26,7 +28,7 @@ def weights() -> tuple[np.ndarray, ...]:
     # Centre the logits so that the four classes are about equally frequent.
     sample = rng.random((4096, FEATURES), dtype=np.float32)
     b2 = -(np.maximum(sample @ w1 + b1, 0) @ w2).mean(axis=0).astype(np.float32)
-    return w1, b1, w2, b2
+    return w1, b1, w2, b2 + np.float32(offset)
 
 
 def forward(x: np.ndarray) -> np.ndarray:
@@ -34,9 +36,9 @@ def forward(x: np.ndarray) -> np.ndarray:
     return np.maximum(x @ w1 + b1, 0) @ w2 + b2
 
 
-def make_onnx(path: Path, extra_op: str | None = None) -> Path:
+def make_onnx(path: Path, extra_op: str | None = None, offset: float = 0.0) -> Path:
     """The tiny model as ONNX; `extra_op` appends an elementwise op before the softmax."""
-    w1, b1, w2, b2 = weights()
+    w1, b1, w2, b2 = weights(offset)
     names = ["w1", "b1", "w2", "b2"]
     inits = [numpy_helper.from_array(a, n) for a, n in zip((w1, b1, w2, b2), names, strict=True)]
     nodes = [
