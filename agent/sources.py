@@ -146,7 +146,10 @@ def image_dir_source(
 ) -> ArraySource:
     """Images under `root`, resized to the model's input; a file inside a folder named after a
     class (its index or its label) is labeled with it."""
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise UserError("engine.source = images needs Pillow: pip install pillow") from None
 
     root = Path(root)
     if not root.is_dir():
