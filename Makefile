@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # System packages: "debian-package:path-it-provides".
 DEMO_SYSTEM := mosquitto:/usr/sbin/mosquitto dataset-fashion-mnist:/usr/share/datasets/fashion-mnist
 TEST_SYSTEM := $(DEMO_SYSTEM) chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
-	openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze
+	openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze postgresql-client:/usr/bin/psql
 
 .PHONY: demo test lint typecheck pytest bench clean system-demo system-test
 
