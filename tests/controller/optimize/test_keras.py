@@ -82,3 +82,39 @@ def test_adapter_errors(tmp_path: Path) -> None:
         adapter.fit(object(), np.zeros((4, 28, 28)), np.zeros(4, int))
     with pytest.raises(UserError, match="4 samples but y_train 3"):
         adapter.fit(object(), np.zeros((4, 28, 28)), np.zeros(3, int))
+
+
+def test_cli_with_a_keras_file(
+    tiny_cnn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from controller.cli import main
+    from shared.idx import FASHION_MNIST_DIR
+
+    tiny_cnn.save(tmp_path / "tiny.keras")
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    images = str(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    common = ["--calib", images, "--eval", images, "--eval-samples", "200"]
+    common += ["--key", str(tmp_path / "k.pem"), "--json"]
+    skip = ["--skip", "onnx-fp16", "--skip", "tflite-fp16", "--skip", "tflite-int8-weight-only"]
+    keras_file = ["--keras", str(tmp_path / "tiny.keras")]
+    code = main(
+        ["build", *keras_file, "--out", str(tmp_path / "b"), *common, *skip,
+         "--tflite-quantizer", "tensorflow"]
+    )  # fmt: skip
+    assert code == 0
+    manifest = load_bundle(tmp_path / "b")
+    assert manifest.model_name == "tiny"
+    assert manifest.variant("tflite-int8-dynamic").scheme == "tf_converter_int8_dynamic"
+    assert manifest.variant("onnx-int8-static").status == "accepted"
+    capsys.readouterr()
+    broken = ["--keras", str(tmp_path / "broken.keras")]
+    code = main(["build", *broken, "--out", str(tmp_path / "c"), *common])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "is not a Keras model" in err and len(err.splitlines()) == 1
+    not_keras = ["--onnx", str(tmp_path / "b" / "manifest.json")]
+    code = main(
+        ["build", *not_keras, "--out", str(tmp_path / "d"), "--tflite-quantizer", "tensorflow",
+         *common]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "needs the Keras model" in err
