@@ -84,6 +84,9 @@ class SelectionSettings(_Strict):
     cheap_margin: float = Field(
         default=0.10, ge=0, description="latencies this close count as equal; size breaks ties"
     )
+    accuracy_noise_points: float = Field(
+        default=0.1, ge=0, description="accuracies this close count as equal; precision breaks ties"
+    )
 
 
 class ControllerSettings(BaseSettings):

@@ -448,6 +448,7 @@ class RolloutEngine:
                 tolerance_points=self.settings.selection.tolerance_points,
                 fast_factor=self.settings.selection.fast_factor,
                 cheap_margin=self.settings.selection.cheap_margin,
+                accuracy_noise=self.settings.selection.accuracy_noise_points,
             )
         except NoEligibleVariant as exc:
             rd.state = "failed"

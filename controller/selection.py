@@ -7,7 +7,8 @@ fallback, and every choice says which source it used.
 The ladder is built on the cost/accuracy frontier of the eligible variants:
 - critical  = the cheapest variant (lowest latency; among latencies within `cheap_margin` of the
   fastest, the smallest file: fewer bytes moved per inference);
-- performance = the most accurate among the fast ones (within `fast_factor` of the fastest);
+- performance = the most accurate among the fast ones (within `fast_factor` of the fastest;
+  accuracies within `accuracy_noise` points count as equal, then higher precision wins);
 - balanced / saver = frontier points between the two (2/3 and 1/3 of the way down).
 So two devices with different hardware get different ladders, and a ladder has two distinct
 variants whenever a cheaper variant exists that is not slower.
@@ -114,6 +115,25 @@ def _acc(c: Candidate) -> float:
     return c.accuracy if c.accuracy is not None else -1.0
 
 
+_PRECISION_RANK = {"fp32": 3, "fp16": 2, "int8": 1}
+
+
+def _most_accurate(candidates: list[Candidate], noise_points: float) -> Candidate:
+    """Best accuracy; accuracies within `noise_points` (one or two test images) count as equal,
+    and then the higher precision wins (the more faithful model while power is plentiful),
+    then the lower latency."""
+    best = max(_acc(c) for c in candidates)
+    close = [c for c in candidates if _acc(c) >= best - noise_points / 100 - 1e-12]
+    return max(
+        close,
+        key=lambda c: (
+            _PRECISION_RANK.get(c.variant.precision.value, 0),
+            -(c.latency_ms if c.latency_ms is not None else float("inf")),
+            -c.variant.size_bytes,
+        ),
+    )
+
+
 def select(
     manifest: Manifest,
     profile: HardwareProfile,
@@ -122,6 +142,7 @@ def select(
     tolerance_points: float | None = None,
     fast_factor: float = 2.5,
     cheap_margin: float = 0.10,
+    accuracy_noise: float = 0.1,
 ) -> Selection:
     """The ladder for one device; raise `NoEligibleVariant` when nothing fits."""
     measurements = measurements or {}
@@ -164,11 +185,11 @@ def select(
         fast = [
             c for c in timed if c.latency_ms is not None and c.latency_ms <= fastest * fast_factor
         ]
-        performance = max(fast, key=lambda c: (_acc(c), -(c.latency_ms or 0.0)))
+        performance = _most_accurate(fast, accuracy_noise)
     else:  # nothing timed anywhere: fall back to size as the cost
         notes.append("no latency known for any variant: cost ranked by file size")
         critical = min(eligible, key=lambda c: c.variant.size_bytes)
-        performance = max(eligible, key=lambda c: (_acc(c), -c.variant.size_bytes))
+        performance = _most_accurate(eligible, accuracy_noise)
 
     # The frontier from critical up to performance: each step strictly more accurate.
     frontier = [critical]
@@ -190,7 +211,7 @@ def select(
         PowerLevel.CRITICAL: 0,
     }
     why_level = {
-        PowerLevel.PERFORMANCE: "most accurate of the fast variants",
+        PowerLevel.PERFORMANCE: "most accurate of the fast variants (ties: higher precision)",
         PowerLevel.BALANCED: "two thirds up the cost/accuracy frontier",
         PowerLevel.SAVER: "one third up the cost/accuracy frontier",
         PowerLevel.CRITICAL: "lowest cost (latency, then size)",

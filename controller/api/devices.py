@@ -173,6 +173,7 @@ def get_ladder(
             tolerance_points=sel_settings.tolerance_points,
             fast_factor=sel_settings.fast_factor,
             cheap_margin=sel_settings.cheap_margin,
+            accuracy_noise=sel_settings.accuracy_noise_points,
         )
     except NoEligibleVariant as exc:
         raise HTTPException(
