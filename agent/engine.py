@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed frames after which the engine returns to the last working variant.
 FAILURES_BEFORE_FALLBACK = 3
+#: Latencies kept per stats interval; past this the oldest half goes (percentiles stay recent).
+MAX_LATENCY_SAMPLES = 1 << 16
 
 
 class EngineSettings(BaseModel):
@@ -154,7 +157,7 @@ class Engine:
         self._helpers: list[threading.Thread] = []  # loaders and closers, joined on close
         self._stop = threading.Event()
         self._failures = 0
-        self.switches: list[Switch] = []
+        self.switches: deque[Switch] = deque(maxlen=100)  # the most recent ones
         # totals since start
         self.frames = 0
         self.errors = 0
@@ -430,6 +433,8 @@ class Engine:
             with self._lock:
                 iv = self._interval
                 iv.latencies.append(latency)
+                if len(iv.latencies) >= MAX_LATENCY_SAMPLES:  # nobody asked for stats lately
+                    del iv.latencies[: MAX_LATENCY_SAMPLES // 2]
                 iv.cpu_s += c1 - c0
                 if late:
                     iv.misses += 1

@@ -104,11 +104,18 @@ _DISTRIBUTIONS = {
 _MODULES = {"onnxruntime": ("onnxruntime",), "litert": ("ai_edge_litert", "tflite_runtime")}
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a half-installed package or a stub module
+        return False
+
+
 def installed() -> dict[str, str]:
     """Installed runtimes -> version (for the hardware profile); cheap, imports nothing heavy."""
     found: dict[str, str] = {}
     for name, dists in _DISTRIBUTIONS.items():
-        if not any(importlib.util.find_spec(m) is not None for m in _MODULES[name]):
+        if not any(_importable(m) for m in _MODULES[name]):
             continue
         for dist in dists:
             try:
@@ -121,7 +128,7 @@ def installed() -> dict[str, str]:
 
 def onnx_providers() -> list[str]:
     """ONNX Runtime execution providers available on this box ([] without onnxruntime)."""
-    if importlib.util.find_spec("onnxruntime") is None:
+    if not _importable("onnxruntime"):
         return []
     import onnxruntime
 

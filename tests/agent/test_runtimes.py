@@ -112,3 +112,26 @@ def test_failing_delegate_falls_back_to_cpu(
     assert "failed to load" in caplog.text
     x, _ = fm_images(4)
     assert rt.run(x).shape == (4, 10)
+
+
+def test_tflite_runtime_fallback_when_ai_edge_litert_is_missing(
+    fm_bundle: Bundle,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Old boxes have `tflite_runtime` only: the same interpreter API under another name."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from ai_edge_litert import interpreter
+
+    legacy = types.ModuleType("tflite_runtime")
+    legacy.__spec__ = importlib.machinery.ModuleSpec("tflite_runtime", None)
+    legacy.interpreter = interpreter  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # import fails
+    monkeypatch.setitem(sys.modules, "tflite_runtime", legacy)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", interpreter)
+    rt = runtimes.load(fm_bundle.path("tflite-fp32"), threads=1)
+    x, y = fm_images(200)
+    assert (rt.run(x).argmax(1) == y).mean() > 0.8
+    rt.close()
