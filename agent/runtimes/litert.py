@@ -6,6 +6,7 @@ line, when they fail. Integer-I/O models are quantized/dequantized here for the 
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import logging
 import warnings
@@ -83,6 +84,7 @@ class LiteRtRuntime(Runtime):
         delegates = []
         for library in options.delegates:
             try:
+                ctypes.CDLL(library)  # a missing library fails here, cleanly
                 delegates.append(mod.load_delegate(library))
             except (ValueError, OSError, RuntimeError) as exc:
                 log.warning("delegate %s failed to load (%s); running on CPU/XNNPACK", library, exc)
