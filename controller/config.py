@@ -82,7 +82,9 @@ class SelectionSettings(_Strict):
         default=2.5, ge=1, description="'fast' = within this factor of the fastest variant"
     )
     cheap_margin: float = Field(
-        default=0.10, ge=0, description="latencies this close count as equal; size breaks ties"
+        default=0.25,
+        ge=0,
+        description="'critical' takes the smallest file among variants this close to the fastest",
     )
     accuracy_noise_points: float = Field(
         default=0.1, ge=0, description="accuracies this close count as equal; precision breaks ties"

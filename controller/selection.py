@@ -5,8 +5,9 @@ benchmarks run ON devices (kept per hardware class); the build host's figures ar
 fallback, and every choice says which source it used.
 
 The ladder is built on the cost/accuracy frontier of the eligible variants:
-- critical  = the cheapest variant (lowest latency; among latencies within `cheap_margin` of the
-  fastest, the smallest file: fewer bytes moved per inference);
+- critical  = the cheapest variant: among those within `cheap_margin` (25 %) of the fastest
+  latency, the smallest file (fewer bytes moved per inference; on small models latency
+  differences of a few percent are noise, the 2-4x smaller int8 file is not);
 - performance = the most accurate among the fast ones (within `fast_factor` of the fastest;
   accuracies within `accuracy_noise` points count as equal, then higher precision wins);
 - balanced / saver = frontier points between the two (2/3 and 1/3 of the way down).
@@ -141,7 +142,7 @@ def select(
     *,
     tolerance_points: float | None = None,
     fast_factor: float = 2.5,
-    cheap_margin: float = 0.10,
+    cheap_margin: float = 0.25,
     accuracy_noise: float = 0.1,
 ) -> Selection:
     """The ladder for one device; raise `NoEligibleVariant` when nothing fits."""
