@@ -97,6 +97,8 @@ class DeviceRow:
     accuracy: float | None
     battery_percent: float | None
     charging: bool | None
+    seq: int | None = None
+    frames: int = 0
 
 
 @dataclass
@@ -122,6 +124,8 @@ def device_row(d: dict[str, Any]) -> DeviceRow:
         accuracy=inference.get("accuracy"),
         battery_percent=battery.get("percent"),
         charging=battery.get("charging") if battery else None,
+        seq=tel.get("seq"),
+        frames=int(inference.get("frames") or 0),
     )
 
 

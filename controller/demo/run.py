@@ -293,7 +293,15 @@ class Demo:
         seen_switches: set[Any] = set()
         last_phase = ""
         notes_printed = 0
-        ctx = Live(render(self.view), console=self.console, refresh_per_second=2) if live else None
+        ctx = (
+            Live(
+                render(self.view, width=self.console.width),
+                console=self.console,
+                refresh_per_second=2,
+            )
+            if live
+            else None
+        )
         try:
             if ctx is not None:
                 ctx.__enter__()
@@ -307,9 +315,9 @@ class Demo:
                     )
                 snap = self._poll()
                 if snap is not None:
-                    self.view.snapshot = snap
+                    self.view.update(snap)
                 if ctx is not None:
-                    ctx.update(render(self.view))
+                    ctx.update(render(self.view, width=self.console.width))
                 else:
                     if self.view.phase != last_phase:
                         last_phase = self.view.phase
@@ -330,7 +338,7 @@ class Demo:
                     notes_printed = len(self.view.notes)
                     if time.monotonic() - last_print > 15:
                         last_print = time.monotonic()
-                        self.console.print(render(self.view, live=False))
+                        self.console.print(render(self.view, live=False, width=self.console.width))
                 if self.view.deadline is not None and time.monotonic() >= self.view.deadline:
                     return True
                 time.sleep(1.0)

@@ -10,7 +10,6 @@ import statistics
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from controller.demo.client import ControllerClient
 from controller.demo.profiles import DeviceProfile
@@ -152,60 +151,62 @@ def _num(v: float | None, digits: int = 2, unit: str = "") -> str:
     return "–" if v is None else f"{v:.{digits}f}{unit}"
 
 
+SHORT_LEVEL = {"performance": "perf", "balanced": "bal", "saver": "saver", "critical": "crit"}
+
+
+def compact_ladder(ladder: dict[str, Any] | None) -> str:
+    """`tflite-fp32 (perf, bal) → tflite-int8-dynamic (saver, crit)`."""
+    mapping = ladder_mapping(ladder)
+    if not mapping:
+        return str((ladder or {}).get("error", "no ladder"))
+    groups: dict[str, list[str]] = {}
+    for level in ("performance", "balanced", "saver", "critical"):
+        if level in mapping:
+            groups.setdefault(mapping[level], []).append(SHORT_LEVEL[level])
+    return " → ".join(f"{v} ({', '.join(levels)})" for v, levels in groups.items())
+
+
+def _energy(d: dict[str, Any]) -> str:
+    used = d.get("energy_wh")
+    if used is None:
+        text = "on mains"
+    elif used < 0:
+        text = f"charged {-used:.2f} Wh"
+    else:
+        text = f"{used:.2f} Wh drawn"
+    if d.get("joules_per_inference") is not None:
+        text += f", {d['joules_per_inference']:.2f} J per frame"
+    return text
+
+
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """Per device: its ladder, what it switched, accuracy, latency, energy, and why the ladder."""
     console.rule("[bold]lepton-edge demo: summary")
     rollout = summary.get("rollout") or {}
     console.print(
         f"bundle {summary.get('bundle_id') or '–'} · rollout "
-        f"{rollout.get('id', '–')} {rollout.get('state') or rollout.get('status') or ''} · "
-        f"{summary['distinct_ladders']} distinct ladders · "
-        f"{summary['precision_switches']} precision switches · "
+        f"{rollout.get('id', '–')} {rollout.get('state') or ''} · "
+        f"[bold]{summary['distinct_ladders']} distinct ladders[/] · "
+        f"[bold]{summary['precision_switches']} precision switches[/] · "
         f"{sum(len(d['level_changes']) for d in summary['devices'])} power-level changes"
     )
-    table = Table(header_style="bold", expand=True)
-    for col in (
-        "device",
-        "ladder (performance → critical)",
-        "precision switches (to level)",
-        "live accuracy",
-        "median p99 ms",
-        "energy (simulated battery)",
-    ):
-        table.add_column(col)
+    console.print("[dim]energy is the simulated battery's (time-scaled); the rest is measured[/]")
     for d in summary["devices"]:
-        mapping = ladder_mapping(d.get("ladder"))
-        ladder_text = (
-            " → ".join(
-                mapping.get(level, "–")
-                for level in ("performance", "balanced", "saver", "critical")
-            )
-            if mapping
-            else (d.get("ladder") or {}).get("error", "no ladder")
+        console.print()
+        console.print(f"[bold]{d['device_id']}[/] [dim]{d.get('profile') or ''}[/]")
+        console.print(f"  ladder: [cyan]{compact_ladder(d.get('ladder'))}[/]")
+        switches = ", ".join(
+            f"{s['from_variant']} → {s['to_variant']} at {s['to_level']}" for s in d["switches"]
         )
-        switches = (
-            ", ".join(f"{s['from_variant'] or '–'}→{s['to_variant']}" for s in d["switches"])
-            or "none"
+        console.print(f"  precision switches: [magenta]{switches or 'none'}[/]")
+        accuracy = "n/a" if d.get("accuracy") is None else f"{100 * d['accuracy']:.1f} %"
+        p99 = d.get("latency_p99_ms_median")
+        console.print(
+            f"  {d['frames']} frames · live accuracy {accuracy} · median p99 "
+            f"{'–' if p99 is None else f'{p99:.2f} ms'} · {_energy(d)}"
         )
-        energy = f"{d['energy_wh']:.2f} Wh" if d.get("energy_wh") is not None else "mains"
-        if d.get("joules_per_inference") is not None:
-            energy += f", {d['joules_per_inference']:.2f} J/frame"
-        table.add_row(
-            d["device_id"],
-            ladder_text,
-            switches,
-            _pct(d.get("accuracy")),
-            _num(d.get("latency_p99_ms_median")),
-            energy,
-        )
-    console.print(table)
-    console.print(
-        "[bold]why each ladder[/] (from latency measured on the device and accuracy in the manifest)"
-    )
-    for d in summary["devices"]:
-        first, *rest = explain_ladder(d.get("ladder"))
-        console.print(f"  [bold]{d['device_id']}[/] {first}")
-        for line in rest:
-            console.print(f"    {line}")
+        for line in explain_ladder(d.get("ladder")):
+            console.print(f"  [dim]why:[/] {line}" if not line.startswith("[dim]") else f"  {line}")
 
 
 def explain_ladder(ladder: dict[str, Any] | None) -> list[str]:

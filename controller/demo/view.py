@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -33,6 +34,28 @@ class ViewState:
     snapshot: Snapshot | None = None
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Live accuracy over every telemetry sample seen (one interval holds only a few frames).
+    _correct: dict[str, float] = field(default_factory=dict)
+    _frames: dict[str, int] = field(default_factory=dict)
+    _seen: dict[str, int] = field(default_factory=dict)
+
+    def update(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        for device_id, row in snapshot.devices.items():
+            if row.seq is None or self._seen.get(device_id) == row.seq:
+                continue
+            self._seen[device_id] = row.seq
+            if row.accuracy is not None and row.frames:
+                self._correct[device_id] = (
+                    self._correct.get(device_id, 0.0) + row.accuracy * row.frames
+                )
+                self._frames[device_id] = self._frames.get(device_id, 0) + row.frames
+
+    def accuracy_text(self, device_id: str) -> str:
+        frames = self._frames.get(device_id, 0)
+        if not frames:
+            return "n/a"
+        return f"{100 * self._correct[device_id] / frames:.1f}%"
 
 
 def _num(v: float | None, digits: int = 1) -> str:
@@ -50,8 +73,9 @@ def _battery(row: DeviceRow, profile: DeviceProfile | None) -> Text:
         return Text("mains" if profile is None or profile.battery is None else "–", style="dim")
     pct = row.battery_percent
     style = "red" if pct < 20 else "yellow" if pct < 50 else "green"
-    bar = "█" * round(pct / 10) + "░" * (10 - round(pct / 10))
-    return Text(f"{bar} {pct:4.0f} %{' ⚡' if row.charging else ''}", style=style)
+    filled = round(pct / 20)
+    bar = "█" * filled + "░" * (5 - filled)
+    return Text(f"{bar} {pct:3.0f}%{'⚡' if row.charging else ''}", style=style)
 
 
 def rollout_progress(rollout: dict[str, Any] | None) -> str:
@@ -68,44 +92,61 @@ def rollout_progress(rollout: dict[str, Any] | None) -> str:
     )
 
 
-def device_table(snapshot: Snapshot | None, profiles: dict[str, DeviceProfile]) -> Table:
-    table = Table(expand=True, pad_edge=False, header_style="bold")
-    for name, justify in (
-        ("device", "left"),
-        ("profile", "left"),
-        ("online", "center"),
-        ("power", "left"),
-        ("variant", "left"),
-        ("fps", "right"),
-        ("p99 ms", "right"),
-        ("battery", "left"),
-        ("accuracy", "right"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    rows = snapshot.devices if snapshot else {}
-    for device_id in sorted(set(profiles) | set(rows)):
-        profile = profiles.get(device_id)
+SHORT_LEVEL = {"performance": "perf", "balanced": "bal", "saver": "saver", "critical": "crit"}
+
+
+def device_table(state: ViewState, wide: bool) -> Table:
+    """One row per device; `wide` (110+ columns) adds the profile and spells levels out."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+        header_style="bold",
+        expand=wide,
+    )
+    table.add_column("device", no_wrap=True, overflow="ellipsis", max_width=None if wide else 14)
+    if wide:
+        table.add_column("profile", no_wrap=True, overflow="ellipsis", ratio=1)
+    table.add_column("power", no_wrap=True, min_width=11 if wide else 5)
+    table.add_column("variant", no_wrap=True, overflow="ellipsis", max_width=None if wide else 19)
+    table.add_column("fps", justify="right", no_wrap=True, min_width=4)
+    table.add_column("p99 ms", justify="right", no_wrap=True, min_width=6)
+    table.add_column("battery", no_wrap=True)
+    table.add_column("acc.", justify="right", no_wrap=True, min_width=6)
+    rows = state.snapshot.devices if state.snapshot else {}
+    for device_id in sorted(set(state.profiles) | set(rows)):
+        profile = state.profiles.get(device_id)
         row = rows.get(device_id)
-        desc = f"{profile.arch} {profile.power_source}" if profile else ""
+        cells: list[Text | str] = []
         if row is None:
-            table.add_row(device_id, desc, Text("…", style="dim"), "", "", "", "", "", "")
+            cells.append(Text(f"… {device_id}", style="dim"))
+        else:
+            dot = Text("● ", style="green") if row.online else Text("○ ", style="red")
+            cells.append(dot + Text(device_id))
+        if wide:
+            cells.append(profile.description if profile else "")
+        if row is None:
+            table.add_row(*cells)
             continue
+        level = row.power_level or "–"
         precision = precision_of(row.variant)
-        table.add_row(
-            device_id,
-            desc,
-            Text("●", style="green") if row.online else Text("○", style="red"),
-            Text(row.power_level or "–", style=LEVEL_STYLE.get(row.power_level or "", "")),
+        cells += [
+            Text(
+                level if wide else SHORT_LEVEL.get(level, level), style=LEVEL_STYLE.get(level, "")
+            ),
             Text(row.variant or "–", style=PRECISION_STYLE.get(precision or "", "")),
             _num(row.fps),
             _num(row.p99_ms, 2),
             _battery(row, profile),
-            "n/a" if row.accuracy is None else f"{100 * row.accuracy:.1f} %",
-        )
+            state.accuracy_text(device_id),
+        ]
+        table.add_row(*cells)
     return table
 
 
-def render(state: ViewState, live: bool = True) -> RenderableType:
+def render(state: ViewState, live: bool = True, width: int = 120) -> RenderableType:
     """The whole view; `live=False` leaves out notes (printed once each instead)."""
     snap = state.snapshot
     online = sum(1 for r in snap.devices.values() if r.online) if snap else 0
@@ -123,7 +164,7 @@ def render(state: ViewState, live: bool = True) -> RenderableType:
     )
     parts: list[RenderableType] = [
         Panel(header, padding=(0, 1)),
-        device_table(snap, state.profiles),
+        device_table(state, wide=width >= 110),
         Text(f"rollout: {rollout_progress(snap.rollout if snap else None)}"),
     ]
     switches = [e for e in snap.switches if is_variant_switch(e)] if snap else []
