@@ -1,0 +1,200 @@
+"""The rollout state machine on a real database, driven tick by tick with explicit times:
+health gates (p99 factor, error rate, inferring), wave timeout, leader-only loop, settings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.app import build_controller
+from controller.bundles import pack
+from controller.config import load_settings
+from controller.fleet import Batch
+from controller.rollout import RolloutCreate
+from shared.errors import UserError
+from shared.messages import (
+    CpuSample,
+    Deploy,
+    InferenceStats,
+    MemorySample,
+    Reply,
+    State,
+    Telemetry,
+    WireMessage,
+)
+from tests.controller.conftest import make_settings
+from tests.controller.helpers import make_bundle, profile
+
+
+class Fleet:
+    """A controller without broker or HTTP; devices speak through `fleet.apply` batches."""
+
+    def __init__(self, tmp_path: Path, db_url: str, **rollout: Any) -> None:
+        self.ctl = build_controller(
+            make_settings(tmp_path, db_url, rollout_loop=False, rollout=rollout)
+        )
+        self.ctl.db.migrate()
+        self.sent: list[tuple[str, WireMessage]] = []
+        self.ctl.engine.publish = lambda d, c: self.sent.append((d, c)) or True  # type: ignore[func-returns-value]
+        make_bundle(tmp_path / "b", self.ctl.store.key)
+        with self.ctl.db.session() as s:
+            self.ctl.store.add_archive(s, pack(tmp_path / "b"))
+        self.seq: dict[str, int] = {}
+
+    def apply(self, **kw: Any) -> None:
+        with self.ctl.db.session() as s:
+            self.ctl.fleet.apply(s, Batch(**kw))
+
+    def online(self, *ids: str) -> None:
+        self.apply(
+            states=[
+                State(device_id=d, ts=time.time(), status="online", hardware=profile()) for d in ids
+            ]
+        )
+
+    def telemetry(
+        self, device: str, bundle: str | None, p99: float = 1.0, errors: int = 0, frames: int = 100
+    ) -> None:
+        seq = self.seq[device] = self.seq.get(device, -1) + 1
+        inference = (
+            InferenceStats(frames=frames, errors=errors, latency_p99_ms=p99)
+            if frames or errors
+            else None
+        )
+        self.apply(
+            telemetry=[
+                (
+                    t := Telemetry(
+                        device_id=device,
+                        ts=time.time(),
+                        seq=seq,
+                        cpu=CpuSample(percent=1),
+                        memory=MemorySample(used_mb=1, available_mb=1, percent=1),
+                        inference=inference,
+                        active_bundle=bundle,
+                    ),
+                    t.model_dump_json(exclude_none=True),
+                )
+            ]
+        )
+
+    def finish_deploy(self, device: str) -> None:
+        cmd = next(c for d, c in reversed(self.sent) if d == device and isinstance(c, Deploy))
+        self.apply(
+            replies=[
+                Reply(device_id=device, ts=time.time(), command_id=cmd.command_id, status="done")
+            ]
+        )
+        self.apply(
+            states=[
+                State(
+                    device_id=device,
+                    ts=time.time(),
+                    status="online",
+                    hardware=profile(),
+                    active_bundle=cmd.bundle_id,
+                )
+            ]
+        )
+
+    def create(self, **body: Any) -> str:
+        with self.ctl.db.session() as s:
+            r = self.ctl.engine.create(
+                s,
+                RolloutCreate.model_validate(
+                    {"bundle_id": "fmnist-1", "target": {"all": True}, **body}
+                ),
+            )
+            return r.id
+
+    def status(self, rid: str) -> dict[str, Any]:
+        from controller.models import Rollout
+        from controller.rollout import summary
+
+        with self.ctl.db.session() as s:
+            return summary(s, s.get(Rollout, rid))  # type: ignore[arg-type]
+
+
+def test_p99_regression_fails_the_canary_and_rolls_it_back(tmp_path: Path, db_url: str) -> None:
+    f = Fleet(tmp_path, db_url, p99_factor=1.5)
+    f.online("a", "b")
+    f.telemetry("a", None, p99=2.0)  # baseline before the deploy: 2 ms
+    rid = f.create(waves=[50, 100])
+    f.ctl.engine.tick()
+    assert [d for d, c in f.sent] == ["a"]
+    f.finish_deploy("a")
+    f.telemetry("a", "fmnist-1", p99=3.5)  # 1.75 x slower
+    f.ctl.engine.tick()
+    st = f.status(rid)
+    assert st["state"] == "paused" and "p99 3.50 ms > 1.5 x 2.00 ms" in st["reason"]
+    assert type(f.sent[-1][1]).__name__ == "Rollback" and f.sent[-1][0] == "a"
+    assert st["devices"][0]["state"] == "rolling_back"
+
+
+def test_error_rate_and_inferring_gate(tmp_path: Path, db_url: str) -> None:
+    f = Fleet(tmp_path, db_url, max_error_rate=0.05)
+    f.online("a")
+    rid = f.create()
+    f.ctl.engine.tick()
+    f.finish_deploy("a")
+    f.telemetry("a", "fmnist-1", frames=0)  # installed but not inferring: not healthy yet
+    f.ctl.engine.tick()
+    assert f.status(rid)["devices"][0]["state"] == "deploying"
+    f.telemetry("a", "fmnist-1", frames=96, errors=4)  # 4 % errors: under 5 %
+    f.ctl.engine.tick()
+    assert f.status(rid)["state"] == "completed"
+
+
+def test_wave_timeout_pauses_and_resume_waits_again(tmp_path: Path, db_url: str) -> None:
+    f = Fleet(tmp_path, db_url, wave_timeout_s=5)
+    f.online("a")
+    rid = f.create(options={"require_inferring": False})
+    now = time.time()
+    f.ctl.engine.tick(now)
+    f.ctl.engine.tick(now + 6)  # no reply at all
+    st = f.status(rid)
+    assert st["state"] == "paused" and "timed out after 5 s" in st["reason"]
+    with f.ctl.db.session() as s:
+        f.ctl.engine.resume(s, rid)
+    f.finish_deploy("a")
+    f.ctl.engine.tick()
+    assert f.status(rid)["state"] == "completed"
+    assert sum(isinstance(c, Deploy) for _, c in f.sent) == 1  # the same deploy, not a second one
+
+
+def test_rollout_loop_runs_only_on_the_leader(tmp_path: Path, db_url: str) -> None:
+    class Follower:
+        def is_leader(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    f = Fleet(tmp_path, db_url, tick_s=0.05)
+    f.online("a")
+    rid = f.create()
+    f.ctl.engine.leader = Follower()
+    f.ctl.engine.start()
+    time.sleep(0.4)
+    f.ctl.engine.stop()
+    assert f.sent == [] and f.ctl.engine.ticks == 0
+    assert f.status(rid)["devices"][0]["state"] == "pending"
+
+
+def test_settings_from_toml_env_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "controller.toml"
+    toml.write_text('http_port = 9000\n[rollout]\nsoak_s = 2\n[mqtt]\nhost = "broker"\n')
+    monkeypatch.setenv("LEPTON_CONTROLLER_MQTT__PORT", "1884")
+    s = load_settings(toml, http_port=9100)
+    assert (s.http_port, s.rollout.soak_s, s.mqtt.host, s.mqtt.port) == (9100, 2, "broker", 1884)
+    toml.write_text("[rollout]\nsoak = 2\n")
+    with pytest.raises(UserError, match=r"rollout\.soak"):
+        load_settings(toml)
+    toml.write_text("http_port = ")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_settings(toml)
+    with pytest.raises(UserError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
