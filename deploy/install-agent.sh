@@ -86,7 +86,12 @@ if [ "$UNINSTALL" = 1 ]; then
     say "disabling $UNIT"
     if [ "$LIVE" = 1 ]; then systemctl disable --now "$UNIT" || true; else systemctl_ disable "$UNIT" || true; fi
   fi
-  rm -rf "$R$UNIT_DIR/$UNIT" "$R$UNIT_DIR/$UNIT.d" "$R/opt/lepton" "$R/usr/lib/sysusers.d/lepton.conf"
+  rm -rf "$R$UNIT_DIR/$UNIT" "$R$UNIT_DIR/$UNIT.d"
+  if [ -f "$R$UNIT_DIR/lepton-controller.service" ]; then
+    say "kept /opt/lepton and the lepton user's sysusers entry: lepton-controller.service uses them"
+  else
+    rm -rf "$R/opt/lepton" "$R/usr/lib/sysusers.d/lepton.conf"
+  fi
   [ "$LIVE" = 0 ] || systemctl daemon-reload
   if [ "$PURGE" = 1 ]; then
     say "purging $ETC and /var/lib/lepton"

@@ -178,7 +178,13 @@ def test_install_upgrade_uninstall_in_a_temp_root(
     assert "lepton-agent 0.1.1" in upgrade.stdout
     assert config.read_bytes() == before
 
-    # Uninstall keeps the enrollment; --purge removes it too.
+    # Uninstall keeps the enrollment, and the venv while a controller on this host uses it.
+    controller_unit = root / "etc/systemd/system/lepton-controller.service"
+    shutil.copy(DEPLOY / "systemd/lepton-controller.service", controller_unit)
+    kept = install("--root", str(root), "--uninstall")
+    assert kept.returncode == 0, kept.stderr
+    assert not (root / UNIT).exists() and (venv / "bin/lepton-controller").exists()
+    controller_unit.unlink()
     removed = install("--root", str(root), "--uninstall")
     assert removed.returncode == 0, removed.stderr
     assert not (root / UNIT).exists() and not (root / ENABLED).is_symlink()
