@@ -168,7 +168,7 @@ async function fleetPage(root) {
       filterBar(devices, draw),
       h("table", { class: "fleet", id: "fleet-table" },
         h("thead", {}, h("tr", {}, ["device", "status", "hardware", "power", "variant", "fps", "p99 ms",
-          "battery", "accuracy", "last seen"].map(t => h("th", {}, t)))),
+          "battery", "accuracy (last s)", "last seen"].map(t => h("th", {}, t)))),
         h("tbody", {}, shown.map(d => h("tr", { "data-device": d.id, class: d.online ? "" : "offline" },
           h("td", {}, h("a", { href: `#/device/${encodeURIComponent(d.id)}` }, d.id)),
           h("td", {}, h("span", { class: `dot ${d.online ? "on" : "off"}` }), d.online ? "online" : "offline"),
@@ -264,7 +264,8 @@ async function devicePage(root, id) {
         fact("bundle", v.bundle || "–"),
         fact("battery", batteryCell(v.battery)),
         fact("fps / p99", `${fmt.num(v.fps)} fps · ${fmt.num(v.p99, 2)} ms`),
-        fact("live accuracy", fmt.pct(v.accuracy)))),
+        fact("live accuracy", h("span", { title: "frames-weighted over the telemetry history shown below" },
+          `${fmt.pct(historyAccuracy(history))} over ${historyFrames(history)} frames`)))),
     ladder ? ladderCard(ladder) : null,
     h("section", { class: "charts" }, charts.map(([title, s, o]) => {
       const box = h("div", { class: "chart-box" });
@@ -272,6 +273,23 @@ async function devicePage(root, id) {
       return h("div", { class: "card" }, h("h3", {}, title), box);
     })),
     h("section", { class: "card" }, h("h2", {}, "Events"), eventList(events, false)));
+}
+
+function historyFrames(history) {
+  return history.reduce((n, s) => n + ((s.inference || {}).frames || 0), 0);
+}
+
+/* Accuracy over the whole history, each interval weighted by its frames. */
+function historyAccuracy(history) {
+  let right = 0, frames = 0;
+  for (const s of history) {
+    const inf = s.inference || {};
+    if (inf.accuracy !== undefined && inf.accuracy !== null && inf.frames) {
+      right += inf.accuracy * inf.frames;
+      frames += inf.frames;
+    }
+  }
+  return frames ? right / frames : null;
 }
 
 function fact(k, v) {
@@ -313,6 +331,14 @@ function progressBar(pct, cls) {
   return h("span", { class: `progress ${cls || ""}` }, h("span", { style: `width:${pct}%` }), h("em", {}, `${pct} %`));
 }
 
+function targetText(t) {
+  if (!t || t.all) return "all devices";
+  const parts = [];
+  if ((t.tags || []).length) parts.push(`tags ${t.tags.join(", ")}`);
+  if ((t.device_ids || []).length) parts.push(`devices ${t.device_ids.join(", ")}`);
+  return parts.join(" and ");
+}
+
 async function rolloutPage(root, id) {
   const r = await api(`/rollouts/${encodeURIComponent(id)}`);
   const devs = r.devices || [];
@@ -320,7 +346,7 @@ async function rolloutPage(root, id) {
     h("p", {}, h("a", { href: "#/rollouts" }, "← rollouts")),
     h("section", { class: "card" },
       h("h1", {}, `Rollout ${r.id} `, badge(r.state, `status-${r.state}`)),
-      h("p", {}, `bundle ${r.bundle_id} · target ${JSON.stringify(r.target)} · wave ${Math.min(r.current_wave + 1, r.waves.length)} of ${r.waves.length} · overall `,
+      h("p", {}, `bundle ${r.bundle_id} · target ${targetText(r.target)} · wave ${Math.min(r.current_wave + 1, r.waves.length)} of ${r.waves.length} · overall `,
         progressBar(rolloutPercent(r))),
       r.reason ? h("p", { class: "muted" }, r.reason) : null),
     h("section", { class: "waves", id: "waves" }, (r.waves || []).map(w => {

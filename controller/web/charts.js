@@ -30,7 +30,8 @@ const Charts = (() => {
     const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img" });
     const all = series.flatMap(s => s.points).filter(p => p[1] !== null && p[1] !== undefined);
     const cats = opts.categories;
-    const iw = W - PAD.l - PAD.r, ih = H - PAD.t - PAD.b;
+    const left = cats ? 78 : PAD.l;  // room for category names such as "performance"
+    const iw = W - left - PAD.r, ih = H - PAD.t - PAD.b;
     if (all.length === 0) {
       svg.appendChild(el("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "no data yet"));
       container.replaceChildren(svg);
@@ -38,17 +39,17 @@ const Charts = (() => {
     }
     const t0 = Math.min(...all.map(p => p[0])), t1 = Math.max(...all.map(p => p[0]), t0 + 1);
     const yMax = cats ? cats.length - 1 : (opts.yMax || niceMax(Math.max(...all.map(p => p[1]))));
-    const x = t => PAD.l + (t - t0) / (t1 - t0) * iw;
+    const x = t => left + (t - t0) / (t1 - t0) * iw;
     const y = v => PAD.t + ih - (cats ? v : Math.min(v, yMax)) / (yMax || 1) * ih;
 
     // grid and y labels
     const ticks = cats ? cats.map((_, i) => i) : [0, yMax / 2, yMax];
     for (const v of ticks) {
-      svg.appendChild(el("line", { x1: PAD.l, x2: W - PAD.r, y1: y(v), y2: y(v), class: "grid" }));
+      svg.appendChild(el("line", { x1: left, x2: W - PAD.r, y1: y(v), y2: y(v), class: "grid" }));
       const label = cats ? cats[v] : (Number.isInteger(v) ? v : v.toFixed(1)) + (opts.unit || "");
-      svg.appendChild(el("text", { x: PAD.l - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" }, label));
+      svg.appendChild(el("text", { x: left - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" }, label));
     }
-    svg.appendChild(el("text", { x: PAD.l, y: H - 5, class: "axis" }, fmtTime(t0)));
+    svg.appendChild(el("text", { x: left, y: H - 5, class: "axis" }, fmtTime(t0)));
     svg.appendChild(el("text", { x: W - PAD.r, y: H - 5, class: "axis", "text-anchor": "end" }, fmtTime(t1)));
 
     for (const s of series) {
@@ -66,7 +67,7 @@ const Charts = (() => {
       svg.appendChild(el("circle", { cx: x(last[0]), cy: y(last[1]), r: 2.5, fill: s.color || "#3b82f6" }));
     }
     if (series.length > 1) {
-      let lx = PAD.l + 6;
+      let lx = left + 6;
       for (const s of series) {
         svg.appendChild(el("rect", { x: lx, y: PAD.t + 2, width: 10, height: 3, fill: s.color }));
         svg.appendChild(el("text", { x: lx + 13, y: PAD.t + 7, class: "axis" }, s.name));
