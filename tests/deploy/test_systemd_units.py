@@ -61,7 +61,7 @@ def test_verify_catches_a_typo_and_a_missing_binary(root: Path) -> None:
     assert result.returncode != 0 and "lepton-agent" in result.stderr
 
 
-@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("unit", [*UNITS, "lepton-broker-sync.service"])
 def test_units_are_hardened(root: Path, unit: str) -> None:
     """systemd's own exposure score (0 = locked down, 10 = unprotected); 'OK' is below 4."""
     result = subprocess.run(
