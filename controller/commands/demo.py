@@ -29,6 +29,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "synthetic frames, accuracy n/a, when that is absent)",
     )
     parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="synthetic frames even when Fashion-MNIST is installed (accuracy n/a)",
+    )
+    parser.add_argument(
         "--http-port", type=int, default=None, help="controller port (default: a free one)"
     )
     parser.add_argument(
@@ -81,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from controller.demo.run import Demo, DemoOptions
 
     data_dir: Path | None
-    if args.data is not None:
+    if args.synthetic and args.data is not None:
+        raise UserError("--synthetic and --data exclude each other: choose one")
+    if args.synthetic:
+        data_dir = None
+    elif args.data is not None:
         check_data_dir(args.data)  # a path the user named must be readable
         data_dir = args.data
     elif (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():

@@ -169,6 +169,12 @@ class Demo:
         self.broker = start_broker(
             self.workdir / "broker", port=self.o.mqtt_port, kind=self.o.broker
         )
+        if self.broker.mqtt_version != "5" and not demo_bundle.mqtt_protocol_setting(self.broker):
+            raise UserError(
+                f"the {self.broker.kind} broker speaks only MQTT {self.broker.mqtt_version} and "
+                "this controller's MQTT bridge only MQTT 5: install mosquitto (apt-get install "
+                "mosquitto) and run the demo again"
+            )
         say(
             f"broker: {self.broker.kind} on {self.broker.host}:{self.broker.port} (MQTT {self.broker.mqtt_version})"
         )

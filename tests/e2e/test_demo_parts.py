@@ -204,3 +204,83 @@ def test_profiles_give_a_mixed_fleet_and_valid_agent_configs(tmp_path: Path) -> 
         assert parsed["device_id"] == device_id
         assert parsed["mqtt"]["protocol"] == "3.1.1"
         assert parsed["simulate"]["profile"]["features"] == list(profile.features)
+
+
+def test_without_the_data_set_agents_get_synthetic_frames_and_labels_come_from_fp32(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from controller.demo.bundle import REFERENCE_DIR, _dataset
+
+    calib, eval_x, eval_y = _dataset(None)
+    assert calib.shape[1:] == eval_x.shape[1:] == (28, 28, 1)
+    assert eval_x.dtype == np.float32 and eval_x.min() >= 0.0 and eval_x.max() <= 1.0
+    # The labels are the fp32 model's own answers, so "accuracy" means agreement with fp32.
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(REFERENCE_DIR / "model.onnx"))
+    scores = session.run(None, {session.get_inputs()[0].name: eval_x[:50]})[0]
+    assert (scores.argmax(axis=1) == eval_y[:50]).all()
+    assert len(set(eval_y.tolist())) > 1
+
+    class FakeBroker:
+        host, port, mqtt_version = "127.0.0.1", free_port(), "5"
+
+    device_id, profile = fleet(1)[0]
+    synthetic = agent_config(
+        device_id,
+        profile,
+        broker=FakeBroker(),  # type: ignore[arg-type]
+        state_dir=tmp_path,
+        controller_key_file=tmp_path / "key.pem",
+        data_dir=None,
+        telemetry_interval_s=1.0,
+    )
+    assert synthetic["engine"]["source"] == "synthetic"
+    real = agent_config(
+        device_id,
+        profile,
+        broker=FakeBroker(),  # type: ignore[arg-type]
+        state_dir=tmp_path,
+        controller_key_file=tmp_path / "key.pem",
+        data_dir=Path("/usr/share/datasets/fashion-mnist"),
+        telemetry_interval_s=1.0,
+    )
+    assert real["engine"]["source"] == "idx"
+    assert str(real["engine"]["labels_path"]).endswith("t10k-labels-idx1-ubyte.gz")
+
+
+def test_synthetic_and_data_together_is_one_line_error(tmp_path: Path) -> None:
+    assert_one_line_error(lepton("demo", "--synthetic", "--data", str(tmp_path)), "--synthetic")
+
+
+def test_agent_configs_are_accepted_by_the_agent_settings(tmp_path: Path) -> None:
+    """The demo writes TOML the agent really loads (extra="forbid" catches any typo)."""
+    from agent.config import load_settings  # tests may import both sides
+
+    class FakeBroker:
+        host, port, mqtt_version = "127.0.0.1", free_port(), "3.1.1"
+
+    for device_id, profile in fleet(8):
+        path = tmp_path / f"{device_id}.toml"
+        path.write_text(
+            toml.dumps(
+                agent_config(
+                    device_id,
+                    profile,
+                    broker=FakeBroker(),  # type: ignore[arg-type]
+                    state_dir=tmp_path / device_id,
+                    controller_key_file=tmp_path / "key.pem",
+                    data_dir=None,
+                    telemetry_interval_s=1.0,
+                )
+            )
+        )
+        settings = load_settings(path)
+        assert settings.device_id == device_id
+        assert settings.engine.source == "synthetic"
+        assert settings.simulate.profile is not None
+        assert settings.simulate.profile.arch == profile.arch
+        assert (settings.simulate.battery is None) == (profile.battery is None)
+        assert settings.mqtt.protocol == "3.1.1"
