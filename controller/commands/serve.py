@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"mqtt": mqtt})
     app = create_app(settings)
     try:
+        app.state.controller.db.migrate()  # a bad database_url: one line here, no traceback
+    except UserError:
+        app.state.controller.leader.close()
+        raise
+    try:
         # uvicorn, plus READY=1 / WATCHDOG=1 for the Type=notify unit (no-ops outside systemd)
         serve(app, settings.http_host, settings.http_port)
     except OSError as exc:

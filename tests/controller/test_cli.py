@@ -146,3 +146,14 @@ def test_cli_errors_are_one_line(
         == 2
     )
     assert "mqtt.password" in capsys.readouterr().err
+
+
+def test_serve_with_unreachable_database_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
+    rc = controller_main(
+        ["serve", "--state-dir", str(tmp_path), "--database-url", url, "--port", str(free_port())]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot open the database" in err and "Traceback" not in err, err
