@@ -146,6 +146,8 @@ class Fleet:
             if batch.telemetry:
                 self._apply_telemetry(session, batch.telemetry, now, result)
         if batch.events:
+            with self._lock:
+                self._touched |= {e.device_id for e in batch.events}
             session.execute(
                 insert(EventRecord),
                 [

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, WireMessage], bool]
 
 #: Rollout states. `completed` rollouts still deploy devices that were offline.
-ACTIVE = ("running", "paused", "completed")
 STATES = ("running", "paused", "completed", "aborted")
 #: Device states within a rollout.
 DEVICE_STATES = (
@@ -308,9 +307,16 @@ class RolloutEngine:
         outbox: list[tuple[str, WireMessage]] = []
         with self.lock:
             with self.db.session() as session:
+                # Completed rollouts only matter while a device still waits (was offline).
+                waiting = select(RolloutDeviceRow.rollout_id).where(
+                    RolloutDeviceRow.state.in_(("pending", "deploying", "rolling_back"))
+                )
                 for rollout in session.scalars(
                     select(RolloutRow)
-                    .where(RolloutRow.state.in_(ACTIVE))
+                    .where(
+                        RolloutRow.state.in_(("running", "paused"))
+                        | ((RolloutRow.state == "completed") & RolloutRow.id.in_(waiting))
+                    )
                     .order_by(RolloutRow.created_at)
                 ):
                     self._advance(session, rollout, now or time.time(), outbox)
