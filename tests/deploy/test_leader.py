@@ -91,14 +91,19 @@ def test_leader_whose_session_is_killed_steps_down(
         follower = leaders()
         with psycopg.connect(libpq_url(postgres_url), autocommit=True) as admin:
             killed = admin.execute(
+                # only this test's database: pg_locks shows the whole cluster
                 "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                "WHERE locktype = 'advisory' AND granted"
+                "WHERE locktype = 'advisory' AND granted AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
             ).fetchall()
         assert killed == [(True,)]
         assert wait_until(follower.is_leader)
-        # The old leader noticed; it now campaigns again but the follower holds the lock.
+        # The old leader notices at its next check (within one interval), then campaigns again
+        # while the follower holds the lock.
+        assert wait_until(lambda: not leader.is_leader(), timeout=2)
         assert changes[:2] == [True, False]
-        assert not leader.is_leader()
+        time.sleep(0.6)
+        assert not leader.is_leader() and follower.is_leader()
     finally:
         leader.close()
 
