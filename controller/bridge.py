@@ -14,6 +14,7 @@ import os
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -80,7 +81,7 @@ class Bridge:
         m = settings.mqtt
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=m.client_id or f"lepton-controller-{os.getpid()}-{id(self) % 10000}",
+            client_id=m.client_id or f"lepton-controller-{os.getpid()}-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
         if m.username:

@@ -140,3 +140,36 @@ def test_online_offline_from_birth_and_will_and_filters(tmp_path, db_url, mosqui
             assert "lepton_devices_online 1" in client.get("/metrics").text
         finally:
             b.stop()
+
+
+def test_shared_subscription_splits_telemetry_between_controllers(
+    tmp_path, db_url, mosquitto
+) -> None:
+    from controller.bridge import Bridge
+    from controller.db import Database
+    from controller.fleet import Fleet
+
+    settings = make_settings(tmp_path, db_url, mosquitto, mqtt={"shared_subscription_group": "ctl"})
+    db = Database(settings.db_url())
+    db.migrate()
+    bridges = [Bridge(settings, db, Fleet(shared=True)) for _ in range(2)]
+    for b in bridges:
+        b.start()
+        assert b.wait_connected()
+    time.sleep(0.3)
+    pub = _publisher(mosquitto.port)
+    for seq in range(100):
+        for d in ("s1", "s2"):
+            pub.publish(topics.topic(d, Kind.TELEMETRY), _tel(d, seq), 1)
+    pub.publish(topics.topic("s1", Kind.TELEMETRY), _tel("s1", 100), 1).wait_for_publish()
+    wait_for(lambda: sum(b.counters.telemetry for b in bridges) == 201, what="all telemetry")
+    assert all(b.counters.telemetry > 0 for b in bridges)  # both took a share
+    for b in bridges:
+        b.stop()
+    with db.session() as s:
+        from controller.models import Device
+
+        assert sum(d.telemetry_count for d in s.query(Device)) == 201
+    db.close()
+    pub.loop_stop()
+    pub.disconnect()
