@@ -26,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from controller.config import ControllerSettings
 from controller.db import Database
-from controller.fleet import Batch, Fleet
+from controller.fleet import Batch, Fleet, IngestResult
 from shared import messages, topics
 from shared.errors import MessageError, TopicError
 from shared.messages import Event, Reply, State, Telemetry
@@ -50,6 +50,7 @@ class BridgeCounters:
     dropped_queue_full: int = 0
     batches: int = 0
     write_errors: int = 0
+    lost_in_write: int = 0
     commands_published: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -213,8 +214,9 @@ class Bridge:
             return
         batch = self.decode(items)
         if len(batch):
-            with self.db.session() as session:
-                result = self.fleet.apply(session, batch)
+            result = self._apply_with_retry(batch)
+            if result is None:
+                return
             self.counters.telemetry += result.telemetry
             self.counters.gaps += result.gaps
             self.counters.duplicates += result.duplicates
@@ -223,6 +225,24 @@ class Bridge:
         self.counters.processed += len(items)
         self.counters.batches += 1
         self._rate_window.append((time.monotonic(), self.counters.telemetry))
+
+    def _apply_with_retry(self, batch: Batch, attempts: int = 3) -> IngestResult | None:
+        """A database hiccup must not cost a batch: retry; give up (and count it) only after
+        `attempts` failures."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.db.session() as session:
+                    return self.fleet.apply(session, batch)
+            except Exception:
+                self.fleet.reset()  # its caches ran ahead of what was rolled back
+                if attempt == attempts:
+                    self.counters.write_errors += 1
+                    self.counters.lost_in_write += len(batch)
+                    log.exception("bridge: a batch of %d messages could not be written", len(batch))
+                    return None
+                log.warning("bridge: writing a batch failed (attempt %d); retrying", attempt)
+                time.sleep(0.2 * attempt)
+        return None
 
     def _maybe_prune(self) -> None:
         ing = self.settings.ingest

@@ -36,7 +36,6 @@ from controller.models import (
     EventRecord,
     TelemetrySample,
 )
-from shared.errors import MessageError
 from shared.hardware import HardwareProfile
 from shared.messages import BenchmarkResult, Event, Reply, State, Telemetry
 
@@ -125,6 +124,12 @@ class Fleet:
                 ],
             )
             self._known |= unknown
+
+    def reset(self) -> None:
+        """Forget the caches (after a failed transaction they may be ahead of the database)."""
+        with self._lock:
+            self._known.clear()
+            self._last_seq.clear()
 
     def forget(self, device_id: str) -> None:
         with self._lock:
@@ -286,8 +291,9 @@ class Fleet:
         try:
             result = BenchmarkResult.model_validate(reply.result)
         except ValueError as exc:
+            # the reply itself is kept (status, detail); only its result is unusable
             log.warning("benchmark reply from %s is malformed: %s", reply.device_id, exc)
-            raise MessageError("result", str(exc).splitlines()[0]) from None
+            return
         now = time.time()
         for variant_id, timing in result.timings.items():
             row = session.get(

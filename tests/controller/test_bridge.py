@@ -173,3 +173,52 @@ def test_shared_subscription_splits_telemetry_between_controllers(
     db.close()
     pub.loop_stop()
     pub.disconnect()
+
+
+def test_a_failed_write_is_retried_and_a_bad_benchmark_result_loses_nothing(
+    tmp_path, db_url
+) -> None:
+    from controller.bridge import Bridge
+    from controller.db import Database
+    from controller.models import CommandRecord, Device
+    from controller.rollout import record_command
+    from shared.messages import Benchmark, Reply
+
+    settings = make_settings(tmp_path, db_url)
+    db = Database(settings.db_url())
+    db.migrate()
+    bridge = Bridge(settings, db)
+    cmd = Benchmark(
+        command_id="bench-1",
+        ts=0,
+        bundle_id="b",
+        manifest_url="u",
+        artifact_base_url="u",
+        variant_ids=["v"],
+    )
+    with db.session() as s:
+        record_command(s, "d1", cmd, None, 0)
+    real_apply, calls = bridge.fleet.apply, []
+
+    def flaky_apply(session, batch):  # type: ignore[no-untyped-def]
+        result = real_apply(session, batch)  # caches move ahead ...
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("database went away")  # ... and the transaction rolls back
+        return result
+
+    bridge.fleet.apply = flaky_apply  # type: ignore[method-assign]
+    reply = Reply(device_id="d1", ts=0, command_id="bench-1", status="done", result={"bogus": 1})
+    bridge._queue.extend(
+        [
+            (topics.topic("d1", Kind.TELEMETRY), _tel("d1", 5)),  # not 0: seq 0 is a restart
+            (topics.topic("d1", Kind.REPLY), messages.encode(reply)),
+        ]
+    )
+    bridge._flush()
+    assert len(calls) == 2 and bridge.counters.write_errors == 0
+    assert bridge.counters.telemetry == 1 and bridge.counters.duplicates == 0
+    with db.session() as s:
+        assert s.get(Device, "d1").telemetry_count == 1  # type: ignore[union-attr]
+        assert s.get(CommandRecord, "bench-1").status == "done"  # type: ignore[union-attr]
+    db.close()
