@@ -367,7 +367,7 @@ def list_devices(
     variant: str | None = None,
     power_level: str | None = None,
     bundle: str | None = None,
-    limit: int = 1000,
+    limit: int = 10_000,
     offset: int = 0,
 ) -> list[Device]:
     query = select(Device).order_by(Device.id)
