@@ -101,7 +101,8 @@ def test_leader_whose_session_is_killed_steps_down(
         # The old leader notices at its next check (within one interval), then campaigns again
         # while the follower holds the lock.
         assert wait_until(lambda: not leader.is_leader(), timeout=2)
-        assert changes[:2] == [True, False]
+        # on_change runs on the election thread just after the flag flips
+        assert wait_until(lambda: changes[:2] == [True, False], timeout=2), changes
         time.sleep(0.6)
         assert not leader.is_leader() and follower.is_leader()
     finally:
