@@ -8,9 +8,13 @@ labelled by the fp32 model itself, so accuracy means "agreement with fp32".
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,9 @@ import numpy as np
 
 from controller.demo.broker import Broker
 from controller.demo.client import ControllerClient, wait_until
+from controller.demo.processes import die_with_parent
 from shared.errors import UserError
+from shared.manifest import MANIFEST_FILE, Manifest
 from shared.signing import load_or_create_private_key, public_pem
 
 #: The committed reference models (examples/fashion_mnist, next to the package in a checkout).
@@ -105,26 +111,76 @@ def build(
     )
 
 
+class BuildProcess:
+    """The bundle build in its own process: the controller keeps this process's GIL, native
+    runtime logs go to a file instead of the terminal, and a Ctrl-C can stop it at once."""
+
+    def __init__(self, out_dir: Path, key_file: Path, data_dir: Path | None, log: Path) -> None:
+        argv = [sys.executable, "-m", "controller.demo.bundle", str(out_dir), str(key_file)]
+        argv.append(str(data_dir) if data_dir is not None else "-")
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in wait()
+        # Its temp files (quantizer, timing children) go under the demo's dir, removed at the end.
+        scratch = out_dir.parent / "tmp"
+        scratch.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, "TMPDIR": str(scratch)},
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        self.log = log
+
+    def progress(self) -> Iterator[str]:
+        """Progress lines as the build prints them, until it ends."""
+        assert self.proc.stdout is not None
+        yield from (line.rstrip("\n") for line in self.proc.stdout)
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 def build_and_upload(
     client: ControllerClient,
     workdir: Path,
     data_dir: Path | None,
     notes: list[str],
     progress: Callable[[str], None] | None = None,
+    started: Callable[[BuildProcess], None] | None = None,
 ) -> str:
-    """Build the bundle with the controller's key, upload it as the API expects (a tar.gz)."""
+    """Build the bundle with the controller's key in a child process, upload it (a tar.gz)."""
     out = workdir / "bundle"
-    started = time.monotonic()
-
-    def step(done: int, total: int, what: str) -> None:
+    began = time.monotonic()
+    build = BuildProcess(
+        out, workdir / "controller" / "keys" / "signing.pem", data_dir, workdir / "build.log"
+    )
+    if started is not None:
+        started(build)
+    for line in build.progress():
         if progress is not None:
-            progress(f"building the bundle: {what} ({done}/{total})")
-
-    manifest = build(out, workdir / "controller" / "keys" / "signing.pem", data_dir, step)
+            progress(f"building the bundle: {line}")
+    if build.wait() != 0:
+        tail = build.log.read_text(errors="replace").strip().splitlines()[-1:]
+        raise UserError(f"the bundle build failed: {' '.join(tail) or 'see ' + str(build.log)}")
+    manifest = Manifest.model_validate_json((out / MANIFEST_FILE).read_text())
     accepted = [v.id for v in manifest.accepted()]
     notes.append(
         f"bundle {manifest.bundle_id}: {len(accepted)} of {len(manifest.variants)} variants "
-        f"accepted, built in {time.monotonic() - started:.0f} s"
+        f"accepted, built in {time.monotonic() - began:.0f} s"
     )
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w:gz", compresslevel=1) as tar:
@@ -157,3 +213,20 @@ def start_rollout(client: ControllerClient, bundle_id: str, waves: list[float]) 
         "/rollouts", json={"bundle_id": bundle_id, "target": {"all": True}, "waves": waves}
     )
     return str(rollout["id"])
+
+
+def main(argv: list[str]) -> int:
+    """`python -m controller.demo.bundle OUT_DIR KEY_FILE DATA_DIR|-`: what `BuildProcess` runs."""
+    out, key, data = Path(argv[0]), Path(argv[1]), argv[2]
+    # SIGTERM unwinds like Ctrl-C, so temporary directories are cleaned up on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def report(done: int, total: int, what: str) -> None:
+        print(f"{what} ({done}/{total})", flush=True)
+
+    build(out, key, None if data == "-" else Path(data), report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -138,5 +138,8 @@ def start_agent(
         telemetry_interval_s=telemetry_interval_s,
     )
     config.write_text(toml.dumps(settings))
-    child = Child(device_id, agent_argv(config), home / "agent.log", cwd=home)
+    scratch = home / "tmp"  # runtime temp files stay inside the demo's dir
+    scratch.mkdir(exist_ok=True)
+    env = {"TMPDIR": str(scratch)}
+    child = Child(device_id, agent_argv(config), home / "agent.log", env=env, cwd=home)
     return DemoAgent(device_id, profile, config, child)

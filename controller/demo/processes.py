@@ -54,7 +54,7 @@ def wait_for_port(
     return False
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     libc_name = ctypes.util.find_library("c")
     if sys.platform.startswith("linux") and libc_name:
         libc = ctypes.CDLL(libc_name, use_errno=True)
@@ -87,7 +87,7 @@ class Child:
             env=full_env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     @property

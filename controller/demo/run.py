@@ -95,12 +95,8 @@ def missing_parts() -> list[str]:
 ROLLOUT_WAVES = [25.0, 100.0]
 
 
-class _Stop(Exception):
-    """SIGTERM, turned into an exception in the main thread like Ctrl-C."""
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise _Stop()
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM, noticed by the main thread at a safe point."""
 
 
 class Demo:
@@ -124,6 +120,17 @@ class Demo:
         self.fleet_live_at: float | None = None  # monotonic, once the rollout started
         self.view: ViewState | None = None
         self._setup_thread: threading.Thread | None = None
+        self._build: demo_bundle.BuildProcess | None = None
+        # Signals only set this flag: an exception raised at an arbitrary point (inside a
+        # fork hook, a lock release, an import) can be swallowed or leave things half-made.
+        self._stop = threading.Event()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+
+    def _checkpoint(self) -> None:
+        if self._stop.is_set():
+            raise _Interrupted()
 
     # --- the whole run -------------------------------------------------------------------
 
@@ -135,7 +142,9 @@ class Demo:
             raise UserError(
                 f"HTTP port {self.o.http_port} is in use: pick another --http-port or leave it out"
             )
-        old_term = signal.signal(signal.SIGTERM, _raise_stop)
+        old_handlers = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         self.workdir = Path(tempfile.mkdtemp(prefix="lepton-demo-"))
         watched = False
         try:
@@ -147,19 +156,17 @@ class Demo:
             if self.o.hold:
                 self._hold()
             return 0
-        except (KeyboardInterrupt, _Stop):
+        except _Interrupted:
             if watched:
                 return 0
             self.console.print("[yellow]interrupted: stopping everything the demo started[/]")
             return 130
         finally:
-            # A second Ctrl-C must not cut the cleanup short; every step below has a timeout.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                self._shutdown()
+                self._shutdown()  # every step has a timeout; more Ctrl-C only set the flag
             finally:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                signal.signal(signal.SIGTERM, old_term)
+                for sig, handler in old_handlers.items():
+                    signal.signal(sig, handler)
 
     # --- start ---------------------------------------------------------------------------
 
@@ -178,6 +185,7 @@ class Demo:
         say(
             f"broker: {self.broker.kind} on {self.broker.host}:{self.broker.port} (MQTT {self.broker.mqtt_version})"
         )
+        self._checkpoint()
 
         state_dir = self.workdir / "controller"
         public_key = demo_bundle.prepare_key(state_dir, self.workdir / "controller.pem")
@@ -185,7 +193,8 @@ class Demo:
 
         settings = self._controller_settings(state_dir)
         self.server = ControllerServer(settings)
-        self.server.start()
+        self.server.start(cancelled=self._stop.is_set)
+        self._checkpoint()
         self.client = ControllerClient(self.server.url, self.token)
         # The dashboard gets a read-only token; the admin token stays in this process.
         dashboard = f"{self.server.url}/ui/#token={self.client.read_token('demo dashboard')}"
@@ -197,7 +206,8 @@ class Demo:
             profiles={d: p for d, p in self.devices},
         )
 
-        for device_id, profile in self.devices:  # kept one by one: a Ctrl-C here stops those
+        for device_id, profile in self.devices:
+            self._checkpoint()
             self.agents.append(
                 start_agent(
                     device_id,
@@ -251,6 +261,11 @@ class Demo:
         if self.view is not None:
             self.view.phase = phase
 
+    def _remember_build(self, build: demo_bundle.BuildProcess) -> None:
+        self._build = build
+        if self._stop.is_set():  # Ctrl-C came while it was starting
+            build.stop()
+
     def _setup_fleet(self) -> None:
         """Build the bundle, wait for the fleet, benchmark on the devices, start the rollout."""
         assert self.client is not None and self.view is not None and self.workdir is not None
@@ -258,7 +273,12 @@ class Demo:
         try:
             view.phase = "building the Fashion-MNIST bundle (variant factory)"
             self.bundle_id = demo_bundle.build_and_upload(
-                client, self.workdir, self.o.data_dir, view.notes, progress=self._set_phase
+                client,
+                self.workdir,
+                self.o.data_dir,
+                view.notes,
+                progress=self._set_phase,
+                started=self._remember_build,
             )
             view.phase = "waiting for every device to come online"
             wait_until(
@@ -312,6 +332,10 @@ class Demo:
             if ctx is not None:
                 ctx.__enter__()
             while True:
+                if self._stop.is_set():
+                    if self.view.deadline is None:
+                        raise _Interrupted()
+                    return True  # Ctrl-C once the fleet runs: end early, with the summary
                 self._check_children()
                 if self.setup_error is not None:
                     raise self.setup_error
@@ -347,11 +371,7 @@ class Demo:
                         self.console.print(render(self.view, live=False, width=self.console.width))
                 if self.view.deadline is not None and time.monotonic() >= self.view.deadline:
                     return True
-                time.sleep(1.0)
-        except (KeyboardInterrupt, _Stop):
-            if self.view.deadline is None:
-                raise
-            return True
+                self._stop.wait(1.0)
         finally:
             if ctx is not None:
                 ctx.__exit__(None, None, None)
@@ -387,21 +407,20 @@ class Demo:
         self.console.print(
             f"[bold]holding[/]: dashboard and API stay at {self.server.url}/ui/ until Ctrl-C"
         )
-        try:
-            while True:
-                time.sleep(0.5)
-        except (KeyboardInterrupt, _Stop):
-            return
+        self._stop.clear()  # a Ctrl-C that ended the watch must not end the hold too
+        self._stop.wait()
 
     def _stop_agents(self) -> None:
         stop_all([a.child for a in self.agents], timeout=8.0)
 
     def _join_setup(self) -> None:
-        """Let a bundle build in progress finish, so nothing writes into the removed temp dir."""
+        """Stop a bundle build in progress and let the setup thread end, so nothing writes
+        into the temp dir after it is removed."""
+        if self._build is not None:
+            self._build.stop()
         thread = self._setup_thread
         if thread is not None and thread.is_alive():
-            self.console.print("waiting for the setup step in progress to end…")
-            thread.join(60)
+            thread.join(30)
 
     def _shutdown(self) -> None:
         steps: tuple[tuple[str, Callable[[], object]], ...] = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -30,10 +31,13 @@ class ControllerServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="controller", daemon=True)
 
-    def start(self, timeout: float = 30.0) -> ControllerServer:
+    def start(
+        self, timeout: float = 30.0, cancelled: Callable[[], bool] = lambda: False
+    ) -> ControllerServer:
+        """Start serving; return once /healthz answers (or at once when `cancelled()`)."""
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not cancelled():
             if not self._thread.is_alive():
                 raise UserError(f"the controller did not start on {self.url} (see the log above)")
             try:
@@ -42,6 +46,8 @@ class ControllerServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        if cancelled():
+            return self
         raise UserError(f"the controller did not answer on {self.url} within {timeout:.0f} s")
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -219,13 +220,20 @@ def test_summary_matches_the_controller_api_and_ctrl_c_leaves_nothing(demo: Demo
     demo.assert_clean()
 
 
-def test_ctrl_c_during_setup_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("after", "sig"),
+    [
+        ("controller:", signal.SIGINT),  # broker and controller up, agents starting
+        ("building the bundle:", signal.SIGINT),  # the factory's child process at work
+        ("agents:", signal.SIGTERM),  # as a service manager would stop it
+    ],
+)
+def test_stopping_during_setup_leaves_nothing(tmp_path: Path, after: str, sig: int) -> None:
     run = DemoProcess(tmp_path)
     run.start("--devices", "2", "--duration", "30")
     try:
-        run.wait_for_output("agents:", 120)
-        time.sleep(1.0)
-        assert run.interrupt() == 130
+        run.wait_for_output(after, 120)
+        assert run.interrupt(sig=sig) == 130
         run.assert_clean()
         assert "Traceback" not in run.output()
     finally:
