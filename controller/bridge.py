@@ -83,7 +83,7 @@ class Bridge:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=m.client_id or f"lepton-controller-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311,
         )
         if m.username:
             self.client.username_pw_set(m.username, m.password)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +31,9 @@ class MqttSettings(_Strict):
     enabled: bool = Field(default=True, description="false runs the API without a broker")
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description="3.1.1 for brokers without MQTT 5 (amqtt); no shared subscriptions"
+    )
     username: str | None = "lepton-controller"
     password: str | None = None
     tls: bool = False
