@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from controller.demo.broker import Broker
 from controller.demo.client import ControllerClient, wait_until
 from controller.demo.processes import die_with_parent
 from shared.errors import UserError
@@ -38,15 +37,6 @@ def prepare_key(state_dir: Path, public_out: Path) -> Path:
     key = load_or_create_private_key(state_dir / "keys" / "signing.pem")
     public_out.write_bytes(public_pem(key.public_key()))
     return public_out
-
-
-def mqtt_protocol_setting(broker: Broker) -> dict[str, Any]:
-    """The controller's MQTT protocol setting, when its settings have one."""
-    from controller.config import MqttSettings
-
-    if "protocol" in MqttSettings.model_fields:
-        return {"protocol": broker.mqtt_version}
-    return {}
 
 
 def check_data_dir(path: Path) -> None:

@@ -176,12 +176,6 @@ class Demo:
         self.broker = start_broker(
             self.workdir / "broker", port=self.o.mqtt_port, kind=self.o.broker
         )
-        if self.broker.mqtt_version != "5" and not demo_bundle.mqtt_protocol_setting(self.broker):
-            raise UserError(
-                f"the {self.broker.kind} broker speaks only MQTT {self.broker.mqtt_version} and "
-                "this controller's MQTT bridge only MQTT 5: install mosquitto (apt-get install "
-                "mosquitto) and run the demo again"
-            )
         say(
             f"broker: {self.broker.kind} on {self.broker.host}:{self.broker.port} (MQTT {self.broker.mqtt_version})"
         )
@@ -243,7 +237,7 @@ class Demo:
                     "host": self.broker.host,
                     "port": self.broker.port,
                     "username": None,
-                    **demo_bundle.mqtt_protocol_setting(self.broker),
+                    "protocol": self.broker.mqtt_version,  # 3.1.1 on the amqtt fallback
                 },
                 rollout={
                     "waves": ROLLOUT_WAVES,
