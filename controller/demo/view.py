@@ -8,7 +8,6 @@ from typing import Any
 
 from rich import box
 from rich.console import Group, RenderableType
-from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
@@ -146,39 +145,47 @@ def device_table(state: ViewState, wide: bool) -> Table:
     return table
 
 
+def _line(text: str, style: str = "") -> Text:
+    """One terminal line, cut with … rather than wrapped (the live view must fit 24 rows)."""
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+
 def render(state: ViewState, live: bool = True, width: int = 120) -> RenderableType:
     """The whole view; `live=False` leaves out notes (printed once each instead)."""
     snap = state.snapshot
     online = sum(1 for r in snap.devices.values() if r.online) if snap else 0
     left = ""
     if state.deadline is not None:
-        left = f" · {max(0, state.deadline - time.monotonic()):.0f} s left (Ctrl-C ends early)"
-    header = Text.assemble(
-        ("lepton-edge demo", "bold"),
-        "  dashboard (open in a browser):\n",
-        (state.dashboard_url, "bold underline cyan"),
-        f"\nbroker {state.broker} · {online}/{len(state.profiles)} devices online · ",
-        ("phase: ", "dim"),
-        (state.phase, "bold"),
-        left,
-    )
+        left = f" · {max(0, state.deadline - time.monotonic()):.0f} s left, Ctrl-C ends early"
     parts: list[RenderableType] = [
-        Panel(header, padding=(0, 1)),
+        # The URL may wrap (a cut URL would be useless); everything else stays on one line.
+        Text.assemble(
+            ("lepton-edge demo", "bold reverse"),
+            " dashboard: ",
+            (state.dashboard_url, "bold underline cyan"),
+        ),
+        _line(
+            f"broker {state.broker} · {online}/{len(state.profiles)} devices online · "
+            f"{state.phase}{left}",
+            "bold",
+        ),
         device_table(state, wide=width >= 110),
-        Text(f"rollout: {rollout_progress(snap.rollout if snap else None)}"),
+        _line(f"rollout: {rollout_progress(snap.rollout if snap else None)}"),
     ]
     switches = [e for e in snap.switches if is_variant_switch(e)] if snap else []
     switches.sort(key=lambda e: float(e.get("ts") or 0))
     if switches:
-        lines = [f"{len(switches)} precision switch(es); latest:"]
-        for e in switches[-4:]:
+        parts.append(_line(f"{len(switches)} precision switch(es), latest:", "magenta"))
+        for e in switches[-3:]:
             data = e.get("data") or {}
-            lines.append(
-                f"  {e.get('device_id')}: {data.get('from_variant') or '–'} → "
-                f"{data.get('to_variant')}  ({e.get('reason')})"
+            parts.append(
+                _line(
+                    f"  {e.get('device_id')}: {data.get('from_variant') or '–'} → "
+                    f"{data.get('to_variant')} ({e.get('reason')})",
+                    "magenta",
+                )
             )
-        parts.append(Text("\n".join(lines), style="magenta"))
     if live:
-        for note in state.notes[-3:]:
-            parts.append(Text(note, style="yellow"))
+        for note in state.notes[-2:]:
+            parts.append(_line(note, "yellow"))
     return Group(*parts)
