@@ -41,6 +41,9 @@ class ControllerClient:
         clean = {k: v for k, v in params.items() if v is not None}
         return self._check(self._http.get(path, params=clean))
 
+    def put(self, path: str, json: Any = None) -> Any:
+        return self._check(self._http.put(path, json=json))
+
     def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
         return self._check(self._http.post(path, json=json, **kwargs))
 

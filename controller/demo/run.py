@@ -280,6 +280,8 @@ class Demo:
                 60,
                 f"{len(self.devices)} devices to come online",
             )
+            for device_id, profile in self.devices:  # so the dashboard's tag filter has work
+                client.put(f"/devices/{device_id}/tags", json={"tags": list(profile.tags)})
             view.phase = "benchmarking every variant on every device"
             classes = demo_bundle.benchmark(client, self.bundle_id)
             view.notes.append(f"benchmarks: every variant timed on {classes} hardware classes")

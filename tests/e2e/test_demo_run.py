@@ -79,11 +79,11 @@ def test_browser_sees_every_device_and_a_precision_switch(
     demo: DemoProcess, tmp_path: Path
 ) -> None:
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     demo.wait_for_output("dashboard:", 120)
     profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
@@ -106,7 +106,12 @@ def test_browser_sees_every_device_and_a_precision_switch(
 
     def wait(seconds: float, what: str, condition: Any) -> None:
         try:
-            WebDriverWait(driver, seconds, poll_frequency=1).until(condition)
+            WebDriverWait(
+                driver,
+                seconds,
+                poll_frequency=1,
+                ignored_exceptions=(StaleElementReferenceException,),  # redraws every 2 s
+            ).until(condition)
         except TimeoutException:
             driver.save_screenshot(str(tmp_path / "timeout.png"))
             page = driver.find_element(By.TAG_NAME, "body").text
@@ -147,6 +152,23 @@ def test_browser_sees_every_device_and_a_precision_switch(
         target = os.environ.get(SCREENSHOT_ENV)
         if target:
             shutil.copy(shot, target)
+
+        # Filters: the ARM boards only, then the "field" tag only.
+        def choose(key: str, value: str) -> None:
+            for _ in range(10):  # the page redraws every 2 s: retry on a replaced element
+                try:
+                    select = driver.find_element(By.CSS_SELECTOR, f"select[data-filter={key}]")
+                    Select(select).select_by_value(value)
+                    return
+                except StaleElementReferenceException:
+                    time.sleep(0.2)
+            raise AssertionError(f"could not set the {key} filter")
+
+        choose("arch", "aarch64")
+        wait(10, "arch filter", lambda d: rows(d) == {"pi-zero-1", "jetson-1"})
+        choose("arch", "")
+        choose("tag", "field")
+        wait(10, "tag filter", lambda d: rows(d) == {"pi-zero-1", "tablet-1"})
 
         # The device page draws its charts from the telemetry history.
         device = sorted(rows(driver))[0]
