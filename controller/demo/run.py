@@ -150,8 +150,17 @@ class Demo:
         try:
             self._start_services()
             watched = self._watch()
-            summary = self._summary()
+            # Stop the devices first so the summary's facts are final: no event or sample can
+            # arrive between reading the summary and anyone checking it against the API.
+            online = {
+                d: r.online
+                for d, r in (
+                    self.view.snapshot.devices.items() if self.view and self.view.snapshot else []
+                )
+            }
             self._stop_agents()
+            self._wait_quiet()
+            summary = self._summary(online)
             self._print_summary(summary)
             if self.o.hold:
                 self._hold()
@@ -385,10 +394,35 @@ class Demo:
 
     # --- end -----------------------------------------------------------------------------
 
-    def _summary(self) -> dict[str, Any]:
+    def _wait_quiet(self, timeout: float = 10.0) -> None:
+        """Until the controller has ingested the stopped devices' last words: every device
+        offline, or nothing changed across two polls more than an ingest flush apart."""
+        assert self.client is not None
+        deadline = time.monotonic() + timeout
+        previous: Any = None
+        while time.monotonic() < deadline:
+            try:
+                devices = self.client.devices()
+            except Exception as exc:  # keep trying until the deadline
+                log.debug("waiting for the last telemetry: %s", exc)
+                devices = []
+            if devices and not any(d.get("online") for d in devices):
+                return
+            current = sorted((d["id"], d["last_seen"], d["telemetry_count"]) for d in devices)
+            if devices and current == previous:
+                return
+            previous = current
+            time.sleep(1.0)
+
+    def _summary(self, online: dict[str, bool]) -> dict[str, Any]:
         assert self.client is not None
         return demo_summary.collect(
-            self.client, self.bundle_id, self.rollout_id, dict(self.devices), self.fleet_live_at
+            self.client,
+            self.bundle_id,
+            self.rollout_id,
+            dict(self.devices),
+            self.fleet_live_at,
+            online_at_end=online,
         )
 
     def _print_summary(self, summary: dict[str, Any]) -> None:

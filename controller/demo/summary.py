@@ -65,7 +65,6 @@ def _device_summary(
     return {
         "device_id": device_id,
         "profile": profile.description if profile else None,
-        "online": bool(detail.get("online")),
         "hardware_class": detail.get("hardware_class"),
         "active_bundle": detail.get("active_bundle"),
         "active_variant": detail.get("active_variant"),
@@ -122,11 +121,15 @@ def collect(
     rollout_id: str | None,
     profiles: dict[str, DeviceProfile],
     fleet_live_at: float | None,
+    online_at_end: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
+    """The summary from the API; `online_at_end`: who was online when the demo ended."""
     switches = client.events(kind="precision_switch", limit=1000)
     known = {d.get("device_id") or d.get("id") for d in client.devices()}
     device_ids = sorted(set(profiles) | {str(k) for k in known if k})
     devices = [_device_summary(client, d, profiles.get(d), bundle_id, switches) for d in device_ids]
+    for d in devices:
+        d["online_at_end"] = (online_at_end or {}).get(d["device_id"], False)
     ladders = {
         tuple(sorted(ladder_mapping(d["ladder"]).items()))
         for d in devices

@@ -209,6 +209,7 @@ def test_summary_matches_the_controller_api_and_ctrl_c_leaves_nothing(demo: Demo
     assert {d["state"] for d in rollout["devices"]} == {"healthy"}
     for d in summary["devices"]:
         api = api_devices[d["device_id"]]
+        assert d["online_at_end"]
         assert d["active_bundle"] == api["active_bundle"] == summary["bundle_id"]
         assert d["active_variant"] == api["active_variant"]
         ladder = _api(demo, f"/devices/{d['device_id']}/ladder", bundle_id=summary["bundle_id"])
@@ -284,7 +285,7 @@ def test_demo_runs_on_the_embedded_amqtt_broker(tmp_path: Path) -> None:
         summary = json.loads(run.summary.read_text())
         # Commands, replies, events and telemetry all crossed the 3.1.1 broker: the devices
         # were benchmarked (ladders come from their timings) and the canary wave went healthy.
-        assert all(d["online"] for d in summary["devices"])
+        assert all(d["online_at_end"] for d in summary["devices"])
         assert all("device" in d["ladder"]["latency_source"].values() for d in summary["devices"])
         healthy = [d for d in summary["rollout"]["devices"] if d["state"] == "healthy"]
         assert healthy, summary["rollout"]
