@@ -255,7 +255,8 @@ class Fleet:
                     last_seen=bindparam("seen"),
                     last_telemetry=raw_json,
                     last_telemetry_at=bindparam("tel_at"),
-                    online=True,
+                    # no `online` here: birth and will on `state` alone decide it; a last
+                    # sample and the will often share a batch, and states are applied first
                     active_bundle=bindparam("bundle"),
                     active_variant=bindparam("variant"),
                     power_level=bindparam("level"),

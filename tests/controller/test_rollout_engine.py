@@ -13,6 +13,7 @@ from controller.app import build_controller
 from controller.bundles import pack
 from controller.config import load_settings
 from controller.fleet import Batch
+from controller.models import Device
 from controller.rollout import RolloutCreate
 from shared.errors import UserError
 from shared.messages import (
@@ -198,3 +199,25 @@ def test_settings_from_toml_env_and_flags(tmp_path: Path, monkeypatch: pytest.Mo
         load_settings(toml)
     with pytest.raises(UserError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_a_last_sample_sharing_a_batch_with_the_will_leaves_the_device_offline(
+    tmp_path: Path, db_url: str
+) -> None:
+    fleet = Fleet(tmp_path, db_url)
+    fleet.online("d1")
+    sample = Telemetry(
+        device_id="d1",
+        ts=time.time(),
+        seq=0,
+        cpu=CpuSample(percent=1),
+        memory=MemorySample(used_mb=1, available_mb=1, percent=1),
+    )
+    fleet.apply(
+        states=[State(device_id="d1", ts=time.time(), status="offline")],
+        telemetry=[(sample, sample.model_dump_json(exclude_none=True))],
+    )
+    with fleet.ctl.db.session() as s:
+        device = s.get(Device, "d1")
+        assert device is not None
+        assert device.online is False and device.telemetry_count == 1
