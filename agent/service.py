@@ -23,7 +23,6 @@ from agent.link import MqttLink
 from agent.outbox import CommandLog, Outbox
 from agent.probes import build_probes
 from agent.store import ArtifactStore, Bundle, StoreError, read_public_key
-from agent.systemd import Notifier
 from shared import __version__
 from shared.errors import MessageError, SignatureError, TopicError, UserError
 from shared.hardware import HardwareProfile
@@ -48,6 +47,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.systemd import Notifier
 from shared.topics import Kind, check_device_id
 
 log = logging.getLogger(__name__)

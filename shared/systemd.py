@@ -1,7 +1,8 @@
 """systemd `Type=notify` support without depending on systemd: datagrams to $NOTIFY_SOCKET.
 
-READY=1 once connected or serving from the store, WATCHDOG=1 at half of $WATCHDOG_USEC,
-STATUS= lines for `systemctl status`. Outside systemd every call is a cheap no-op.
+Both services use it (READY=1, WATCHDOG=1 at half of $WATCHDOG_USEC, STATUS= lines for
+`systemctl status`), so it lives here although it writes to a socket: standard library only,
+and outside systemd every call is a cheap no-op.
 """
 
 from __future__ import annotations
