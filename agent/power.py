@@ -2,7 +2,8 @@
 
 A small state machine with hysteresis and a minimum dwell time, so a battery hovering around a
 threshold does not make the engine flap between variants. Every change comes with a one-line
-reason that ends up in the precision-switch event. Time comes from an injectable clock.
+reason that ends up in the agent's event: a precision switch, or a policy event when the variant
+stays. Time comes from an injectable clock.
 """
 
 from __future__ import annotations

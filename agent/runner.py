@@ -278,14 +278,10 @@ class InferenceRunner:
         if engine is None or self._bundle is None or target is None or target == current:
             if from_level is None:
                 return  # the first reading sets the level: nothing switched
-            data = {
-                "from_variant": current,
-                "to_variant": current,
-                "from_level": from_level,
-                "to_level": to_level,
-                "precision": _precision(self._bundle, current),
-            }
-            self._emit_event(EventKind.PRECISION_SWITCH, reason, data)
+            # The level changed but the variant stays: a policy event, not a precision switch
+            # (that one comes from the engine once it really runs another variant).
+            data = {"from_level": from_level, "to_level": to_level, "variant": current}
+            self._emit_event(EventKind.POLICY, reason, data)
             return
         engine.switch_to(self._spec(*self._bundle, target), reason, meta)
 
@@ -348,12 +344,3 @@ class InferenceRunner:
             rt.close()
         p50, p95, p99 = (float(v) for v in np.percentile(times * 1e3, [50, 95, 99]))
         return VariantTiming(p50_ms=p50, p95_ms=p95, p99_ms=p99)
-
-
-def _precision(bundle: tuple[Path, Manifest] | None, vid: str | None) -> str | None:
-    if bundle is None or vid is None:
-        return None
-    try:
-        return bundle[1].variant(vid).precision.value
-    except KeyError:
-        return None

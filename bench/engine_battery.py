@@ -64,7 +64,8 @@ def drain(
     events: list[tuple[float, str, dict[str, Any]]] = []
 
     def emit(kind: EventKind, reason: str, data: dict[str, Any]) -> None:
-        if kind == EventKind.PRECISION_SWITCH:
+        # every power-level change: a precision switch, or a policy event keeping the variant
+        if kind == EventKind.PRECISION_SWITCH or (kind == EventKind.POLICY and "to_level" in data):
             events.append((sim_clock() / 3600, reason, data))
 
     runner = InferenceRunner(
@@ -194,9 +195,9 @@ def main() -> int:
             f"  over {run['images']} images"
         )
         for t, reason, data in run["events"]:
+            variant = data.get("to_variant") or data.get("variant")  # switched to, or kept
             print(
-                f"    {t:6.2f} h  {data['from_level']} -> {data['to_level']}"
-                f" ({data['to_variant']}): {reason}"
+                f"    {t:6.2f} h  {data['from_level']} -> {data['to_level']} ({variant}): {reason}"
             )
     policy, fp32 = runs["power-aware policy"], runs["pinned fp32"]
     life = policy["hours"] / fp32["hours"]

@@ -32,7 +32,6 @@ from controller.demo.client import ApiError, ControllerClient, Snapshot, snapsho
 from controller.demo.fleet import DemoAgent, start_agent
 from controller.demo.processes import free_port, port_in_use, stop_all
 from controller.demo.profiles import fleet
-from controller.demo.summary import is_variant_switch
 from controller.demo.view import ViewState, render
 from shared.errors import UserError
 
@@ -358,8 +357,6 @@ class Demo:
                         last_phase = self.view.phase
                         self.console.print(f"phase: {last_phase}")
                     for e in snap.switches if snap else []:
-                        if not is_variant_switch(e):
-                            continue
                         key = (e.get("device_id"), e.get("ts"), e.get("seq"))
                         if key not in seen_switches:
                             seen_switches.add(key)

@@ -15,10 +15,12 @@ from controller.demo.client import ControllerClient
 from controller.demo.profiles import DeviceProfile
 
 
-def is_variant_switch(event: dict[str, Any]) -> bool:
-    """A precision-switch event that really changed the variant (not only the power level)."""
-    data = event.get("data") or {}
-    return bool(data.get("to_variant")) and data.get("from_variant") != data.get("to_variant")
+def is_level_change(event: dict[str, Any]) -> bool:
+    """A power-level change: every precision switch, and a policy event that carries levels
+    (the level changed but the variant stayed; a policy set by command carries none)."""
+    if event.get("kind") == "precision_switch":
+        return True
+    return event.get("kind") == "policy" and bool((event.get("data") or {}).get("to_level"))
 
 
 def _frames_weighted(history: list[dict[str, Any]], key: str) -> float | None:
@@ -37,7 +39,7 @@ def _device_summary(
     device_id: str,
     profile: DeviceProfile | None,
     bundle_id: str | None,
-    switches: list[dict[str, Any]],
+    level_events: list[dict[str, Any]],
 ) -> dict[str, Any]:
     detail = client.device(device_id)
     history: list[dict[str, Any]] = list(detail.get("history") or detail.get("telemetry") or [])
@@ -58,9 +60,9 @@ def _device_summary(
     if profile is not None and profile.battery is not None and len(batteries) >= 2:
         energy_wh = (batteries[0] - batteries[-1]) / 100.0 * profile.battery.capacity_wh
     joules = _frames_weighted(history, "joules_per_inference")
-    events = [e for e in switches if e.get("device_id") == device_id]
+    events = [e for e in level_events if e.get("device_id") == device_id]
     events.sort(key=lambda e: float(e.get("ts") or 0))
-    mine = [e for e in events if is_variant_switch(e)]
+    mine = [e for e in events if e.get("kind") == "precision_switch"]
     last_tel = detail.get("last_telemetry") or {}
     return {
         "device_id": device_id,
@@ -124,10 +126,17 @@ def collect(
     online_at_end: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
     """The summary from the API; `online_at_end`: who was online when the demo ended."""
-    switches = client.events(kind="precision_switch", limit=1000)
+    level_events = [
+        e
+        for kind in ("precision_switch", "policy")
+        for e in client.events(kind=kind, limit=1000)
+        if is_level_change(e)
+    ]
     known = {d.get("device_id") or d.get("id") for d in client.devices()}
     device_ids = sorted(set(profiles) | {str(k) for k in known if k})
-    devices = [_device_summary(client, d, profiles.get(d), bundle_id, switches) for d in device_ids]
+    devices = [
+        _device_summary(client, d, profiles.get(d), bundle_id, level_events) for d in device_ids
+    ]
     for d in devices:
         d["online_at_end"] = (online_at_end or {}).get(d["device_id"], False)
     ladders = {

@@ -13,7 +13,6 @@ from rich.text import Text
 
 from controller.demo.client import DeviceRow, Snapshot
 from controller.demo.profiles import DeviceProfile
-from controller.demo.summary import is_variant_switch
 
 LEVEL_STYLE = {
     "performance": "green",
@@ -172,7 +171,7 @@ def render(state: ViewState, live: bool = True, width: int = 120) -> RenderableT
         device_table(state, wide=width >= 110),
         _line(f"rollout: {rollout_progress(snap.rollout if snap else None)}"),
     ]
-    switches = [e for e in snap.switches if is_variant_switch(e)] if snap else []
+    switches = list(snap.switches) if snap else []
     switches.sort(key=lambda e: float(e.get("ts") or 0))
     if switches:
         parts.append(_line(f"{len(switches)} precision switch(es), latest:", "magenta"))

@@ -157,7 +157,7 @@ async function fleetPage(root) {
   ]);
   const devices = listOf(devicesRaw, "devices").map(deviceView).sort((a, b) => a.id.localeCompare(b.id));
   const online = devices.filter(d => d.online).length;
-  const switches = listOf(events, "events").filter(isVariantSwitch);
+  const switches = listOf(events, "events");
   const active = listOf(rollouts, "rollouts").find(r => ["running", "paused"].includes(r.state)) ||
     listOf(rollouts, "rollouts")[0];
 
@@ -206,25 +206,23 @@ function listOf(payload, key) {
   return [];
 }
 
-/* A precision-switch event that changed the variant, not only the power level. */
-function isVariantSwitch(e) {
-  const d = e.data || {};
-  return e.kind === "precision_switch" && !!d.to_variant && d.from_variant !== d.to_variant;
+/* A policy event for a power-level change that kept the variant (a policy set by command has no levels). */
+function isLevelChange(e) {
+  return e.kind === "policy" && !!(e.data && e.data.to_level);
 }
 
 function eventList(events, withDevice) {
   if (!events.length) return h("p", { class: "muted", id: "no-events" }, "none yet");
   return h("ul", { class: "events" }, events.map(e => h("li", {
     class: `event kind-${e.kind}`,
-    "data-kind": e.kind === "precision_switch" && !isVariantSwitch(e) ? "level_change" : e.kind,
+    "data-kind": e.kind,
   },
     h("span", { class: "muted" }, fmt.time(e.ts)), " ",
     withDevice ? h("a", { href: `#/device/${encodeURIComponent(e.device_id)}` }, e.device_id) : null,
     withDevice ? " " : null,
-    isVariantSwitch(e) ? badge("precision switch", "kind-precision_switch")
-      : e.kind === "precision_switch" ? badge("power level", "kind-level")
+    isLevelChange(e) ? badge("power level", "kind-level")
       : badge(e.kind.replace("_", " "), `kind-${e.kind}`), " ",
-    isVariantSwitch(e) ? h("b", {}, `${e.data.from_variant || "–"} → ${e.data.to_variant}`) : null,
+    e.kind === "precision_switch" && e.data ? h("b", {}, `${e.data.from_variant || "–"} → ${e.data.to_variant}`) : null,
     e.data && e.data.to_level ? h("span", { class: "muted" }, ` ${e.data.from_level || "–"} → ${e.data.to_level} `) : " ",
     h("span", {}, e.reason))));
 }

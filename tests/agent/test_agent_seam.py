@@ -65,7 +65,8 @@ class RecordingRunner:
     def update_power(self, battery: BatterySample | None, thermal: ThermalSample | None) -> None:
         self.powers.append((battery, thermal))
         if battery is not None and battery.percent < 99.9 and self.emit:
-            self.emit(EventKind.PRECISION_SWITCH, "battery low", {"to_level": "saver"})
+            data = {"from_variant": "onnx-fp32", "to_variant": "onnx-int8", "to_level": "saver"}
+            self.emit(EventKind.PRECISION_SWITCH, "battery low", data)
             self.emit = None
 
     def set_policy(self, command: SetPolicy) -> None:

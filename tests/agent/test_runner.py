@@ -102,6 +102,31 @@ def test_power_drives_precision_switches(runner: Any, fm_bundle: Bundle) -> None
     r.update_power(bat(45, charging=True), ThermalSample(max_c=90, source="simulated"))
     assert r.power_level() is PowerLevel.CRITICAL  # hot wins over charging; fps capped
     assert r._engine.fps_target == 5  # type: ignore[union-attr]
+    # saver and critical run the same int8 variant: a policy event, no second switch
+    [(_, reason, data)] = events.of(EventKind.POLICY)
+    assert "90 °C" in reason
+    assert data == {
+        "from_level": "saver",
+        "to_level": "critical",
+        "variant": ladder[PowerLevel.CRITICAL],
+    }
+    assert len(events.of(EventKind.PRECISION_SWITCH)) == 1
+
+
+def test_level_change_without_a_bundle_is_a_policy_event(runner: Any) -> None:
+    r, events, clock = runner
+    r.update_power(bat(90), None)  # the first reading only sets the level
+    assert events.items == []
+    clock.now += 31
+    r.update_power(bat(70), None)
+    assert r.power_level() is PowerLevel.BALANCED
+    assert events.items == [
+        (
+            EventKind.POLICY,
+            "battery 70 % < 80 %, discharging",
+            {"from_level": "performance", "to_level": "balanced", "variant": None},
+        )
+    ]
 
 
 def test_controller_policy_pins_and_caps(runner: Any, fm_bundle: Bundle) -> None:  # noqa: F811

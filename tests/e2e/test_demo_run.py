@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.demo.summary import is_variant_switch
 from tests.e2e.demo_process import DemoProcess
 
 pytestmark = pytest.mark.slow
@@ -180,6 +179,27 @@ def test_browser_sees_every_device_and_a_precision_switch(
         )
         assert driver.find_element(By.ID, "device-id").text.startswith(device)
         driver.save_screenshot(str(tmp_path / "device.png"))
+
+        # The events page lists precision switches, and level changes that kept the variant
+        # (policy events with levels) as "power level".
+        policy = _api(demo, "/events", kind="policy", limit=1000)
+        assert isinstance(policy, list)
+        kept = [e for e in policy if (e["data"] or {}).get("to_level")]
+        driver.get(f"{demo.url}/ui/#/events")
+        wait(
+            30,
+            "precision switch on the events page",
+            lambda d: d.find_elements(By.CSS_SELECTOR, "li[data-kind=precision_switch]"),
+        )
+        if kept:
+            wait(
+                30,
+                "power level change on the events page",
+                lambda d: any(
+                    "power level" in li.text
+                    for li in d.find_elements(By.CSS_SELECTOR, "li[data-kind=policy]")
+                ),
+            )
     finally:
         driver.quit()
 
@@ -215,10 +235,17 @@ def test_summary_matches_the_controller_api_and_ctrl_c_leaves_nothing(demo: Demo
         ladder = _api(demo, f"/devices/{d['device_id']}/ladder", bundle_id=summary["bundle_id"])
         assert isinstance(ladder, dict)
         assert d["ladder"]["ladder"] == ladder["ladder"]
-        events = _api(demo, "/events", device_id=d["device_id"], kind="precision_switch")
-        assert isinstance(events, list)
-        assert len(d["level_changes"]) == len(events)
-        switched = sorted((e for e in events if is_variant_switch(e)), key=lambda e: e["ts"])
+        # precision_switch only when the variant changed; a level change that keeps the
+        # variant is a policy event with the levels (a policy set by command has none)
+        switched = _api(
+            demo, "/events", device_id=d["device_id"], kind="precision_switch", limit=1000
+        )
+        policy = _api(demo, "/events", device_id=d["device_id"], kind="policy", limit=1000)
+        assert isinstance(switched, list) and isinstance(policy, list)
+        kept = [e for e in policy if (e["data"] or {}).get("to_level")]
+        assert len(d["level_changes"]) == len(switched) + len(kept)
+        assert all(e["data"]["to_variant"] != e["data"]["from_variant"] for e in switched)
+        switched.sort(key=lambda e: e["ts"])
         assert len(d["switches"]) == len(switched)
         for s, e in zip(d["switches"], switched, strict=True):
             assert s["from_variant"] == e["data"]["from_variant"] != s["to_variant"]
