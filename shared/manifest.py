@@ -81,6 +81,11 @@ class Variant(_Strict):
     status: Literal["accepted", "rejected"] = "accepted"
     reason: str = Field(default="", description="why rejected, or notes on how it was made")
 
+    @property
+    def filename(self) -> str:
+        """Its file's name inside a bundle directory (content-addressed)."""
+        return f"{self.sha256}.{self.format.value}"
+
 
 class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION

@@ -111,3 +111,9 @@ def test_duplicate_variant_ids_are_refused() -> None:
     m = manifest()
     with pytest.raises(ValueError, match="duplicate"):
         Manifest.model_validate({**m.model_dump(), "variants": [m.variants[0], m.variants[0]]})
+
+
+def test_variant_filename_is_content_addressed_and_not_signed_over() -> None:
+    m = manifest()
+    assert m.variants[0].filename == "0" * 64 + ".onnx"
+    assert b"filename" not in m.canonical_bytes()  # a property, not a field: signatures unchanged
