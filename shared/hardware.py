@@ -47,9 +47,6 @@ class HardwareProfile(BaseModel):
     os: str = ""
     agent_version: str = ""
 
-    def has_features(self, required: list[str]) -> bool:
-        return set(required) <= set(self.features)
-
     def hardware_class(self) -> str:
         """Stable key for 'devices that run a variant equally fast'."""
         accel = f"{self.gpu.vendor}:{self.gpu.name}" if self.gpu else "cpu"
