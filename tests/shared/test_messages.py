@@ -128,7 +128,7 @@ def test_nested_field_is_named_with_its_path() -> None:
 def test_unknown_command_type_is_refused() -> None:
     with pytest.raises(MessageError) as err:
         decode(Kind.CMD, json.dumps({"type": "format_disk", "command_id": "x", "ts": 1}))
-    assert "format_disk" in str(err.value) or err.value.field
+    assert "format_disk" in str(err.value)
 
 
 def test_other_schema_version_is_refused() -> None:
