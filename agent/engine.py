@@ -209,10 +209,6 @@ class Engine:
             return not self._thread.is_alive()
         return True
 
-    def set_fps(self, fps: float | None) -> None:
-        self._fps = fps
-        self._update_period()
-
     def set_max_fps(self, cap: float | None) -> None:
         """A cap from the power policy (critical) or the controller, on top of the target."""
         self._cap = cap

@@ -75,10 +75,6 @@ def _num(x: float, other: float | None = None) -> str:
     return text
 
 
-def worse(a: PowerLevel, b: PowerLevel) -> PowerLevel:
-    return a if _RANK[a] >= _RANK[b] else b
-
-
 class PowerPolicy:
     """Decides the level; call `update` with each new reading, `set_policy` on a command."""
 

@@ -89,11 +89,6 @@ class SimulatedThermal:
             self._advance()
             self._ambient = celsius
 
-    def set_temperature(self, celsius: float) -> None:
-        with self._lock:
-            self._advance()
-            self._temp = celsius
-
     def _advance(self) -> None:
         s = self.settings
         now, cpu = self._clock(), self._cpu_seconds()
