@@ -230,7 +230,7 @@ class InferenceRunner:
 
     def _spec(self, bundle_dir: Path, manifest: Manifest, vid: str) -> VariantSpec:
         variant = manifest.variant(vid)
-        return VariantSpec(vid, bundle_dir / f"{variant.sha256}.{variant.format.value}", variant)
+        return VariantSpec(vid, bundle_dir / variant.filename, variant)
 
     def _run(self, spec: VariantSpec, manifest: Manifest) -> None:
         """Start the engine on `spec`, or hot-swap it in when the engine already runs."""

@@ -87,10 +87,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def variant_file(variant: Variant) -> str:
-    return f"{variant.sha256}.{variant.format.value}"
-
-
 @dataclass(frozen=True)
 class Bundle:
     """A verified bundle directory."""
@@ -104,11 +100,11 @@ class Bundle:
         return self.manifest.bundle_id
 
     def variant_path(self, variant_id: str) -> Path:
-        return self.dir / variant_file(self.manifest.variant(variant_id))
+        return self.dir / self.manifest.variant(variant_id).filename
 
     def variant_ids(self) -> list[str]:
         """Variants whose files this directory holds."""
-        return [v.id for v in self.manifest.variants if (self.dir / variant_file(v)).is_file()]
+        return [v.id for v in self.manifest.variants if (self.dir / v.filename).is_file()]
 
 
 class ArtifactStore:
@@ -161,7 +157,7 @@ class ArtifactStore:
                 raise StoreError(f"{bundle_dir.name}: variant {variant_id} file is missing")
         if rehash:
             for v in manifest.variants:
-                path = bundle_dir / variant_file(v)
+                path = bundle_dir / v.filename
                 if path.is_file() and sha256_file(path) != v.sha256:
                     raise StoreError(f"{bundle_dir.name}: variant {v.id} file is corrupted")
         return bundle
@@ -252,7 +248,7 @@ class ArtifactStore:
         stage.mkdir()
         try:
             for v in variants:
-                dest = stage / variant_file(v)
+                dest = stage / v.filename
                 if v.sha256 in have:
                     self._copy_verified(have[v.sha256], dest)
                 else:

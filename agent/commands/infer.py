@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for vid in ids:
         variant = manifest.variant(vid)
-        spec = VariantSpec(vid, args.bundle / f"{variant.sha256}.{variant.format.value}", variant)
+        spec = VariantSpec(vid, args.bundle / variant.filename, variant)
         rows.append(_run_one(spec, settings, options, args.frames, manifest.labels))
     if args.json:
         for row in rows:
