@@ -15,8 +15,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -53,9 +52,6 @@ class BridgeCounters:
     lost_in_write: int = 0
     commands_published: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 class Bridge:
     """One paho client (MQTT v5) plus the batching writer."""
@@ -65,12 +61,10 @@ class Bridge:
         settings: ControllerSettings,
         db: Database,
         fleet: Fleet | None = None,
-        on_batch: Callable[[Batch], None] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.fleet = fleet or Fleet()
-        self.on_batch = on_batch
         self.counters = BridgeCounters()
         self.connected = threading.Event()
         self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
@@ -220,8 +214,6 @@ class Bridge:
             self.counters.telemetry += result.telemetry
             self.counters.gaps += result.gaps
             self.counters.duplicates += result.duplicates
-            if self.on_batch:
-                self.on_batch(batch)
         self.counters.processed += len(items)
         self.counters.batches += 1
         self._rate_window.append((time.monotonic(), self.counters.telemetry))

@@ -131,11 +131,6 @@ class Fleet:
             self._known.clear()
             self._last_seq.clear()
 
-    def forget(self, device_id: str) -> None:
-        with self._lock:
-            self._known.discard(device_id)
-            self._last_seq.pop(device_id, None)
-
     def apply(self, session: Session, batch: Batch, now: float | None = None) -> IngestResult:
         """Apply one batch in the caller's transaction."""
         now = now or time.time()

@@ -63,9 +63,6 @@ class ControllerClient:
     def events(self, kind: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         return _items(self.get("/events", kind=kind, limit=limit), "events")
 
-    def rollouts(self) -> list[dict[str, Any]]:
-        return _items(self.get("/rollouts"), "rollouts")
-
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.get(f"/rollouts/{rollout_id}")
         return result

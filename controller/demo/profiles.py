@@ -47,12 +47,6 @@ class DeviceProfile:
     fps: float = 8.0
     tags: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
-    def power_source(self) -> str:
-        if self.battery is None:
-            return "mains"
-        return "charging" if self.battery.charging else "battery"
-
 
 #: In this order, so that even a small fleet (the tests use four) mixes runtimes (LiteRT-only,
 #: ONNX-only) and power sources (draining, charging, mains).

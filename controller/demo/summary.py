@@ -155,10 +155,6 @@ def collect(
     }
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f} %"
-
-
 def _num(v: float | None, digits: int = 2, unit: str = "") -> str:
     return "–" if v is None else f"{v:.{digits}f}{unit}"
 
