@@ -17,25 +17,28 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from controller.config import ControllerSettings, RolloutDefaults
+from controller.config import ControllerSettings, RolloutDefaults, SelectionSettings
 from controller.db import Database
 from controller.leader import Leader
 from controller.models import BenchmarkRecord, Bundle, CommandRecord, Device, DeviceTag
 from controller.models import Rollout as RolloutRow
 from controller.models import RolloutDevice as RolloutDeviceRow
-from controller.selection import Measured, NoEligibleVariant
+from controller.selection import Measured, NoEligibleVariant, Selection
 from controller.selection import select as select_ladder
 from shared.hardware import HardwareProfile
 from shared.manifest import Manifest
-from shared.messages import Deploy, Rollback, WireMessage
+from shared.messages import Command, Deploy, Rollback, WireMessage
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, WireMessage], bool]
+
+#: built once: resends happen inside the rollout tick
+_COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
 
 #: Rollout states. `completed` rollouts still deploy devices that were offline.
 STATES = ("running", "paused", "completed", "aborted")
@@ -59,7 +62,7 @@ class RolloutTarget(BaseModel):
     device_ids: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _something(self) -> RolloutTarget:
+    def _names_a_target(self) -> RolloutTarget:
         if not (self.all or self.tags or self.device_ids):
             raise ValueError("name a target: all=true, tags or device_ids")
         return self
@@ -233,8 +236,6 @@ class RolloutEngine:
             conditions.append(
                 Device.id.in_(select(DeviceTag.device_id).where(DeviceTag.tag.in_(target.tags)))
             )
-        from sqlalchemy import or_
-
         return list(session.scalars(query.where(or_(*conditions))))
 
     def pause(
@@ -447,15 +448,7 @@ class RolloutEngine:
             return  # no birth message yet; wait for it
         profile = HardwareProfile.model_validate(device.hardware)
         try:
-            selection = select_ladder(
-                manifest,
-                profile,
-                measurements_for(session, profile.hardware_class(), manifest.bundle_id),
-                tolerance_points=self.settings.selection.tolerance_points,
-                fast_factor=self.settings.selection.fast_factor,
-                cheap_margin=self.settings.selection.cheap_margin,
-                accuracy_noise=self.settings.selection.accuracy_noise_points,
-            )
+            selection = ladder_for(session, self.settings.selection, manifest, profile)
         except NoEligibleVariant as exc:
             rd.state = "failed"
             rd.detail = str(exc)
@@ -562,11 +555,7 @@ class RolloutEngine:
             return
         if cmd.sent_at is not None and now - cmd.sent_at < self.settings.rollout.resend_after_s:
             return
-        from pydantic import TypeAdapter
-
-        from shared.messages import Command
-
-        outbox.append((cmd.device_id, TypeAdapter(Command).validate_python(cmd.payload)))
+        outbox.append((cmd.device_id, _COMMAND.validate_python(cmd.payload)))
         if cmd.sent_at is not None:
             cmd.sent_at = now
 
@@ -599,6 +588,21 @@ def measurements_for(session: Session, hardware_class: str, bundle_id: str) -> d
             )
         )
     }
+
+
+def ladder_for(
+    session: Session, settings: SelectionSettings, manifest: Manifest, profile: HardwareProfile
+) -> Selection:
+    """The ladder a deploy sends to this device (the API's ladder view shows the same one)."""
+    return select_ladder(
+        manifest,
+        profile,
+        measurements_for(session, profile.hardware_class(), manifest.bundle_id),
+        tolerance_points=settings.tolerance_points,
+        fast_factor=settings.fast_factor,
+        cheap_margin=settings.cheap_margin,
+        accuracy_noise=settings.accuracy_noise_points,
+    )
 
 
 def summary(session: Session, rollout: RolloutRow) -> dict[str, Any]:

@@ -11,9 +11,8 @@ from sqlalchemy.orm import Session
 from controller import fleet
 from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
 from controller.models import Bundle, Device
-from controller.rollout import measurements_for
+from controller.rollout import ladder_for
 from controller.selection import NoEligibleVariant
-from controller.selection import select as select_ladder
 from shared.manifest import Ladder, Manifest
 from shared.messages import PowerLevel
 
@@ -164,17 +163,8 @@ def get_ladder(
     if profile is None:
         raise HTTPException(409, f"device {device_id} has not announced its hardware yet")
     manifest = Manifest.model_validate(bundle.manifest)
-    sel_settings = controller.settings.selection
     try:
-        selection = select_ladder(
-            manifest,
-            profile,
-            measurements_for(session, profile.hardware_class(), bundle_id),
-            tolerance_points=sel_settings.tolerance_points,
-            fast_factor=sel_settings.fast_factor,
-            cheap_margin=sel_settings.cheap_margin,
-            accuracy_noise=sel_settings.accuracy_noise_points,
-        )
+        selection = ladder_for(session, controller.settings.selection, manifest, profile)
     except NoEligibleVariant as exc:
         raise HTTPException(
             409, {"message": str(exc).split(":")[0], "rejected": exc.rejected}
