@@ -15,7 +15,6 @@ directory, so whatever a crash interrupts, `current` names a bundle that was ver
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import logging
 import os
@@ -34,7 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.config import StoreSettings
 from shared.errors import SignatureError
-from shared.manifest import MANIFEST_FILE, Manifest, Variant
+from shared.manifest import MANIFEST_FILE, Manifest, Variant, sha256_file
 from shared.messages import PowerLevel
 from shared.signing import load_public_key, verify_manifest
 
@@ -77,14 +76,6 @@ def _fsync_dir(path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as f:
         os.fsync(f.fileno())
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ accepted variant's file is present with the sha256 and size the manifest states.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from controller.models import Bundle
 from shared.errors import SignatureError
-from shared.manifest import MANIFEST_FILE, Manifest
+from shared.manifest import MANIFEST_FILE, Manifest, sha256_file
 from shared.signing import load_or_create_private_key, verify_manifest
 
 
@@ -30,14 +29,6 @@ class BundleError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def unpack(archive: bytes, dest: Path) -> Path:

@@ -6,8 +6,10 @@ sha256. The manifest is signed (see `shared.signing`) over its canonical JSON fo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,6 +18,15 @@ from shared import SCHEMA_VERSION
 from shared.messages import PowerLevel
 
 MANIFEST_FILE = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks: the name and check of every variant file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class ModelFormat(StrEnum):

@@ -38,6 +38,7 @@ from shared.manifest import (
     Precision,
     Requirements,
     Variant,
+    sha256_file,
 )
 from shared.signing import load_or_create_private_key, sign_manifest, verify_manifest
 
@@ -91,14 +92,6 @@ class _Job:
     def step(self, what: str) -> None:
         if self.progress:
             self.progress(self.done, self.total, what)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_bundle(

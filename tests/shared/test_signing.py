@@ -117,3 +117,14 @@ def test_variant_filename_is_content_addressed_and_not_signed_over() -> None:
     m = manifest()
     assert m.variants[0].filename == "0" * 64 + ".onnx"
     assert b"filename" not in m.canonical_bytes()  # a property, not a field: signatures unchanged
+
+
+def test_sha256_file_matches_hashlib_across_chunks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from shared.manifest import sha256_file
+
+    data = bytes(range(256)) * 9000  # > 2 MiB: several read chunks
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
