@@ -1,6 +1,8 @@
 # Two commands for a new user: `make demo` and `make test`. Everything else is a helper.
 SHELL := /bin/bash
-PYTHON ?= python3
+# The distribution's Python by default (Debian 12: 3.11.2, the oldest we support), not
+# whichever newer one is first on PATH; `make test PYTHON=python3.13` picks another.
+PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
@@ -8,14 +10,21 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # System packages: "debian-package:path-it-provides".
 DEMO_SYSTEM := mosquitto:/usr/sbin/mosquitto dataset-fashion-mnist:/usr/share/datasets/fashion-mnist
 TEST_SYSTEM := $(DEMO_SYSTEM) chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
-	openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze postgresql-client:/usr/bin/psql
+	openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze postgresql-client:/usr/bin/psql \
+	postgresql:/usr/lib/postgresql/*/bin/initdb
 
-.PHONY: demo test lint typecheck pytest bench clean system-demo system-test
+.PHONY: demo test lint typecheck pytest bench clean system-demo system-test python-info
 
-demo: system-demo $(VENV)/.demo-installed
+demo: system-demo $(VENV)/.demo-installed python-info
 	$(VENV)/bin/lepton demo $(ARGS)
 
-test: system-test $(VENV)/.test-installed lint typecheck pytest
+test: system-test $(VENV)/.test-installed python-info lint typecheck pytest
+
+python-info: | $(VENV)/bin/python
+	@echo "python: $$($(PY) -c 'import sys; print(sys.version.split()[0], sys.base_prefix)') in $(VENV) (PYTHON=$(PYTHON))"
+	@[ "$$($(PY) -c 'import platform; print(platform.python_version())')" = \
+	   "$$($(PYTHON) -c 'import platform; print(platform.python_version())')" ] || \
+	   echo "note: $(VENV) was built with another Python than PYTHON=$(PYTHON); 'make clean' rebuilds it"
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
@@ -28,6 +37,7 @@ pytest: $(VENV)/.test-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 $(VENV)/bin/python:
+	@echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 

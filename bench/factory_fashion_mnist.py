@@ -34,8 +34,8 @@ def main() -> int:
         start = time.perf_counter()
         manifest = build_bundle(
             Path(tmp) / "bundle",
-            onnx=ROOT / "examples/fashion_mnist/model.onnx",
-            tflite=ROOT / "examples/fashion_mnist/model.tflite",
+            onnx=ROOT / "controller/demo/reference/model.onnx",
+            tflite=ROOT / "controller/demo/reference/model.tflite",
             calib_x=x_train[:1000],
             eval_x=x_test,
             eval_y=y_test,

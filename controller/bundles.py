@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from controller.archive import ArchiveError, extract_tar
 from controller.models import Bundle
 from shared.errors import SignatureError
 from shared.manifest import MANIFEST_FILE, Manifest, sha256_file
@@ -31,13 +32,16 @@ class BundleError(Exception):
         self.status = status
 
 
-def unpack(archive: bytes, dest: Path) -> Path:
+#: What an upload may unpack to unless the caller says otherwise (a gzip bomb stops here).
+MAX_UNPACKED_BYTES = 2 * 1024**3
+
+
+def unpack(archive: bytes, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
     """Unpack a (gzipped) tar of a bundle directory; return the folder with manifest.json."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(400, f"body is not a tar archive of a bundle: {exc}") from None
+        extract_tar(archive, dest, max_bytes=max_bytes)
+    except ArchiveError as exc:
+        raise BundleError(400, f"refused: {exc}") from None
     candidates = sorted(dest.rglob(MANIFEST_FILE), key=lambda p: len(p.parts))
     if not candidates:
         raise BundleError(422, f"the archive has no {MANIFEST_FILE}")
@@ -135,6 +139,8 @@ class BundleStore:
         )
         return manifest, True
 
-    def add_archive(self, session: Session, archive: bytes) -> tuple[Manifest, bool]:
+    def add_archive(
+        self, session: Session, archive: bytes, max_bytes: int = MAX_UNPACKED_BYTES
+    ) -> tuple[Manifest, bool]:
         with tempfile.TemporaryDirectory(prefix="lepton-upload-") as tmp:
-            return self.add(session, unpack(archive, Path(tmp)))
+            return self.add(session, unpack(archive, Path(tmp), max_bytes))

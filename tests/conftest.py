@@ -1,7 +1,9 @@
-"""Fixtures for real parts: a mosquitto per test on a free port, a PostgreSQL database."""
+"""Fixtures for real parts: a mosquitto per test on a free port, a PostgreSQL database (the
+configured server, or a throwaway cluster when none answers)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +13,8 @@ from typing import Any
 import pytest
 
 from tests.mosquitto import Mosquitto
+from tests.paths import FASHION_MNIST_MODELS
+from tests.postgres import Postgres
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -41,28 +45,63 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[object]:
         broker.stop()
 
 
-def _pg_admin_connect():  # type: ignore[no-untyped-def]
-    psycopg = pytest.importorskip("psycopg")
+def _answers(url: str) -> bool:
+    import psycopg
+
     try:
-        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc.__class__.__name__})")
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A libpq URL with the right to create databases: the server at `LEPTON_TEST_POSTGRES_URL`
+    (default 127.0.0.1:5432) when it answers, otherwise a throwaway cluster for this session."""
+    url = os.environ.get("LEPTON_TEST_POSTGRES_URL", PG_ADMIN_URL)
+    if _answers(url):
+        yield url
+        return
+    try:
+        server = Postgres().start()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL at {url} and none could be started: {exc}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards.
 
-    SQLAlchemy URL form (`postgresql+psycopg://`). Skips with the reason when no server answers.
-    """
-    admin = _pg_admin_connect()
+    SQLAlchemy URL form (`postgresql+psycopg://`)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
     name = f"lepton_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(postgres_admin_url, autocommit=True, connect_timeout=3)
     admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(postgres_admin_url).set(drivername="postgresql+psycopg", database=name)
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield url.render_as_string(hide_password=False)
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI=true a skip is a failure: a missing service or package must not pass unseen."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and os.environ.get("CI") == "true" and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
 
 
 @dataclass(frozen=True)
@@ -77,14 +116,14 @@ class ReferenceBundle:
 
 @pytest.fixture(scope="session")
 def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> ReferenceBundle:
-    """Every variant of examples/fashion_mnist built, measured and signed (about 10-20 s):
+    """Every variant of the Fashion-MNIST reference models built, measured and signed (about 10-20 s):
     calibrated on 500 training images, evaluated on 2000 test images."""
     from controller.optimize import build_bundle
     from controller.optimize.evaluate import SpeedBudget
     from shared.idx import FASHION_MNIST_LABELS, fashion_mnist
     from shared.signing import generate_key, public_pem
 
-    root = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist"
+    root = FASHION_MNIST_MODELS
     x_train, _ = fashion_mnist("train")
     x_test, y_test = fashion_mnist("t10k")
     key = generate_key()

@@ -48,3 +48,20 @@ def test_postgres_fixture_gives_an_empty_private_database(postgres_url: str) -> 
         conn.execute(sqlalchemy.text("INSERT INTO t VALUES (42)"))
         assert conn.execute(sqlalchemy.text("SELECT x FROM t")).scalar() == 42
     engine.dispose()
+
+
+def test_throwaway_postgres_cluster_starts_serves_and_is_removed() -> None:
+    """The cluster `make test` provisions where no server answers (a fresh Debian box)."""
+    import psycopg
+
+    from tests.postgres import Postgres
+
+    with Postgres() as server:
+        assert server.port != 5432
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE scratch")
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        root = server.root
+    assert not root.exists()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(server.url, connect_timeout=2)

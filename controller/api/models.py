@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
+from controller.archive import ArchiveError, extract_tar
 from controller.bundles import BundleError
 from controller.models import BenchmarkRecord, Bundle, Device
 from controller.rollout import new_command_id, record_command
@@ -63,6 +62,11 @@ def bundle_out(row: Bundle, full: bool) -> BundleOut:
     )
 
 
+def _unpacked_limit(controller: Controller) -> int:
+    """An archive may unpack to twice the upload limit (model weights hardly compress)."""
+    return 2 * controller.settings.max_bundle_upload_mb * 1024 * 1024
+
+
 async def _body(request: Request, limit_mb: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -104,7 +108,9 @@ async def upload_bundle(
     body = await _body(request, controller.settings.max_bundle_upload_mb)
     try:
         with controller.db.session() as session:
-            manifest, created = controller.store.add_archive(session, body)
+            manifest, created = controller.store.add_archive(
+                session, body, max_bytes=_unpacked_limit(controller)
+            )
     except BundleError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     if not created:
@@ -155,10 +161,9 @@ def _build_and_store(
         src = Path(tmp) / "in"
         src.mkdir()
         try:
-            with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
-                tar.extractall(src, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise HTTPException(400, f"body is not a tar archive: {exc}") from None
+            extract_tar(body, src, max_bytes=_unpacked_limit(controller))
+        except ArchiveError as exc:
+            raise HTTPException(400, f"refused: {exc}") from None
         onnx = next(src.rglob("model.onnx"), None)
         tflite = next(src.rglob("model.tflite"), None)
         if onnx is None and tflite is None:

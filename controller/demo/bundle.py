@@ -26,8 +26,8 @@ from shared.errors import UserError
 from shared.manifest import MANIFEST_FILE, Manifest
 from shared.signing import load_or_create_private_key, public_pem
 
-#: The committed reference models (examples/fashion_mnist, next to the package in a checkout).
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "examples" / "fashion_mnist"
+#: The committed reference models (made by examples/fashion_mnist/train.py), package data.
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 CALIBRATION_IMAGES = 200
 EVALUATION_IMAGES = 10000
 

@@ -403,7 +403,7 @@ def _make_mixed(
         keep = [name for name, _ in ranked[:count]]
         scheme = make(out, keep)
         drop = (baseline - probe_accuracy(out)) * 100
-        if drop <= probe.tolerance_points or count >= limit:
+        if not _exceeds(drop, probe.tolerance_points) or count >= limit:
             break
         count = min(count * 2, limit)
     names = ", ".join(name if len(name) <= 40 else name[:37] + "..." for name in keep)
@@ -525,7 +525,7 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
     inputs, outputs = evaluate.tensor_specs(final, plan.format)
     status, reason = "accepted", f"scheme {scheme}"
     drop = -(metrics.accuracy_delta or 0.0)
-    if plan.precision is not Precision.FP32 and drop > job.tolerance_points:
+    if plan.precision is not Precision.FP32 and _exceeds(drop, job.tolerance_points):
         status = "rejected"
         reason = f"accuracy drop {drop:.2f} pt > tolerance {job.tolerance_points:g} pt; {reason}"
     job.variants.append(
@@ -577,3 +577,8 @@ def load_bundle(bundle_dir: Path, public_key: Ed25519PublicKey | None = None) ->
 
 def variant_path(bundle_dir: Path, variant: Variant) -> Path:
     return Path(bundle_dir) / f"{variant.sha256}.{variant.format.value}"
+
+
+def _exceeds(drop_points: float, tolerance_points: float) -> bool:
+    """A drop of exactly the tolerance is within it: (1.0 - 0.98) * 100 is 2.0000000000000018."""
+    return round(drop_points, 9) > tolerance_points

@@ -1,10 +1,11 @@
 """Train the seed's reference CNN on Fashion-MNIST and export it as fp32 ONNX and TFLite.
 
-    .venv/bin/python examples/fashion_mnist/train.py            # writes model.onnx, model.tflite
+    .venv/bin/python examples/fashion_mnist/train.py   # writes controller/demo/reference/model.*
 
 Conv2D 32 3x3 relu -> MaxPool 2x2 -> Flatten -> Dense 64 relu -> Dense 10 softmax, 3 epochs,
 seed fixed and TensorFlow's deterministic ops on, input float32 (N, 28, 28, 1) in [0, 1].
-The two files are committed so the demo and the tests need no TensorFlow;
+The two files are committed (in the demo package, so an installed demo has them) and so
+the demo and the tests need no TensorFlow;
 tests/controller/optimize/test_reference_model.py checks they are what this script exports.
 """
 
@@ -83,7 +84,12 @@ def export(model: Any, out_dir: Path) -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for the model files")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE.parents[1] / "controller" / "demo" / "reference",
+        help="folder for the model files",
+    )
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images")
     args = parser.parse_args()

@@ -26,8 +26,7 @@ from shared.manifest import (
     Variant,
 )
 from shared.messages import PowerLevel
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "fashion_mnist"
+from tests.paths import FASHION_MNIST_MODELS
 
 
 @dataclass
@@ -125,11 +124,11 @@ def build_small_bundle(out: Path) -> Bundle:
     work = out / "work"
     work.mkdir()
     files = {
-        ("onnx-fp32", ModelFormat.ONNX, Precision.FP32): EXAMPLES / "model.onnx",
-        ("tflite-fp32", ModelFormat.TFLITE, Precision.FP32): EXAMPLES / "model.tflite",
+        ("onnx-fp32", ModelFormat.ONNX, Precision.FP32): FASHION_MNIST_MODELS / "model.onnx",
+        ("tflite-fp32", ModelFormat.TFLITE, Precision.FP32): FASHION_MNIST_MODELS / "model.tflite",
     }
-    _onnx_int8(EXAMPLES / "model.onnx", work / "int8.onnx")
-    _tflite_int8(EXAMPLES / "model.tflite", work / "int8.tflite")
+    _onnx_int8(FASHION_MNIST_MODELS / "model.onnx", work / "int8.onnx")
+    _tflite_int8(FASHION_MNIST_MODELS / "model.tflite", work / "int8.tflite")
     files[("onnx-int8-static", ModelFormat.ONNX, Precision.INT8)] = work / "int8.onnx"
     files[("tflite-int8-static", ModelFormat.TFLITE, Precision.INT8)] = work / "int8.tflite"
     variants = []

@@ -19,8 +19,9 @@ from shared.signing import generate_key, sign_manifest
 from shared.topics import Kind, topic
 from tests.agent.agent_support import ArtifactServer, Watcher, write_key
 from tests.mosquitto import Mosquitto
+from tests.paths import FASHION_MNIST_MODELS
 
-MODEL = Path(__file__).resolve().parents[2] / "examples" / "fashion_mnist" / "model.onnx"
+MODEL = FASHION_MNIST_MODELS / "model.onnx"
 KEY = generate_key()
 
 

@@ -18,6 +18,7 @@ from shared.messages import PowerLevel, State
 from shared.signing import private_pem
 from tests.controller.conftest import AUTH, make_settings
 from tests.controller.helpers import profile
+from tests.paths import FASHION_MNIST_MODELS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +81,7 @@ def test_build_endpoint_runs_the_factory(tmp_path: Path, db_url: str) -> None:
     settings = make_settings(tmp_path, db_url, rollout_loop=False)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(REPO / "examples/fashion_mnist/model.tflite", arcname="model.tflite")
+        tar.add(FASHION_MNIST_MODELS / "model.tflite", arcname="model.tflite")
     with TestClient(create_app(settings)) as client:
         r = client.post(
             "/api/v1/bundles/build?model_name=fmnist&version=7",

@@ -13,8 +13,9 @@ from controller.optimize import load_bundle
 from shared.idx import FASHION_MNIST_DIR
 from shared.signing import load_or_create_private_key
 from tests.controller.optimize import tiny
+from tests.paths import FASHION_MNIST_MODELS
 
-REFERENCE = Path(__file__).resolve().parents[3] / "examples" / "fashion_mnist"
+REFERENCE = FASHION_MNIST_MODELS
 
 
 def test_build_json_from_idx_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

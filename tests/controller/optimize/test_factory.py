@@ -12,6 +12,7 @@ from controller.optimize.evaluate import SpeedBudget
 from shared.errors import UserError
 from shared.signing import generate_key
 from tests.controller.optimize import tiny
+from tests.paths import FASHION_MNIST_MODELS
 
 FAST = SpeedBudget(min_runs=5, max_runs=20, seconds=0.05, warmup=1)
 
@@ -175,7 +176,7 @@ def test_tflite_fallback_chain_ends_at_dynamic(tmp_path: Path) -> None:
 
     x, _ = fashion_mnist("train")
     x_test, y_test = fashion_mnist("t10k")
-    reference = Path(__file__).resolve().parents[3] / "examples" / "fashion_mnist"
+    reference = FASHION_MNIST_MODELS
     manifest = build_bundle(
         tmp_path / "b",
         tflite=reference / "model.tflite",
