@@ -8,20 +8,17 @@ boxes.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import logging
 import os
 import platform
 from pathlib import Path
 
 import psutil
 
+from agent import runtimes
 from agent.config import AgentSettings
 from agent.probes.gpu import GpuProbe
 from shared import __version__
 from shared.hardware import INFERENCE_FEATURES, HardwareProfile
-
-log = logging.getLogger(__name__)
 
 #: Inference feature -> any of these cpuinfo flags (x86 `flags`, ARM `Features`) implies it.
 FEATURE_FLAGS: dict[str, tuple[str, ...]] = {
@@ -33,12 +30,6 @@ FEATURE_FLAGS: dict[str, tuple[str, ...]] = {
     "neon": ("neon", "asimd"),  # AArch64 calls NEON "asimd"
     "asimddp": ("asimddp",),
     "fp16": ("f16c", "fphp", "asimdhp"),  # f16c on x86; fp16 arithmetic on ARM
-}
-
-#: Runtime name -> the distributions that provide it, first found wins.
-RUNTIME_DISTRIBUTIONS = {
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-    "litert": ("ai-edge-litert", "tflite-runtime", "tensorflow-cpu", "tensorflow"),
 }
 
 
@@ -70,22 +61,8 @@ def inference_features(flags: set[str]) -> list[str]:
 
 
 def installed_runtimes() -> tuple[dict[str, str], list[str]]:
-    """(runtime -> version, ONNX Runtime providers), from agent.runtimes when it is there."""
-    try:
-        from agent import runtimes
-
-        return dict(runtimes.installed()), list(runtimes.onnx_providers())
-    except (ImportError, AttributeError) as exc:
-        log.debug("agent.runtimes unavailable (%s); reading package metadata", exc)
-    found: dict[str, str] = {}
-    for name, dists in RUNTIME_DISTRIBUTIONS.items():
-        for dist in dists:
-            try:
-                found[name] = importlib.metadata.version(dist)
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return found, []
+    """(runtime -> version, ONNX Runtime providers): what `agent.runtimes` can load here."""
+    return dict(runtimes.installed()), list(runtimes.onnx_providers())
 
 
 def build_profile(settings: AgentSettings, gpu: GpuProbe | None = None) -> HardwareProfile:
@@ -95,7 +72,7 @@ def build_profile(settings: AgentSettings, gpu: GpuProbe | None = None) -> Hardw
     except OSError:
         cpuinfo = ""
     model, flags = parse_cpuinfo(cpuinfo)
-    runtimes, providers = installed_runtimes()
+    found, providers = installed_runtimes()
     profile = HardwareProfile(
         arch=platform.machine() or "unknown",
         cpu_model=model or platform.processor() or "unknown",
@@ -103,7 +80,7 @@ def build_profile(settings: AgentSettings, gpu: GpuProbe | None = None) -> Hardw
         features=inference_features(flags),
         memory_mb=int(psutil.virtual_memory().total // (1024 * 1024)),
         gpu=gpu.info() if gpu else None,
-        runtimes=runtimes,
+        runtimes=found,
         onnx_providers=providers,
         os=f"{platform.system()} {platform.release()}".strip(),
         agent_version=__version__,

@@ -78,7 +78,7 @@ def fashion_variants() -> dict[str, Path]:
     from shared.manifest import Manifest
 
     manifest = Manifest.model_validate_json((out / "manifest.json").read_bytes())
-    return {v.id: out / f"{v.sha256}.{v.format.value}" for v in manifest.variants}
+    return {v.id: out / v.filename for v in manifest.variants}
 
 
 def measure(path: Path, vid: str, threads: int, frames: int, rounds: int) -> dict[str, float]:

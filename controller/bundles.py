@@ -89,7 +89,7 @@ class BundleStore:
         except SignatureError as exc:
             raise BundleError(422, f"refused: {exc}") from None
         for variant in manifest.variants:
-            path = src / f"{variant.sha256}.{variant.format.value}"
+            path = src / variant.filename
             if not path.exists():
                 if variant.status == "rejected":
                     continue  # rejected variants may ship without their file
@@ -117,7 +117,7 @@ class BundleStore:
                 return manifest, False
             raise BundleError(409, f"bundle {manifest.bundle_id} exists with different content")
         for variant in manifest.variants:
-            path = src / f"{variant.sha256}.{variant.format.value}"
+            path = src / variant.filename
             target = self.artifact_path(variant.sha256)
             if path.exists() and not target.exists():
                 tmp = target.with_suffix(".part")

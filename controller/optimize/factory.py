@@ -565,7 +565,7 @@ def load_bundle(bundle_dir: Path, public_key: Ed25519PublicKey | None = None) ->
     if public_key is not None:
         verify_manifest(manifest, public_key)
     for variant in manifest.variants:
-        path = bundle_dir / f"{variant.sha256}.{variant.format.value}"
+        path = bundle_dir / variant.filename
         if not path.is_file():
             raise SignatureError(f"bundle {manifest.bundle_id}: {path.name} is missing")
         if path.stat().st_size != variant.size_bytes or sha256_file(path) != variant.sha256:
@@ -576,7 +576,7 @@ def load_bundle(bundle_dir: Path, public_key: Ed25519PublicKey | None = None) ->
 
 
 def variant_path(bundle_dir: Path, variant: Variant) -> Path:
-    return Path(bundle_dir) / f"{variant.sha256}.{variant.format.value}"
+    return Path(bundle_dir) / variant.filename
 
 
 def _exceeds(drop_points: float, tolerance_points: float) -> bool:

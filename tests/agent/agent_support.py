@@ -120,7 +120,7 @@ class ArtifactServer:
         manifest = Manifest.model_validate_json((bundle_dir / "manifest.json").read_bytes())
         self.bundles[manifest.bundle_id] = bundle_dir
         for v in manifest.variants:
-            self.files[v.sha256] = bundle_dir / f"{v.sha256}.{v.format.value}"
+            self.files[v.sha256] = bundle_dir / v.filename
         return manifest
 
     def manifest_url(self, bundle_id: str) -> str:

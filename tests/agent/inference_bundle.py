@@ -36,7 +36,7 @@ class Bundle:
 
     def path(self, variant_id: str) -> Path:
         v = self.manifest.variant(variant_id)
-        return self.dir / f"{v.sha256}.{v.format.value}"
+        return self.dir / v.filename
 
     def ids(self, fmt: str, precision: str) -> list[str]:
         return [

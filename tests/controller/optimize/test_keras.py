@@ -62,7 +62,7 @@ def test_adapter_fit_and_evaluate(tiny_cnn, quantizer: str, tmp_path: Path) -> N
     for fp32 in ("onnx-fp32", "tflite-fp32"):
         assert by_id[fp32]["accuracy"] == pytest.approx(keras_accuracy, abs=0.004)
     for variant in manifest.variants:
-        path = tmp_path / "bundle" / f"{variant.sha256}.{variant.format.value}"
+        path = tmp_path / "bundle" / variant.filename
         scores = run_plain(path, variant.format, x)
         row = by_id[variant.id]
         assert row["accuracy"] == pytest.approx(float(np.mean(scores.argmax(1) == y_test[:500])))

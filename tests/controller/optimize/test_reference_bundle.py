@@ -62,15 +62,11 @@ def test_variants_and_files(reference_bundle) -> None:
     assert manifest.baseline == {ModelFormat.ONNX: "onnx-fp32", ModelFormat.TFLITE: "tflite-fp32"}
     assert manifest.num_classes == 10 and len(manifest.labels) == 10
     files = sorted(p.name for p in reference_bundle.dir.iterdir())
-    assert files == sorted(
-        [MANIFEST_FILE] + [f"{v.sha256}.{v.format.value}" for v in manifest.variants]
-    )
+    assert files == sorted([MANIFEST_FILE] + [v.filename for v in manifest.variants])
     on_disk = Manifest.model_validate_json((reference_bundle.dir / MANIFEST_FILE).read_bytes())
     assert on_disk == manifest
     for v in manifest.variants:
-        assert (
-            v.size_bytes == (reference_bundle.dir / f"{v.sha256}.{v.format.value}").stat().st_size
-        )
+        assert v.size_bytes == (reference_bundle.dir / v.filename).stat().st_size
         assert v.requirements.runtime == {"onnx": "onnxruntime", "tflite": "litert"}[v.format]
         assert v.requirements.cpu_features == (["fp16"] if v.precision is Precision.FP16 else [])
         assert v.requirements.min_memory_mb >= v.metrics.peak_memory_mb
@@ -98,7 +94,7 @@ def test_metrics_match_an_independent_computation(reference_bundle) -> None:
     manifest: Manifest = reference_bundle.manifest
     baseline = {}
     for v in sorted(manifest.variants, key=lambda v: v.precision is not Precision.FP32):
-        scores = run_plain(reference_bundle.dir / f"{v.sha256}.{v.format.value}", v.format, x)
+        scores = run_plain(reference_bundle.dir / v.filename, v.format, x)
         pred = scores.argmax(1)
         accuracy = float(np.mean(pred == y))
         precisions, recalls, f1s = [], [], []
@@ -130,7 +126,7 @@ def test_signature_verifies_and_tampering_is_caught(reference_bundle, tmp_path: 
     copy = tmp_path / "bundle"
     shutil.copytree(reference_bundle.dir, copy)
     variant = reference_bundle.manifest.variants[1]
-    victim = copy / f"{variant.sha256}.{variant.format.value}"
+    victim = copy / variant.filename
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
