@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from agent.config import DEFAULT_CONFIG_FILE, AgentSettings, load_settings
 from agent.hardware import build_profile, machine_device_id
@@ -378,22 +378,23 @@ class Agent:
     def handle_command(self, payload: bytes) -> None:
         """Decode, deduplicate by command id and dispatch by type."""
         try:
-            decoded = decode(Kind.CMD, payload)
+            command = decode(Kind.CMD, payload)
         except MessageError as exc:
             self._reject(payload, exc)
             return
-        command = cast(Deploy | Rollback | Benchmark | SetPolicy, decoded)
         if not self.command_log.begin(command.command_id):
             self.reply(command.command_id, "duplicate", "command id already handled")
             return
-        handler = {
-            "deploy": self._deploy,
-            "rollback": self._rollback,
-            "benchmark": self._benchmark,
-            "set_policy": self._set_policy,
-        }[command.type]
         try:
-            handler(command)  # type: ignore[operator]
+            match command:
+                case Deploy():
+                    self._deploy(command)
+                case Rollback():
+                    self._rollback(command)
+                case Benchmark():
+                    self._benchmark(command)
+                case SetPolicy():
+                    self._set_policy(command)
         finally:
             self.command_log.finish(command.command_id)
 

@@ -28,7 +28,7 @@ from controller.leader import Leader, make_leader
 from controller.rollout import RolloutEngine
 from controller.security import Scope, register_token
 from shared import __version__
-from shared.messages import WireMessage
+from shared.messages import CommandMessage
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Controller:
     bridge: Bridge | None = None
     started: bool = False
 
-    def publish(self, device_id: str, command: WireMessage) -> bool:
+    def publish(self, device_id: str, command: CommandMessage) -> bool:
         return self.bridge.publish_command(device_id, command) if self.bridge else False
 
     def start(self) -> None:

@@ -180,12 +180,12 @@ class Bridge:
                 log.warning("dropped %d-byte payload on %s", len(payload), topic_name)
                 continue
             try:
-                msg = messages.decode(kind, payload)
+                msg = messages.decode_device_message(kind, payload)
             except MessageError as exc:
                 self.counters.rejected_malformed += 1
                 log.info("dropped malformed %s from %s: %s", kind.value, device_id, exc)
                 continue
-            if getattr(msg, "device_id", None) != device_id:
+            if msg.device_id != device_id:
                 self.counters.rejected_topic += 1
                 log.info("dropped %s: device_id does not match topic %s", kind.value, topic_name)
                 continue
@@ -258,7 +258,7 @@ class Bridge:
 
     # --- commands -------------------------------------------------------------------------------
 
-    def publish_command(self, device_id: str, command: messages.WireMessage) -> bool:
+    def publish_command(self, device_id: str, command: messages.CommandMessage) -> bool:
         """Publish at QoS 1; False if not connected (the caller retries later)."""
         if not self.connected.is_set():
             return False

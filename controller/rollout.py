@@ -31,11 +31,11 @@ from controller.selection import Measured, NoEligibleVariant, Selection
 from controller.selection import select as select_ladder
 from shared.hardware import HardwareProfile
 from shared.manifest import Manifest
-from shared.messages import Command, Deploy, Rollback, WireMessage
+from shared.messages import Command, CommandMessage, Deploy, Rollback
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, WireMessage], bool]
+Publish = Callable[[str, CommandMessage], bool]
 
 #: built once: resends happen inside the rollout tick
 _COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
@@ -305,7 +305,7 @@ class RolloutEngine:
 
     def tick(self, now: float | None = None) -> None:
         """Advance every active rollout once; publish what was decided after committing it."""
-        outbox: list[tuple[str, WireMessage]] = []
+        outbox: list[tuple[str, CommandMessage]] = []
         with self.lock:
             with self.db.session() as session:
                 # Completed rollouts only matter while a device still waits (was offline).
@@ -325,7 +325,7 @@ class RolloutEngine:
             sent: list[str] = []
             for device_id, command in outbox:
                 if self.publish(device_id, command):
-                    sent.append(str(command.command_id))  # type: ignore[union-attr]
+                    sent.append(command.command_id)
             if sent:
                 with self.db.session() as session:
                     stamp = time.time()
@@ -342,7 +342,7 @@ class RolloutEngine:
         session: Session,
         rollout: RolloutRow,
         now: float,
-        outbox: list[tuple[str, WireMessage]],
+        outbox: list[tuple[str, CommandMessage]],
     ) -> None:
         opts = rollout.options
         rds = self._devices(session, rollout.id)
@@ -442,7 +442,7 @@ class RolloutEngine:
         manifest: Manifest,
         rollout: RolloutRow,
         now: float,
-        outbox: list[tuple[str, WireMessage]],
+        outbox: list[tuple[str, CommandMessage]],
     ) -> None:
         if device.hardware is None:
             return  # no birth message yet; wait for it
@@ -482,7 +482,7 @@ class RolloutEngine:
         rollout: RolloutRow,
         opts: dict[str, Any],
         now: float,
-        outbox: list[tuple[str, WireMessage]],
+        outbox: list[tuple[str, CommandMessage]],
     ) -> None:
         if cmd is None:
             return
@@ -533,7 +533,7 @@ class RolloutEngine:
         rd: RolloutDeviceRow,
         rollout: RolloutRow,
         now: float,
-        outbox: list[tuple[str, WireMessage]],
+        outbox: list[tuple[str, CommandMessage]],
     ) -> None:
         command = Rollback(
             command_id=new_command_id("rollback"),
@@ -548,7 +548,7 @@ class RolloutEngine:
         outbox.append((rd.device_id, command))
 
     def _maybe_resend(
-        self, cmd: CommandRecord, now: float, outbox: list[tuple[str, WireMessage]]
+        self, cmd: CommandRecord, now: float, outbox: list[tuple[str, CommandMessage]]
     ) -> None:
         """Publish again (same id) when never sent, or unanswered for `resend_after_s`."""
         if cmd.status == "accepted":
@@ -561,12 +561,12 @@ class RolloutEngine:
 
 
 def record_command(
-    session: Session, device_id: str, command: WireMessage, rollout_id: str | None, now: float
+    session: Session, device_id: str, command: CommandMessage, rollout_id: str | None, now: float
 ) -> CommandRecord:
     row = CommandRecord(
-        id=command.command_id,  # type: ignore[union-attr]
+        id=command.command_id,
         device_id=device_id,
-        type=command.type,  # type: ignore[union-attr]
+        type=command.type,
         payload=command.model_dump(mode="json"),
         rollout_id=rollout_id,
         status="pending",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -187,7 +187,9 @@ class SetPolicy(_Command):
     max_fps: float | None = Field(default=None, gt=0)
 
 
-Command = Annotated[Deploy | Rollback | Benchmark | SetPolicy, Field(discriminator="type")]
+#: A command as Python code holds it; `Command` is the same, tagged for validation by `type`.
+CommandMessage = Deploy | Rollback | Benchmark | SetPolicy
+Command = Annotated[CommandMessage, Field(discriminator="type")]
 
 
 # --- replies ----------------------------------------------------------------------------------
@@ -249,7 +251,9 @@ MESSAGE_MODELS: dict[Kind, Any] = {
 }
 _ADAPTERS = {kind: TypeAdapter(model) for kind, model in MESSAGE_MODELS.items()}
 
-WireMessage = State | Telemetry | Event | Deploy | Rollback | Benchmark | SetPolicy | Reply
+#: What a device publishes (the controller's side of the codec).
+DeviceMessage = State | Telemetry | Event | Reply
+WireMessage = DeviceMessage | CommandMessage
 
 
 def encode(message: BaseModel) -> bytes:
@@ -257,8 +261,22 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=True).encode()
 
 
+@overload
+def decode(kind: Literal[Kind.STATE], payload: bytes | str) -> State: ...
+@overload
+def decode(kind: Literal[Kind.TELEMETRY], payload: bytes | str) -> Telemetry: ...
+@overload
+def decode(kind: Literal[Kind.EVENT], payload: bytes | str) -> Event: ...
+@overload
+def decode(kind: Literal[Kind.CMD], payload: bytes | str) -> CommandMessage: ...
+@overload
+def decode(kind: Literal[Kind.REPLY], payload: bytes | str) -> Reply: ...
+@overload
+def decode(kind: Kind, payload: bytes | str) -> WireMessage: ...
 def decode(kind: Kind, payload: bytes | str) -> WireMessage:
-    """Parse `payload` as the model for `kind`; raise `MessageError` naming the first bad field."""
+    """Parse `payload` as the model for `kind`; raise `MessageError` naming the first bad field.
+
+    Typed by `kind`: `decode(Kind.CMD, b)` is a `CommandMessage`, no cast needed."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError("", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
@@ -277,3 +295,12 @@ def decode(kind: Kind, payload: bytes | str) -> WireMessage:
         field = ".".join(str(p) for p in err["loc"])
         raise MessageError(field, err["msg"]) from None
     return result
+
+
+def decode_device_message(kind: Kind, payload: bytes | str) -> DeviceMessage:
+    """What the controller receives: state, telemetry, event or reply (never a command)."""
+    if kind is Kind.CMD:
+        raise MessageError("", "a command is not a device message")
+    message = decode(kind, payload)
+    assert not isinstance(message, CommandMessage)  # only Kind.CMD decodes to a command
+    return message

@@ -17,6 +17,7 @@ from controller.models import Device
 from controller.rollout import RolloutCreate
 from shared.errors import UserError
 from shared.messages import (
+    CommandMessage,
     CpuSample,
     Deploy,
     InferenceStats,
@@ -24,7 +25,6 @@ from shared.messages import (
     Reply,
     State,
     Telemetry,
-    WireMessage,
 )
 from tests.controller.conftest import make_settings
 from tests.controller.helpers import make_bundle, profile
@@ -38,7 +38,7 @@ class Fleet:
             make_settings(tmp_path, db_url, rollout_loop=False, rollout=rollout)
         )
         self.ctl.db.migrate()
-        self.sent: list[tuple[str, WireMessage]] = []
+        self.sent: list[tuple[str, CommandMessage]] = []
         self.ctl.engine.publish = lambda d, c: self.sent.append((d, c)) or True  # type: ignore[func-returns-value]
         make_bundle(tmp_path / "b", self.ctl.store.key)
         with self.ctl.db.session() as s:

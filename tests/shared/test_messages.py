@@ -23,6 +23,7 @@ from shared.messages import (
     State,
     Telemetry,
     decode,
+    decode_device_message,
     encode,
 )
 from shared.topics import Kind
@@ -85,6 +86,18 @@ EXAMPLES: list[tuple[Kind, BaseModel]] = [
 @pytest.mark.parametrize(("kind", "message"), EXAMPLES)
 def test_examples_round_trip(kind: Kind, message: BaseModel) -> None:
     assert decode(kind, encode(message)) == message
+
+
+@pytest.mark.parametrize(("kind", "message"), EXAMPLES)
+def test_device_messages_decode_and_commands_are_refused_there(
+    kind: Kind, message: BaseModel
+) -> None:
+    """The controller's decoder takes what devices send; a command on a device topic is refused."""
+    if kind is Kind.CMD:
+        with pytest.raises(MessageError, match="not a device message"):
+            decode_device_message(kind, encode(message))
+    else:
+        assert decode_device_message(kind, encode(message)) == message
 
 
 def test_commands_are_dispatched_by_type() -> None:
