@@ -1,7 +1,7 @@
-"""The FastAPI app: `create_app(settings)` wires database, MQTT bridge, rollout loop and routes.
+"""The FastAPI app: `create_app(settings)` mounts the routes on a `controller.core.Controller`.
 
-`app.state.controller` (a `Controller`) gives in-process callers (the demo, tests) the same
-objects the API uses: `db`, `bridge`, `engine`, `store`, `publish()`.
+`app.state.controller` gives in-process callers (the demo, tests) the same objects the API
+uses: `db`, `bridge`, `engine`, `store`, `publish()`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -19,78 +18,14 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 
 from controller.api import artifacts, devices, metrics, models, rollouts, tokens
-from controller.bridge import Bridge
-from controller.bundles import BundleStore
 from controller.config import ControllerSettings
-from controller.db import Database
-from controller.fleet import Fleet
-from controller.leader import Leader, make_leader
-from controller.rollout import RolloutEngine
-from controller.security import Scope, register_token
+from controller.core import Controller
 from shared import __version__
-from shared.messages import CommandMessage
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 API_PREFIX = "/api/v1"
-
-
-@dataclass
-class Controller:
-    settings: ControllerSettings
-    db: Database
-    store: BundleStore
-    fleet: Fleet
-    leader: Leader
-    engine: RolloutEngine
-    bridge: Bridge | None = None
-    started: bool = False
-
-    def publish(self, device_id: str, command: CommandMessage) -> bool:
-        return self.bridge.publish_command(device_id, command) if self.bridge else False
-
-    def start(self) -> None:
-        """Migrate, register the bootstrap token, start bridge and rollout loop (once)."""
-        if self.started:
-            return
-        self.started = True
-        self.db.migrate()
-        if self.settings.bootstrap_admin_token:
-            with self.db.session() as session:
-                register_token(
-                    session, self.settings.bootstrap_admin_token, Scope.ADMIN, "bootstrap"
-                )
-        if self.settings.mqtt.enabled:
-            self.bridge = Bridge(self.settings, self.db, self.fleet)
-            self.bridge.start()
-        if self.settings.rollout_loop:
-            self.engine.start()
-
-    def stop(self) -> None:
-        if not self.started:
-            return
-        self.started = False
-        self.engine.stop()
-        if self.bridge:
-            self.bridge.stop()
-        self.leader.close()
-        self.db.close()
-
-
-def build_controller(settings: ControllerSettings) -> Controller:
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.db_url())
-    store = BundleStore(settings.artifact_dir(), settings.bundle_dir(), settings.key_path())
-    leader = make_leader(settings.db_url())
-    holder: dict[str, Controller] = {}
-    engine = RolloutEngine(
-        settings, db, lambda device_id, cmd: holder["c"].publish(device_id, cmd), leader
-    )
-    fleet = Fleet(shared=settings.mqtt.shared_subscription_group is not None)
-    controller = Controller(settings, db, store, fleet, leader, engine)
-    holder["c"] = controller
-    return controller
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -124,7 +59,7 @@ async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     settings = settings or ControllerSettings()
-    controller = build_controller(settings)
+    controller = Controller(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from controller.core import Controller
 from controller.security import Scope, find_token
-
-if TYPE_CHECKING:
-    from controller.app import Controller
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: lepton-controller token create")
 
 
 def get_controller(request: Request) -> Controller:
-    return request.app.state.controller  # type: ignore[no-any-return]
+    controller: Controller = request.app.state.controller
+    return controller
 
 
-ControllerDep = Annotated["Controller", Depends(get_controller)]
+ControllerDep = Annotated[Controller, Depends(get_controller)]
 
 
 def get_session(request: Request) -> Iterator[Session]:

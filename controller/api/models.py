@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,13 +15,11 @@ from starlette.concurrency import run_in_threadpool
 from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
 from controller.archive import ArchiveError, extract_tar
 from controller.bundles import BundleError
+from controller.core import Controller
 from controller.models import BenchmarkRecord, Bundle, Device
 from controller.rollout import new_command_id, record_command
 from shared.manifest import Manifest
 from shared.messages import Benchmark
-
-if TYPE_CHECKING:
-    from controller.app import Controller
 
 router = APIRouter(tags=["bundles"])
 

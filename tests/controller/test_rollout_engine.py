@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from controller.app import build_controller
 from controller.bundles import pack
 from controller.config import load_settings
+from controller.core import Controller
 from controller.fleet import Batch
 from controller.models import Device
 from controller.rollout import RolloutCreate
@@ -34,9 +34,7 @@ class Fleet:
     """A controller without broker or HTTP; devices speak through `fleet.apply` batches."""
 
     def __init__(self, tmp_path: Path, db_url: str, **rollout: Any) -> None:
-        self.ctl = build_controller(
-            make_settings(tmp_path, db_url, rollout_loop=False, rollout=rollout)
-        )
+        self.ctl = Controller(make_settings(tmp_path, db_url, rollout_loop=False, rollout=rollout))
         self.ctl.db.migrate()
         self.sent: list[tuple[str, CommandMessage]] = []
         self.ctl.engine.publish = lambda d, c: self.sent.append((d, c)) or True  # type: ignore[func-returns-value]

@@ -1,0 +1,60 @@
+"""The fleet controller's parts, built in one place: database, bundle store, fleet state,
+leader election, rollout engine and (once started) the MQTT bridge. No web framework here:
+the API (`controller.app`) and in-process callers share this object."""
+
+from __future__ import annotations
+
+from controller.bridge import Bridge
+from controller.bundles import BundleStore
+from controller.config import ControllerSettings
+from controller.db import Database
+from controller.fleet import Fleet
+from controller.leader import make_leader
+from controller.rollout import RolloutEngine
+from controller.security import Scope, register_token
+from shared.messages import CommandMessage
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings) -> None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.db = Database(settings.db_url())
+        self.store = BundleStore(
+            settings.artifact_dir(), settings.bundle_dir(), settings.key_path()
+        )
+        self.fleet = Fleet(shared=settings.mqtt.shared_subscription_group is not None)
+        self.leader = make_leader(settings.db_url())
+        self.engine = RolloutEngine(settings, self.db, self.publish, self.leader)
+        self.bridge: Bridge | None = None
+        self.started = False
+
+    def publish(self, device_id: str, command: CommandMessage) -> bool:
+        return self.bridge.publish_command(device_id, command) if self.bridge else False
+
+    def start(self) -> None:
+        """Migrate, register the bootstrap token, start bridge and rollout loop (once)."""
+        if self.started:
+            return
+        self.started = True
+        self.db.migrate()
+        if self.settings.bootstrap_admin_token:
+            with self.db.session() as session:
+                register_token(
+                    session, self.settings.bootstrap_admin_token, Scope.ADMIN, "bootstrap"
+                )
+        if self.settings.mqtt.enabled:
+            self.bridge = Bridge(self.settings, self.db, self.fleet)
+            self.bridge.start()
+        if self.settings.rollout_loop:
+            self.engine.start()
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        self.engine.stop()
+        if self.bridge:
+            self.bridge.stop()
+        self.leader.close()
+        self.db.close()
