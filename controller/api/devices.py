@@ -107,7 +107,7 @@ def list_devices(
     power_level: PowerLevel | None = None,
     bundle: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[dict[str, Any]]:
     devices = fleet.list_devices(
         session,

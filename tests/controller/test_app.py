@@ -68,3 +68,9 @@ def test_root_redirects_to_ui_when_web_exists(client: TestClient) -> None:
         return
     r = client.get("/", follow_redirects=False)
     assert r.status_code == 307 and r.headers["location"] == "/ui/"
+
+
+def test_an_offset_the_database_cannot_hold_is_422_not_500(client: TestClient) -> None:
+    """Found by the schemathesis run: offset=2**63 overflowed SQLite's INTEGER into a 500."""
+    r = client.get("/api/v1/devices", params={"offset": 2**63}, headers=AUTH)
+    assert r.status_code == 422 and "offset" in r.json()["message"]
