@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from controller.app import create_app
 from controller.bundles import pack
 from controller.fleet import Batch
+from controller.models import BenchmarkRecord
 from shared.messages import PowerLevel, State
 from shared.signing import private_pem
 from tests.controller.conftest import AUTH, make_settings
@@ -21,6 +22,17 @@ from tests.controller.helpers import profile
 from tests.paths import FASHION_MNIST_MODELS
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+#: Latency per scheme (the part of the variant id after the format), in ms.
+FIXED_MS = {
+    "fp32": 1.0,
+    "fp16": 0.8,
+    "int8-static": 0.5,
+    "int8-static-mixed": 0.6,
+    "int8-dynamic": 1.6,
+    "int8-weight-only": 0.9,
+}
 
 
 def _client_with_key(tmp_path: Path, db_url: str, key) -> TestClient:  # type: ignore[no-untyped-def]
@@ -59,6 +71,21 @@ def test_reference_bundle_ladders_differ_by_hardware(
                     ]
                 ),
             )
+            # Fixed on-device latencies: the ladder must not hang on build-host timing noise
+            # (a 27 us model timed on a loaded 2-core box made two ladders collapse to one).
+            for hw in (x86, pi, jetson):
+                for v in reference_bundle.manifest.variants:
+                    s.add(
+                        BenchmarkRecord(
+                            hardware_class=hw.hardware_class(),
+                            bundle_id=bundle_id,
+                            variant_id=v.id,
+                            device_id="bench",
+                            p50_ms=FIXED_MS[v.id.split("-", 1)[1]],
+                            p99_ms=2 * FIXED_MS[v.id.split("-", 1)[1]],
+                            measured_at=time.time(),
+                        )
+                    )
         ladders = {}
         for device in ("x86", "pi", "jetson"):
             out = client.get(

@@ -41,7 +41,7 @@ def test_compose_services_match_the_load_balancer() -> None:
 
 
 @pytest.mark.postgres
-def test_emqx_views_verify_device_passwords(postgres_url: str) -> None:
+def test_emqx_views_verify_device_passwords(postgres_url: str, postgres_admin_url: str) -> None:
     import psycopg
 
     from controller.db import Database
@@ -110,6 +110,6 @@ def test_emqx_views_verify_device_passwords(postgres_url: str) -> None:
         admin.execute("RESET ROLE")
         dbname = libpq.rsplit("/", 1)[1]
         admin.close()
-        with psycopg.connect(libpq.rsplit("/", 1)[0] + "/test", autocommit=True) as cleanup:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as cleanup:
             cleanup.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
             cleanup.execute(f"DROP ROLE IF EXISTS {role}")
