@@ -42,7 +42,11 @@ mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/de
 [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
 echo "== debootstrap bookworm into $root"
 debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log"
-cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/" 2>/dev/null || true
+# The host's apt sources replace debootstrap's one-line list (else apt warns of duplicates).
+if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
+  cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/"
+  rm -f "$root/etc/apt/sources.list"
+fi
 [ -f /etc/apt/sources.list ] && cp /etc/apt/sources.list "$root/etc/apt/"
 # A chroot has no init: keep package scripts from starting services (as container images do),
 # so PostgreSQL is not running, exactly as on a fresh box before anyone starts it.
