@@ -24,7 +24,7 @@ class ArchiveError(ValueError):
 def _vet(member: tarfile.TarInfo) -> str:
     """The member's safe relative path, or `ArchiveError` saying why it is refused."""
     name = member.name
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    if name.startswith("/"):
         raise ArchiveError(f"archive member {name!r} has an absolute path")
     normal = posixpath.normpath(name)
     if normal == ".." or normal.startswith("../"):
