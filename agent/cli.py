@@ -4,20 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.cli import Subcommand, run_cli
+from lepton_edge.shared.cli import Subcommand, run_cli
 
 AGENT_COMMANDS = (
-    Subcommand("run", "agent.service", "run the agent (what the systemd unit starts)", "agent"),
+    Subcommand(
+        "run", "lepton_edge.agent.service", "run the agent (what the systemd unit starts)", "agent"
+    ),
     Subcommand(
         "probe",
-        "agent.commands.probe",
+        "lepton_edge.agent.commands.probe",
         "print this device's hardware profile and a sample",
         "agent",
     ),
     Subcommand(
-        "enroll", "agent.commands.enroll", "enroll with a controller using a token", "agent"
+        "enroll",
+        "lepton_edge.agent.commands.enroll",
+        "enroll with a controller using a token",
+        "agent",
     ),
-    Subcommand("infer", "agent.commands.infer", "run a bundle's variants on local frames", "agent"),
+    Subcommand(
+        "infer",
+        "lepton_edge.agent.commands.infer",
+        "run a bundle's variants on local frames",
+        "agent",
+    ),
 )
 
 

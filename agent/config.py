@@ -18,10 +18,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agent.engine import EngineSettings
-from agent.power import PolicySettings
-from shared.errors import UserError
-from shared.hardware import INFERENCE_FEATURES, GpuInfo
+from lepton_edge.agent.engine import EngineSettings
+from lepton_edge.agent.power import PolicySettings
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.hardware import INFERENCE_FEATURES, GpuInfo
 
 DEFAULT_CONFIG_FILE = Path("/etc/lepton/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/lepton")

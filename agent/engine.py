@@ -20,11 +20,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent import runtimes
-from agent.runtimes import Runtime, RuntimeOptions
-from agent.sources import Frame, Result, Source
-from shared.manifest import Variant
-from shared.messages import InferenceStats
+from lepton_edge.agent import runtimes
+from lepton_edge.agent.runtimes import Runtime, RuntimeOptions
+from lepton_edge.agent.sources import Frame, Result, Source
+from lepton_edge.shared.manifest import Variant
+from lepton_edge.shared.messages import InferenceStats
 
 log = logging.getLogger(__name__)
 

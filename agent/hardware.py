@@ -1,7 +1,7 @@
 """The hardware profile an agent announces at start: what this box is, truthfully.
 
 ISA features come from `/proc/cpuinfo` flags (x86) or Features (ARM) and are normalised to
-`shared.hardware.INFERENCE_FEATURES`; simulated overrides let a demo fleet pretend to be other
+`lepton_edge.shared.hardware.INFERENCE_FEATURES`; simulated overrides let a demo fleet pretend to be other
 boxes.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import psutil
 
-from agent import runtimes
-from agent.config import AgentSettings
-from agent.probes.gpu import GpuProbe
-from shared import __version__
-from shared.hardware import INFERENCE_FEATURES, HardwareProfile
+from lepton_edge.agent import runtimes
+from lepton_edge.agent.config import AgentSettings
+from lepton_edge.agent.probes.gpu import GpuProbe
+from lepton_edge.shared import __version__
+from lepton_edge.shared.hardware import INFERENCE_FEATURES, HardwareProfile
 
 #: Inference feature -> any of these cpuinfo flags (x86 `flags`, ARM `Features`) implies it.
 FEATURE_FLAGS: dict[str, tuple[str, ...]] = {
@@ -61,7 +61,7 @@ def inference_features(flags: set[str]) -> list[str]:
 
 
 def installed_runtimes() -> tuple[dict[str, str], list[str]]:
-    """(runtime -> version, ONNX Runtime providers): what `agent.runtimes` can load here."""
+    """(runtime -> version, ONNX Runtime providers): what `lepton_edge.agent.runtimes` can load here."""
     return dict(runtimes.installed()), list(runtimes.onnx_providers())
 
 

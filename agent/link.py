@@ -22,9 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config import MqttSettings
-from agent.outbox import Outbox
-from shared.topics import Kind, topic
+from lepton_edge.agent.config import MqttSettings
+from lepton_edge.agent.outbox import Outbox
+from lepton_edge.shared.topics import Kind, topic
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.sources import QueueSource
+from lepton_edge.agent.sources import QueueSource
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.messages import BatterySample, PowerLevel, SetPolicy, ThermalSample
+from lepton_edge.shared.messages import BatterySample, PowerLevel, SetPolicy, ThermalSample
 
 #: Best to worst; a "lower" level saves more power.
 LEVELS = (PowerLevel.PERFORMANCE, PowerLevel.BALANCED, PowerLevel.SAVER, PowerLevel.CRITICAL)

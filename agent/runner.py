@@ -1,5 +1,5 @@
 """The agent's inference side: engine + power policy + frame source, behind the `Runner`
-protocol of `agent.service`.
+protocol of `lepton_edge.agent.service`.
 
 The agent hands it verified bundles and power readings; it runs frames, turns policy
 decisions into hot variant switches, and reports each switch as an event with its reason.
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent import runtimes
-from agent.engine import Engine, EngineSettings, VariantSpec
-from agent.local_api import LocalEndpoint, ModelInfo
-from agent.power import PolicySettings, PowerPolicy
-from agent.runtimes import RuntimeOptions, VariantLoadError
-from agent.sources import (
+from lepton_edge.agent import runtimes
+from lepton_edge.agent.engine import Engine, EngineSettings, VariantSpec
+from lepton_edge.agent.local_api import LocalEndpoint, ModelInfo
+from lepton_edge.agent.power import PolicySettings, PowerPolicy
+from lepton_edge.agent.runtimes import RuntimeOptions, VariantLoadError
+from lepton_edge.agent.sources import (
     ArraySource,
     NoFrames,
     QueueSource,
@@ -30,10 +30,10 @@ from agent.sources import (
     idx_source,
     image_dir_source,
 )
-from shared.errors import UserError
-from shared.hardware import HardwareProfile
-from shared.manifest import Manifest
-from shared.messages import (
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.hardware import HardwareProfile
+from lepton_edge.shared.manifest import Manifest
+from lepton_edge.shared.messages import (
     BatterySample,
     EventKind,
     InferenceStats,
@@ -44,7 +44,7 @@ from shared.messages import (
 )
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
+    from lepton_edge.agent.config import AgentSettings
 
 log = logging.getLogger(__name__)
 

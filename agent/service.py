@@ -17,17 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from agent.config import DEFAULT_CONFIG_FILE, AgentSettings, load_settings
-from agent.hardware import build_profile, machine_device_id
-from agent.link import MqttLink
-from agent.outbox import CommandLog, Outbox
-from agent.probes import build_probes
-from agent.store import ArtifactStore, Bundle, StoreError, read_public_key
-from shared import __version__
-from shared.errors import MessageError, SignatureError, TopicError, UserError
-from shared.hardware import HardwareProfile
-from shared.manifest import Manifest
-from shared.messages import (
+from lepton_edge.agent.config import DEFAULT_CONFIG_FILE, AgentSettings, load_settings
+from lepton_edge.agent.hardware import build_profile, machine_device_id
+from lepton_edge.agent.link import MqttLink
+from lepton_edge.agent.outbox import CommandLog, Outbox
+from lepton_edge.agent.probes import build_probes
+from lepton_edge.agent.store import ArtifactStore, Bundle, StoreError, read_public_key
+from lepton_edge.shared import __version__
+from lepton_edge.shared.errors import MessageError, SignatureError, TopicError, UserError
+from lepton_edge.shared.hardware import HardwareProfile
+from lepton_edge.shared.manifest import Manifest
+from lepton_edge.shared.messages import (
     MAX_PAYLOAD_BYTES,
     BatterySample,
     Benchmark,
@@ -47,8 +47,8 @@ from shared.messages import (
     decode,
     encode,
 )
-from shared.systemd import Notifier
-from shared.topics import Kind, check_device_id
+from lepton_edge.shared.systemd import Notifier
+from lepton_edge.shared.topics import Kind, check_device_id
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ EmitEvent = Callable[[EventKind, str, dict[str, Any]], None]
 
 @runtime_checkable
 class Runner(Protocol):
-    """The inference side of an agent (issue 5's `agent.runner.InferenceRunner`).
+    """The inference side of an agent (issue 5's `lepton_edge.agent.runner.InferenceRunner`).
 
     The agent calls these from its own threads; a runner must be safe to call concurrently
     with its own frame loop. `emit_event` is handed to the runner's constructor.
@@ -614,7 +614,7 @@ def build_agent(settings: AgentSettings, *, notifier: Notifier | None = None) ->
     if settings.engine.source == "none":
         return agent
     try:
-        from agent.runner import InferenceRunner
+        from lepton_edge.agent.runner import InferenceRunner
     except ImportError as exc:
         raise UserError(
             f"engine.source = {settings.engine.source} needs the Python package {exc.name!r}: "

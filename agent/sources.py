@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import UserError
-from shared.idx import FASHION_MNIST_DIR, read_idx
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.idx import FASHION_MNIST_DIR, read_idx
 
 
 @dataclass(slots=True)

@@ -31,11 +31,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import TypeAdapter, ValidationError
 
-from agent.config import StoreSettings
-from shared.errors import SignatureError
-from shared.manifest import MANIFEST_FILE, Manifest, Variant, sha256_file
-from shared.messages import PowerLevel
-from shared.signing import load_public_key, verify_manifest
+from lepton_edge.agent.config import StoreSettings
+from lepton_edge.shared.errors import SignatureError
+from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, Variant, sha256_file
+from lepton_edge.shared.messages import PowerLevel
+from lepton_edge.shared.signing import load_public_key, verify_manifest
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.config import AgentSettings  # noqa: E402
-from agent.service import Agent  # noqa: E402
+from lepton_edge.agent.config import AgentSettings  # noqa: E402
+from lepton_edge.agent.service import Agent  # noqa: E402
 from tests.agent.agent_support import Watcher  # noqa: E402
 from tests.mosquitto import Mosquitto  # noqa: E402
 

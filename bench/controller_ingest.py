@@ -38,8 +38,8 @@ class QuietMosquitto(Mosquitto):
 
 
 def payload(device: str, seq: int) -> bytes:
-    from shared import messages
-    from shared.messages import (
+    from lepton_edge.shared import messages
+    from lepton_edge.shared.messages import (
         BatterySample,
         CpuSample,
         InferenceStats,
@@ -133,9 +133,9 @@ def main() -> int:
     args = parser.parse_args()
     total = args.devices * args.rounds
 
-    from controller.bridge import Bridge
-    from controller.config import ControllerSettings
-    from controller.db import Database
+    from lepton_edge.controller.bridge import Bridge
+    from lepton_edge.controller.config import ControllerSettings
+    from lepton_edge.controller.db import Database
 
     with tempfile.TemporaryDirectory(prefix="lepton-ingest-") as tmp:
         broker = QuietMosquitto(Path(tmp)).start()
@@ -183,7 +183,7 @@ def main() -> int:
         bare.join(30)
         bridge.stop()
         with db.session() as session:
-            from controller.fleet import counts
+            from lepton_edge.controller.fleet import counts
 
             c = counts(session)
         db.close()

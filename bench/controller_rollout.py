@@ -1,6 +1,6 @@
 """Rollout of 200 lightweight agents to 100 % through four waves (1 %, 10 %, 50 %, 100 %).
 
-Each agent is the real `agent.service.Agent` (MQTT link, outbox, artifact store that checks
+Each agent is the real `lepton_edge.agent.service.Agent` (MQTT link, outbox, artifact store that checks
 the signature and every sha256) without an inference engine, spread over worker processes.
 The controller runs here: API (uvicorn), MQTT bridge and rollout loop, SQLite by default.
 Printed: time to complete, time per wave, artifact bytes the agents downloaded and the
@@ -40,8 +40,8 @@ def worker(
     import logging
 
     logging.disable(logging.WARNING)
-    from agent.config import AgentSettings
-    from agent.service import Agent
+    from lepton_edge.agent.config import AgentSettings
+    from lepton_edge.agent.service import Agent
 
     agents = []
     for device_id in ids:
@@ -71,8 +71,14 @@ def worker(
 
 
 def make_bundle(out: Path, key, sizes: dict[str, int]):  # type: ignore[no-untyped-def]
-    from shared.manifest import MANIFEST_FILE, Manifest, Requirements, Variant, VariantMetrics
-    from shared.signing import sign_manifest
+    from lepton_edge.shared.manifest import (
+        MANIFEST_FILE,
+        Manifest,
+        Requirements,
+        Variant,
+        VariantMetrics,
+    )
+    from lepton_edge.shared.signing import sign_manifest
 
     out.mkdir(parents=True)
     variants = []
@@ -120,10 +126,10 @@ def main() -> int:
     import uvicorn
 
     logging.disable(logging.WARNING)
-    from controller.app import create_app
-    from controller.bundles import pack
-    from controller.config import ControllerSettings
-    from shared.signing import load_or_create_private_key, public_pem
+    from lepton_edge.controller.app import create_app
+    from lepton_edge.controller.bundles import pack
+    from lepton_edge.controller.config import ControllerSettings
+    from lepton_edge.shared.signing import load_or_create_private_key, public_pem
 
     with tempfile.TemporaryDirectory(prefix="lepton-rollout-") as tmp_s:
         tmp = Path(tmp_s)

@@ -29,15 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from agent.config import SimulatedBatterySettings  # noqa: E402
-from agent.engine import EngineSettings  # noqa: E402
-from agent.power import PolicySettings  # noqa: E402
-from agent.probes.battery import SimulatedBattery  # noqa: E402
-from agent.runner import InferenceRunner  # noqa: E402
-from agent.sources import Frame, Result  # noqa: E402
 from bench.engine_overhead import CACHE, fashion_variants  # noqa: E402
-from shared.manifest import Manifest  # noqa: E402
-from shared.messages import EventKind, PowerLevel  # noqa: E402
+from lepton_edge.agent.config import SimulatedBatterySettings  # noqa: E402
+from lepton_edge.agent.engine import EngineSettings  # noqa: E402
+from lepton_edge.agent.power import PolicySettings  # noqa: E402
+from lepton_edge.agent.probes.battery import SimulatedBattery  # noqa: E402
+from lepton_edge.agent.runner import InferenceRunner  # noqa: E402
+from lepton_edge.agent.sources import Frame, Result  # noqa: E402
+from lepton_edge.shared.manifest import Manifest  # noqa: E402
+from lepton_edge.shared.messages import EventKind, PowerLevel  # noqa: E402
 
 LEVEL_Y = {
     PowerLevel.PERFORMANCE: 3,

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from agent.engine import Engine, VariantSpec  # noqa: E402
-from agent.runtimes import RuntimeOptions  # noqa: E402
-from agent.sources import ArraySource, NoFrames  # noqa: E402
+from lepton_edge.agent.engine import Engine, VariantSpec  # noqa: E402
+from lepton_edge.agent.runtimes import RuntimeOptions  # noqa: E402
+from lepton_edge.agent.sources import ArraySource, NoFrames  # noqa: E402
 
 CACHE = Path(os.environ.get("LEPTON_BENCH_CACHE", Path.home() / ".cache" / "lepton" / "bench"))
 
@@ -47,9 +47,9 @@ def mobilenet_variants(calib_n: int = 32) -> dict[str, Path]:
         return files
     import keras
 
-    from controller.optimize import keras as keras_export
-    from controller.optimize import onnx as onnx_variants
-    from controller.optimize import tflite as tflite_variants
+    from lepton_edge.controller.optimize import keras as keras_export
+    from lepton_edge.controller.optimize import onnx as onnx_variants
+    from lepton_edge.controller.optimize import tflite as tflite_variants
 
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
@@ -75,7 +75,7 @@ def fashion_variants() -> dict[str, Path]:
 
         shutil.rmtree(out, ignore_errors=True)
         build_small_bundle(out)
-    from shared.manifest import Manifest
+    from lepton_edge.shared.manifest import Manifest
 
     manifest = Manifest.model_validate_json((out / "manifest.json").read_bytes())
     return {v.id: out / v.filename for v in manifest.variants}

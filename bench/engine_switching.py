@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from agent.engine import Engine, Switch, VariantSpec  # noqa: E402
-from agent.runtimes import RuntimeOptions  # noqa: E402
-from agent.sources import Frame, Result, idx_source  # noqa: E402
 from bench.engine_overhead import fashion_variants  # noqa: E402
+from lepton_edge.agent.engine import Engine, Switch, VariantSpec  # noqa: E402
+from lepton_edge.agent.runtimes import RuntimeOptions  # noqa: E402
+from lepton_edge.agent.sources import Frame, Result, idx_source  # noqa: E402
 
 
 def run(

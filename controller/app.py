@@ -1,4 +1,4 @@
-"""The FastAPI app: `create_app(settings)` mounts the routes on a `controller.core.Controller`.
+"""The FastAPI app: `create_app(settings)` mounts the routes on a `lepton_edge.controller.core.Controller`.
 
 `app.state.controller` gives in-process callers (the demo, tests) the same objects the API
 uses: `db`, `bridge`, `engine`, `store`, `publish()`.
@@ -17,10 +17,10 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 
-from controller.api import artifacts, devices, metrics, models, rollouts, tokens
-from controller.config import ControllerSettings
-from controller.core import Controller
-from shared import __version__
+from lepton_edge.controller.api import artifacts, devices, metrics, models, rollouts, tokens
+from lepton_edge.controller.config import ControllerSettings
+from lepton_edge.controller.core import Controller
+from lepton_edge.shared import __version__
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The MQTT bridge: subscribes to every device's state/telemetry/event/reply, publishes commands.
 
 The paho network thread only appends raw messages to a queue; a writer thread validates them
-with `shared.messages.decode` and commits them to the registry in batches (every
+with `lepton_edge.shared.messages.decode` and commits them to the registry in batches (every
 `flush_interval_ms` or `batch_max` messages), so ingestion keeps up with a large fleet.
 Malformed, oversized or misaddressed payloads are counted and dropped; nothing crashes.
 """
@@ -23,13 +23,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from controller.config import ControllerSettings
-from controller.db import Database
-from controller.fleet import Batch, Fleet, IngestResult
-from shared import messages, topics
-from shared.errors import MessageError, TopicError
-from shared.messages import Event, Reply, State, Telemetry
-from shared.topics import Kind
+from lepton_edge.controller.config import ControllerSettings
+from lepton_edge.controller.db import Database
+from lepton_edge.controller.fleet import Batch, Fleet, IngestResult
+from lepton_edge.shared import messages, topics
+from lepton_edge.shared.errors import MessageError, TopicError
+from lepton_edge.shared.messages import Event, Reply, State, Telemetry
+from lepton_edge.shared.topics import Kind
 
 log = logging.getLogger(__name__)
 

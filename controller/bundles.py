@@ -17,11 +17,11 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from controller.archive import ArchiveError, extract_tar
-from controller.models import Bundle
-from shared.errors import SignatureError
-from shared.manifest import MANIFEST_FILE, Manifest, sha256_file
-from shared.signing import load_or_create_private_key, verify_manifest
+from lepton_edge.controller.archive import ArchiveError, extract_tar
+from lepton_edge.controller.models import Bundle
+from lepton_edge.shared.errors import SignatureError
+from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, sha256_file
+from lepton_edge.shared.signing import load_or_create_private_key, verify_manifest
 
 
 class BundleError(Exception):

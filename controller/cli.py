@@ -4,41 +4,57 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.cli import Subcommand, run_cli
+from lepton_edge.shared.cli import Subcommand, run_cli
 
 LEPTON_COMMANDS = (
-    Subcommand("demo", "controller.commands.demo", "run a simulated fleet end to end", "demo"),
+    Subcommand(
+        "demo", "lepton_edge.controller.commands.demo", "run a simulated fleet end to end", "demo"
+    ),
     Subcommand(
         "build",
-        "controller.optimize.cli",
+        "lepton_edge.controller.optimize.cli",
         "build a signed bundle of measured fp32/fp16/int8 variants",
         "controller",
     ),
-    Subcommand("devices", "controller.commands.devices", "list devices of the fleet", "controller"),
-    Subcommand("models", "controller.commands.models", "push and list bundles", "controller"),
+    Subcommand(
+        "devices",
+        "lepton_edge.controller.commands.devices",
+        "list devices of the fleet",
+        "controller",
+    ),
+    Subcommand(
+        "models", "lepton_edge.controller.commands.models", "push and list bundles", "controller"
+    ),
     Subcommand(
         "rollout",
-        "controller.commands.rollout",
+        "lepton_edge.controller.commands.rollout",
         "create, watch, pause, resume or abort rollouts",
         "controller",
     ),
     Subcommand(
         "select",
-        "controller.commands.select",
+        "lepton_edge.controller.commands.select",
         "show a device's ladder and why each variant was chosen or rejected",
         "controller",
     ),
-    Subcommand("schema", "shared.schema", "write the JSON Schema of every wire message"),
+    Subcommand(
+        "schema", "lepton_edge.shared.schema", "write the JSON Schema of every wire message"
+    ),
 )
 
 CONTROLLER_COMMANDS = (
-    Subcommand("serve", "controller.commands.serve", "run the controller API", "controller"),
     Subcommand(
-        "token", "controller.commands.token", "create admin and enrollment tokens", "controller"
+        "serve", "lepton_edge.controller.commands.serve", "run the controller API", "controller"
+    ),
+    Subcommand(
+        "token",
+        "lepton_edge.controller.commands.token",
+        "create admin and enrollment tokens",
+        "controller",
     ),
     Subcommand(
         "broker-config",
-        "controller.commands.broker_config",
+        "lepton_edge.controller.commands.broker_config",
         "write the broker's password and ACL files",
         "controller",
     ),

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from shared.errors import UserError
+from lepton_edge.shared.errors import UserError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 

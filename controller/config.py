@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import UserError
+from lepton_edge.shared.errors import UserError
 
 DEFAULT_CONFIG_FILE = Path("/etc/lepton/controller.toml")
 

@@ -1,18 +1,18 @@
 """The fleet controller's parts, built in one place: database, bundle store, fleet state,
 leader election, rollout engine and (once started) the MQTT bridge. No web framework here:
-the API (`controller.app`) and in-process callers share this object."""
+the API (`lepton_edge.controller.app`) and in-process callers share this object."""
 
 from __future__ import annotations
 
-from controller.bridge import Bridge
-from controller.bundles import BundleStore
-from controller.config import ControllerSettings
-from controller.db import Database
-from controller.fleet import Fleet
-from controller.leader import make_leader
-from controller.rollout import RolloutEngine
-from controller.security import Scope, register_token
-from shared.messages import CommandMessage
+from lepton_edge.controller.bridge import Bridge
+from lepton_edge.controller.bundles import BundleStore
+from lepton_edge.controller.config import ControllerSettings
+from lepton_edge.controller.db import Database
+from lepton_edge.controller.fleet import Fleet
+from lepton_edge.controller.leader import make_leader
+from lepton_edge.controller.rollout import RolloutEngine
+from lepton_edge.controller.security import Scope, register_token
+from lepton_edge.shared.messages import CommandMessage
 
 
 class Controller:

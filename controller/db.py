@@ -16,8 +16,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller.leader import lock_key
-from shared.errors import UserError
+from lepton_edge.controller.leader import lock_key
+from lepton_edge.shared.errors import UserError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = "lepton-edge/migrations"

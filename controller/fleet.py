@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from controller.models import (
+from lepton_edge.controller.models import (
     BenchmarkRecord,
     CommandRecord,
     Device,
@@ -36,8 +36,8 @@ from controller.models import (
     EventRecord,
     TelemetrySample,
 )
-from shared.hardware import HardwareProfile
-from shared.messages import BenchmarkResult, Event, Reply, State, Telemetry
+from lepton_edge.shared.hardware import HardwareProfile
+from lepton_edge.shared.messages import BenchmarkResult, Event, Reply, State, Telemetry
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ All state lives in the database (`rollouts`, `rollout_devices`, `commands`), and
 is recorded with its id BEFORE it is published, so a controller restarted mid-rollout carries
 on where it was and a resend reuses the id (agents ignore a command id they have seen): no
 device is deployed twice. Offline devices stay `pending` and get their deployment when they
-come back. The loop only acts while this controller is the leader (`controller.leader`).
+come back. The loop only acts while this controller is the leader (`lepton_edge.controller.leader`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from controller.config import ControllerSettings, RolloutDefaults, SelectionSettings
-from controller.db import Database
-from controller.leader import Leader
-from controller.models import BenchmarkRecord, Bundle, CommandRecord, Device, DeviceTag
-from controller.models import Rollout as RolloutRow
-from controller.models import RolloutDevice as RolloutDeviceRow
-from controller.selection import Measured, NoEligibleVariant, Selection
-from controller.selection import select as select_ladder
-from shared.hardware import HardwareProfile
-from shared.manifest import Manifest
-from shared.messages import Command, CommandMessage, Deploy, Rollback
+from lepton_edge.controller.config import ControllerSettings, RolloutDefaults, SelectionSettings
+from lepton_edge.controller.db import Database
+from lepton_edge.controller.leader import Leader
+from lepton_edge.controller.models import BenchmarkRecord, Bundle, CommandRecord, Device, DeviceTag
+from lepton_edge.controller.models import Rollout as RolloutRow
+from lepton_edge.controller.models import RolloutDevice as RolloutDeviceRow
+from lepton_edge.controller.selection import Measured, NoEligibleVariant, Selection
+from lepton_edge.controller.selection import select as select_ladder
+from lepton_edge.shared.hardware import HardwareProfile
+from lepton_edge.shared.manifest import Manifest
+from lepton_edge.shared.messages import Command, CommandMessage, Deploy, Rollback
 
 log = logging.getLogger(__name__)
 

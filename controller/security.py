@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.models import ApiToken, DeviceCredential
-from shared import topics
+from lepton_edge.controller.models import ApiToken, DeviceCredential
+from lepton_edge.shared import topics
 
 MOSQUITTO_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
 TOKEN_PREFIX = "lep_"

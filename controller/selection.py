@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.hardware import HardwareProfile
-from shared.manifest import Ladder, LadderStep, Manifest, Variant
-from shared.messages import PowerLevel
+from lepton_edge.shared.hardware import HardwareProfile
+from lepton_edge.shared.manifest import Ladder, LadderStep, Manifest, Variant
+from lepton_edge.shared.messages import PowerLevel
 
 LatencySource = Literal["device", "build-host", "none"]
 

@@ -7,7 +7,7 @@ import asyncio
 import socket
 from typing import Any
 
-from shared.systemd import Notifier
+from lepton_edge.shared.systemd import Notifier
 
 
 def serve(app: Any, host: str, port: int, *, log_level: str = "info") -> None:

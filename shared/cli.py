@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-from shared import __version__
-from shared.errors import UserError
+from lepton_edge.shared import __version__
+from lepton_edge.shared.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import gzip
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.errors import UserError
+from lepton_edge.shared.errors import UserError
 
 if TYPE_CHECKING:
     import numpy as np

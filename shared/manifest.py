@@ -1,7 +1,7 @@
 """The bundle manifest: one model version, its variants, their measurements and requirements.
 
 A bundle directory holds `manifest.json` plus content-addressed variant files named by their
-sha256. The manifest is signed (see `shared.signing`) over its canonical JSON form.
+sha256. The manifest is signed (see `lepton_edge.shared.signing`) over its canonical JSON form.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared import SCHEMA_VERSION
-from shared.messages import PowerLevel
+from lepton_edge.shared import SCHEMA_VERSION
+from lepton_edge.shared.messages import PowerLevel
 
 MANIFEST_FILE = "manifest.json"
 

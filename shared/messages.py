@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from shared import SCHEMA_VERSION
-from shared.errors import MessageError
-from shared.hardware import HardwareProfile
-from shared.topics import Kind
+from lepton_edge.shared import SCHEMA_VERSION
+from lepton_edge.shared.errors import MessageError
+from lepton_edge.shared.hardware import HardwareProfile
+from lepton_edge.shared.topics import Kind
 
 #: Payloads larger than this are refused before parsing (a broker may allow far more).
 MAX_PAYLOAD_BYTES = 256 * 1024

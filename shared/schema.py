@@ -1,6 +1,6 @@
 """Write the JSON Schema of every wire model, for clients not written in Python.
 
-Usage: `python -m shared.schema OUT_DIR` (or `lepton schema OUT_DIR`).
+Usage: `python -m lepton_edge.shared.schema OUT_DIR` (or `lepton schema OUT_DIR`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from shared.manifest import Ladder, Manifest
-from shared.messages import MESSAGE_MODELS
-from shared.topics import Kind
+from lepton_edge.shared.manifest import Ladder, Manifest
+from lepton_edge.shared.messages import MESSAGE_MODELS
+from lepton_edge.shared.topics import Kind
 
 
 def schemas() -> dict[str, dict[str, Any]]:
@@ -49,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="python -m shared.schema", description=__doc__)
+    cli = argparse.ArgumentParser(prog="python -m lepton_edge.shared.schema", description=__doc__)
     configure(cli)
     sys.exit(run(cli.parse_args()))

@@ -12,8 +12,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.errors import SignatureError
-from shared.manifest import Manifest
+from lepton_edge.shared.errors import SignatureError
+from lepton_edge.shared.manifest import Manifest
 
 
 def generate_key() -> Ed25519PrivateKey:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from shared.errors import TopicError
+from lepton_edge.shared.errors import TopicError
 
 ROOT = "lepton/v1"
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -118,10 +118,10 @@ class ReferenceBundle:
 def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> ReferenceBundle:
     """Every variant of the Fashion-MNIST reference models built, measured and signed (about 10-20 s):
     calibrated on 500 training images, evaluated on 2000 test images."""
-    from controller.optimize import build_bundle
-    from controller.optimize.evaluate import SpeedBudget
-    from shared.idx import FASHION_MNIST_LABELS, fashion_mnist
-    from shared.signing import generate_key, public_pem
+    from lepton_edge.controller.optimize import build_bundle
+    from lepton_edge.controller.optimize.evaluate import SpeedBudget
+    from lepton_edge.shared.idx import FASHION_MNIST_LABELS, fashion_mnist
+    from lepton_edge.shared.signing import generate_key, public_pem
 
     root = FASHION_MNIST_MODELS
     x_train, _ = fashion_mnist("train")

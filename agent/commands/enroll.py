@@ -1,6 +1,6 @@
 """`lepton-agent enroll`: trade a one-time token for broker credentials and the controller's key.
 
-POSTs `shared.messages.EnrollRequest` to `{controller}/api/v1/enroll`, pins the controller's
+POSTs `lepton_edge.shared.messages.EnrollRequest` to `{controller}/api/v1/enroll`, pins the controller's
 Ed25519 public key next to the config, and writes the MQTT login into the agent's TOML config
 (keeping every other setting already there). The new config is validated before it replaces
 the old one, so a failed enrollment leaves a working box as it was.
@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config import DEFAULT_CONFIG_FILE, load_settings
-from shared.errors import SignatureError, TopicError, UserError
-from shared.messages import EnrollRequest, EnrollResponse
-from shared.signing import key_id, load_public_key
-from shared.topics import check_device_id
+from lepton_edge.agent.config import DEFAULT_CONFIG_FILE, load_settings
+from lepton_edge.shared.errors import SignatureError, TopicError, UserError
+from lepton_edge.shared.messages import EnrollRequest, EnrollResponse
+from lepton_edge.shared.signing import key_id, load_public_key
+from lepton_edge.shared.topics import check_device_id
 
 HTTP_TIMEOUT_S = 15.0
 #: The agent's service user; the config (it holds the broker password) is readable by its group.
@@ -189,7 +189,7 @@ def _tls_context(ca_file: Path) -> ssl.SSLContext:
 
 def _device_id(given: str | None) -> str:
     if given is None:
-        from agent.hardware import machine_device_id
+        from lepton_edge.agent.hardware import machine_device_id
 
         try:
             return machine_device_id()

@@ -16,12 +16,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.engine import Engine, EngineSettings, VariantSpec
-from agent.runner import make_source
-from agent.runtimes import RuntimeOptions, VariantLoadError
-from agent.sources import NoFrames
-from shared.errors import SignatureError, UserError
-from shared.manifest import MANIFEST_FILE, Manifest
+from lepton_edge.agent.engine import Engine, EngineSettings, VariantSpec
+from lepton_edge.agent.runner import make_source
+from lepton_edge.agent.runtimes import RuntimeOptions, VariantLoadError
+from lepton_edge.agent.sources import NoFrames
+from lepton_edge.shared.errors import SignatureError, UserError
+from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def load_bundle(folder: Path, key: Path | None = None) -> Manifest:
     except ValidationError as exc:
         raise UserError(f"{path} is not a valid manifest: {exc.errors()[0]['msg']}") from None
     if key is not None:
-        from shared.signing import load_public_key, verify_manifest
+        from lepton_edge.shared.signing import load_public_key, verify_manifest
 
         try:
             verify_manifest(manifest, load_public_key(key.read_bytes()))

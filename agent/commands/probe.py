@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import DEFAULT_CONFIG_FILE, load_settings
-from agent.hardware import build_profile
-from agent.probes import build_probes
+from lepton_edge.agent.config import DEFAULT_CONFIG_FILE, load_settings
+from lepton_edge.agent.hardware import build_profile
+from lepton_edge.agent.probes import build_probes
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

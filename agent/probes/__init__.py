@@ -14,12 +14,12 @@ from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from agent.config import AgentSettings
-from agent.probes.battery import BatteryProbe, detect_battery
-from agent.probes.cpu import CpuProbe
-from agent.probes.gpu import GpuProbe, detect_gpu
-from agent.probes.memory import MemoryProbe
-from agent.probes.thermal import ThermalProbe, detect_thermal
+from lepton_edge.agent.config import AgentSettings
+from lepton_edge.agent.probes.battery import BatteryProbe, detect_battery
+from lepton_edge.agent.probes.cpu import CpuProbe
+from lepton_edge.agent.probes.gpu import GpuProbe, detect_gpu
+from lepton_edge.agent.probes.memory import MemoryProbe
+from lepton_edge.agent.probes.thermal import ThermalProbe, detect_thermal
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Protocol
 
 import psutil
 
-from agent.config import SimulatedBatterySettings
-from shared.messages import BatterySample
+from lepton_edge.agent.config import SimulatedBatterySettings
+from lepton_edge.shared.messages import BatterySample
 
 log = logging.getLogger(__name__)
 

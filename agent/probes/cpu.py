@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 
-from shared.messages import CpuSample
+from lepton_edge.shared.messages import CpuSample
 
 
 class CpuProbe:

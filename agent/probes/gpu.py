@@ -11,8 +11,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from shared.hardware import GpuInfo
-from shared.messages import GpuSample
+from lepton_edge.shared.hardware import GpuInfo
+from lepton_edge.shared.messages import GpuSample
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-from shared.messages import MemorySample
+from lepton_edge.shared.messages import MemorySample
 
 MB = 1024 * 1024
 

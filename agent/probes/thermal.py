@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from agent.config import SimulatedThermalSettings
-from shared.messages import ThermalSample
+from lepton_edge.agent.config import SimulatedThermalSettings
+from lepton_edge.shared.messages import ThermalSample
 
 #: Readings outside this range are a broken sensor, not a temperature.
 PLAUSIBLE_C = (-40.0, 150.0)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from shared.errors import UserError
-from shared.manifest import RUNTIME_FOR_FORMAT, ModelFormat, TensorSpec, Variant
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.manifest import RUNTIME_FOR_FORMAT, ModelFormat, TensorSpec, Variant
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,8 +85,8 @@ class _Backend(Protocol):
 
 #: runtime name -> module implementing it (imported only when used).
 BACKENDS: dict[str, str] = {
-    "onnxruntime": "agent.runtimes.onnx",
-    "litert": "agent.runtimes.litert",
+    "onnxruntime": "lepton_edge.agent.runtimes.onnx",
+    "litert": "lepton_edge.agent.runtimes.litert",
 }
 _SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 

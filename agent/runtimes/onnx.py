@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes import Runtime, RuntimeOptions, VariantLoadError
-from shared.manifest import TensorSpec
+from lepton_edge.agent.runtimes import Runtime, RuntimeOptions, VariantLoadError
+from lepton_edge.shared.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import re
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 
-from controller.api.deps import ControllerDep
+from lepton_edge.controller.api.deps import ControllerDep
 
 router = APIRouter(tags=["artifacts"])
 

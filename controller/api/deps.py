@@ -10,8 +10,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from controller.core import Controller
-from controller.security import Scope, find_token
+from lepton_edge.controller.core import Controller
+from lepton_edge.controller.security import Scope, find_token
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: lepton-controller token create")
 

@@ -8,13 +8,13 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from controller import fleet
-from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
-from controller.models import Bundle, Device
-from controller.rollout import ladder_for
-from controller.selection import NoEligibleVariant
-from shared.manifest import Ladder, Manifest
-from shared.messages import PowerLevel
+from lepton_edge.controller import fleet
+from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
+from lepton_edge.controller.models import Bundle, Device
+from lepton_edge.controller.rollout import ladder_for
+from lepton_edge.controller.selection import NoEligibleVariant
+from lepton_edge.shared.manifest import Ladder, Manifest
+from lepton_edge.shared.messages import PowerLevel
 
 router = APIRouter(tags=["devices"])
 

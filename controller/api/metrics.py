@@ -8,9 +8,9 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select, text
 
-from controller import fleet
-from controller.api.deps import ControllerDep
-from controller.models import Rollout, RolloutDevice
+from lepton_edge.controller import fleet
+from lepton_edge.controller.api.deps import ControllerDep
+from lepton_edge.controller.models import Rollout, RolloutDevice
 
 router = APIRouter(tags=["observability"])
 

@@ -12,14 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
-from controller.archive import ArchiveError, extract_tar
-from controller.bundles import BundleError
-from controller.core import Controller
-from controller.models import BenchmarkRecord, Bundle, Device
-from controller.rollout import new_command_id, record_command
-from shared.manifest import Manifest
-from shared.messages import Benchmark
+from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
+from lepton_edge.controller.archive import ArchiveError, extract_tar
+from lepton_edge.controller.bundles import BundleError
+from lepton_edge.controller.core import Controller
+from lepton_edge.controller.models import BenchmarkRecord, Bundle, Device
+from lepton_edge.controller.rollout import new_command_id, record_command
+from lepton_edge.shared.manifest import Manifest
+from lepton_edge.shared.messages import Benchmark
 
 router = APIRouter(tags=["bundles"])
 
@@ -149,8 +149,8 @@ def _build_and_store(
 ) -> tuple[Manifest, bool]:
     """Runs in a worker thread: building measures every variant and takes a while."""
     try:
-        from controller.optimize import build_bundle as factory_build
-        from shared.idx import FASHION_MNIST_LABELS, fashion_mnist
+        from lepton_edge.controller.optimize import build_bundle as factory_build
+        from lepton_edge.shared.idx import FASHION_MNIST_LABELS, fashion_mnist
     except ImportError as exc:
         raise HTTPException(
             501, f"the variant factory is not installed with this controller ({exc.name})"

@@ -8,9 +8,9 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
-from controller.models import Rollout
-from controller.rollout import RolloutCreate, RolloutError, summary
+from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
+from lepton_edge.controller.models import Rollout
+from lepton_edge.controller.rollout import RolloutCreate, RolloutError, summary
 
 router = APIRouter(tags=["rollouts"])
 

@@ -7,12 +7,12 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.api.deps import AdminAuth, ControllerDep, SessionDep
-from controller.security import EnrollError, Scope, create_token, enroll
-from shared.errors import TopicError
-from shared.messages import EnrollRequest, EnrollResponse
-from shared.signing import public_pem
-from shared.topics import DEVICE_ID_PATTERN
+from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, SessionDep
+from lepton_edge.controller.security import EnrollError, Scope, create_token, enroll
+from lepton_edge.shared.errors import TopicError
+from lepton_edge.shared.messages import EnrollRequest, EnrollResponse
+from lepton_edge.shared.signing import public_pem
+from lepton_edge.shared.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(tags=["security"])
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from controller.config import load_settings
-from shared.errors import UserError
+from lepton_edge.controller.config import load_settings
+from lepton_edge.shared.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.db import Database
-    from controller.security import write_broker_files
+    from lepton_edge.controller.db import Database
+    from lepton_edge.controller.security import write_broker_files
 
     settings = load_settings(args.config, state_dir=args.state_dir, database_url=args.database_url)
     m = settings.mqtt

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.errors import UserError
-from shared.idx import FASHION_MNIST_DIR
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.idx import FASHION_MNIST_DIR
 
 MAX_DEVICES = 64
 
@@ -62,7 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_port(value: int | None, flag: str) -> None:
-    from controller.demo.processes import port_in_use
+    from lepton_edge.controller.demo.processes import port_in_use
 
     if value is None:
         return
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     _check_port(args.http_port, "--http-port")
     _check_port(args.mqtt_port, "--mqtt-port")
 
-    from controller.demo.bundle import check_data_dir
-    from controller.demo.run import Demo, DemoOptions
+    from lepton_edge.controller.demo.bundle import check_data_dir
+    from lepton_edge.controller.demo.run import Demo, DemoOptions
 
     data_dir: Path | None
     if args.synthetic and args.data is not None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from controller.client import Client, add_connection_args
+from lepton_edge.controller.client import Client, add_connection_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

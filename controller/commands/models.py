@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from controller.client import Client, add_connection_args
-from shared.errors import UserError
-from shared.manifest import MANIFEST_FILE
+from lepton_edge.controller.client import Client, add_connection_args
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.manifest import MANIFEST_FILE
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.bundles import pack
+    from lepton_edge.controller.bundles import pack
 
     client = Client.from_args(args)
     if args.action == "push":

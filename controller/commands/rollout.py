@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from controller.client import Client, add_connection_args
+from lepton_edge.controller.client import Client, add_connection_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def _print(r: dict[str, Any], devices: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.errors import UserError
+    from lepton_edge.shared.errors import UserError
 
     client = Client.from_args(args)
     if args.action == "create":

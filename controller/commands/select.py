@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from controller.client import Client, add_connection_args
-from shared.errors import UserError
+from lepton_edge.controller.client import Client, add_connection_args
+from lepton_edge.shared.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from controller.config import load_settings
-from shared.errors import UserError
+from lepton_edge.controller.config import load_settings
+from lepton_edge.shared.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.app import create_app
-    from controller.systemd import serve
+    from lepton_edge.controller.app import create_app
+    from lepton_edge.controller.systemd import serve
 
     overrides = {
         k: getattr(args, k)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from controller.config import load_settings
-from controller.security import Scope, create_token
+from lepton_edge.controller.config import load_settings
+from lepton_edge.controller.security import Scope, create_token
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.db import Database
+    from lepton_edge.controller.db import Database
 
     settings = load_settings(args.config, state_dir=args.state_dir, database_url=args.database_url)
     db = Database(settings.db_url())

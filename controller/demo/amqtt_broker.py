@@ -1,4 +1,4 @@
-"""`python -m controller.demo.amqtt_broker HOST PORT`: the pure-Python fallback broker.
+"""`python -m lepton_edge.controller.demo.amqtt_broker HOST PORT`: the pure-Python fallback broker.
 
 Anonymous, one TCP listener, no $SYS topics, MQTT 3.1.1 only. Runs until SIGTERM/SIGINT.
 """

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.demo.processes import Child, free_port, port_in_use, wait_for_port
-from shared.errors import UserError
+from lepton_edge.controller.demo.processes import Child, free_port, port_in_use, wait_for_port
+from lepton_edge.shared.errors import UserError
 
 HOST = "127.0.0.1"
 
@@ -62,7 +62,7 @@ def start_broker(workdir: Path, *, port: int | None = None, kind: str = "auto") 
         child = Child("mosquitto", [binary, "-c", str(config)], workdir / "mosquitto.out")
         broker = Broker("mosquitto", HOST, chosen, "5", child)
     else:
-        argv = [sys.executable, "-m", "controller.demo.amqtt_broker", HOST, str(chosen)]
+        argv = [sys.executable, "-m", "lepton_edge.controller.demo.amqtt_broker", HOST, str(chosen)]
         child = Child("amqtt", argv, workdir / "amqtt.log")
         broker = Broker("amqtt", HOST, chosen, "3.1.1", child)
     try:

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from controller.demo.client import ControllerClient, wait_until
-from controller.demo.processes import die_with_parent
-from shared.errors import UserError
-from shared.manifest import MANIFEST_FILE, Manifest
-from shared.signing import load_or_create_private_key, public_pem
+from lepton_edge.controller.demo.client import ControllerClient, wait_until
+from lepton_edge.controller.demo.processes import die_with_parent
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest
+from lepton_edge.shared.signing import load_or_create_private_key, public_pem
 
 #: The committed reference models (made by examples/fashion_mnist/train.py), package data.
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -41,7 +41,7 @@ def prepare_key(state_dir: Path, public_out: Path) -> Path:
 
 def check_data_dir(path: Path) -> None:
     """Raise `UserError` unless `path` holds a readable Fashion-MNIST test split."""
-    from shared.idx import fashion_mnist
+    from lepton_edge.shared.idx import fashion_mnist
 
     if not path.is_dir():
         raise UserError(f"--data {path}: not a readable directory of Fashion-MNIST IDX files")
@@ -53,7 +53,7 @@ def check_data_dir(path: Path) -> None:
 def _dataset(data_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibration images, evaluation images, evaluation labels), float32 (N, 28, 28, 1)."""
     if data_dir is not None:
-        from shared.idx import fashion_mnist
+        from lepton_edge.shared.idx import fashion_mnist
 
         train_x, _ = fashion_mnist("train", root=data_dir)
         test_x, test_y = fashion_mnist("t10k", root=data_dir)
@@ -78,10 +78,10 @@ def build(
     data_dir: Path | None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Any:
-    from controller.optimize import build_bundle
-    from controller.optimize.evaluate import SpeedBudget
-    from shared.idx import FASHION_MNIST_LABELS
-    from shared.signing import load_private_key
+    from lepton_edge.controller.optimize import build_bundle
+    from lepton_edge.controller.optimize.evaluate import SpeedBudget
+    from lepton_edge.shared.idx import FASHION_MNIST_LABELS
+    from lepton_edge.shared.signing import load_private_key
 
     calib, evalx, evaly = _dataset(data_dir)
     return build_bundle(
@@ -106,7 +106,13 @@ class BuildProcess:
     runtime logs go to a file instead of the terminal, and a Ctrl-C can stop it at once."""
 
     def __init__(self, out_dir: Path, key_file: Path, data_dir: Path | None, log: Path) -> None:
-        argv = [sys.executable, "-m", "controller.demo.bundle", str(out_dir), str(key_file)]
+        argv = [
+            sys.executable,
+            "-m",
+            "lepton_edge.controller.demo.bundle",
+            str(out_dir),
+            str(key_file),
+        ]
         argv.append(str(data_dir) if data_dir is not None else "-")
         self._log = open(log, "ab")  # noqa: SIM115 - closed in wait()
         # Its temp files (quantizer, timing children) go under the demo's dir, removed at the end.
@@ -206,7 +212,7 @@ def start_rollout(client: ControllerClient, bundle_id: str, waves: list[float]) 
 
 
 def main(argv: list[str]) -> int:
-    """`python -m controller.demo.bundle OUT_DIR KEY_FILE DATA_DIR|-`: what `BuildProcess` runs."""
+    """`python -m lepton_edge.controller.demo.bundle OUT_DIR KEY_FILE DATA_DIR|-`: what `BuildProcess` runs."""
     out, key, data = Path(argv[0]), Path(argv[1]), argv[2]
     # SIGTERM unwinds like Ctrl-C, so temporary directories are cleaned up on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from shared.errors import UserError
+from lepton_edge.shared.errors import UserError
 
 
 class ApiError(RuntimeError):

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.demo import toml
-from controller.demo.broker import Broker
-from controller.demo.processes import Child
-from controller.demo.profiles import DeviceProfile
+from lepton_edge.controller.demo import toml
+from lepton_edge.controller.demo.broker import Broker
+from lepton_edge.controller.demo.processes import Child
+from lepton_edge.controller.demo.profiles import DeviceProfile
 
 POLICY_DWELL_S = 4.0
 _RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
@@ -44,7 +44,7 @@ def agent_argv(config: Path) -> list[str]:
     found = shutil.which("lepton-agent")
     if found:
         return [found, "run", "--config", str(config)]
-    code = "import sys; from agent.cli import main; sys.exit(main())"
+    code = "import sys; from lepton_edge.agent.cli import main; sys.exit(main())"
     return [sys.executable, "-c", code, "run", "--config", str(config)]
 
 

@@ -25,15 +25,21 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from controller.demo import bundle as demo_bundle
-from controller.demo import summary as demo_summary
-from controller.demo.broker import Broker, start_broker
-from controller.demo.client import ApiError, ControllerClient, Snapshot, snapshot, wait_until
-from controller.demo.fleet import DemoAgent, start_agent
-from controller.demo.processes import free_port, port_in_use, stop_all
-from controller.demo.profiles import fleet
-from controller.demo.view import ViewState, render
-from shared.errors import UserError
+from lepton_edge.controller.demo import bundle as demo_bundle
+from lepton_edge.controller.demo import summary as demo_summary
+from lepton_edge.controller.demo.broker import Broker, start_broker
+from lepton_edge.controller.demo.client import (
+    ApiError,
+    ControllerClient,
+    Snapshot,
+    snapshot,
+    wait_until,
+)
+from lepton_edge.controller.demo.fleet import DemoAgent, start_agent
+from lepton_edge.controller.demo.processes import free_port, port_in_use, stop_all
+from lepton_edge.controller.demo.profiles import fleet
+from lepton_edge.controller.demo.view import ViewState, render
+from lepton_edge.shared.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +60,10 @@ class DemoOptions:
 
 #: What the demo brings together; each is checked before anything starts.
 PARTS = {
-    "controller API": ("controller.app", "create_app"),
-    "variant factory": ("controller.optimize", "build_bundle"),
-    "agent service": ("agent.service", "build_agent"),
-    "inference engine": ("agent.runner", "InferenceRunner"),
+    "controller API": ("lepton_edge.controller.app", "create_app"),
+    "variant factory": ("lepton_edge.controller.optimize", "build_bundle"),
+    "agent service": ("lepton_edge.agent.service", "build_agent"),
+    "inference engine": ("lepton_edge.agent.runner", "InferenceRunner"),
 }
 
 
@@ -191,7 +197,9 @@ class Demo:
 
         state_dir = self.workdir / "controller"
         public_key = demo_bundle.prepare_key(state_dir, self.workdir / "controller.pem")
-        from controller.demo.server import ControllerServer  # imports FastAPI: only when needed
+        from lepton_edge.controller.demo.server import (
+            ControllerServer,  # imports FastAPI: only when needed
+        )
 
         settings = self._controller_settings(state_dir)
         self.server = ControllerServer(settings)
@@ -230,7 +238,7 @@ class Demo:
         self._setup_thread.start()
 
     def _controller_settings(self, state_dir: Path) -> Any:
-        from controller.config import ControllerSettings
+        from lepton_edge.controller.config import ControllerSettings
 
         assert self.broker is not None
         port = self.o.http_port or free_port()

@@ -9,14 +9,14 @@ from typing import Any
 
 import httpx
 
-from shared.errors import UserError
+from lepton_edge.shared.errors import UserError
 
 
 class ControllerServer:
     def __init__(self, settings: Any) -> None:
         import uvicorn
 
-        from controller.app import create_app
+        from lepton_edge.controller.app import create_app
 
         self.settings = settings
         self.url = f"http://{settings.http_host}:{settings.http_port}"

@@ -11,8 +11,8 @@ from typing import Any
 
 from rich.console import Console
 
-from controller.demo.client import ControllerClient
-from controller.demo.profiles import DeviceProfile
+from lepton_edge.controller.demo.client import ControllerClient
+from lepton_edge.controller.demo.profiles import DeviceProfile
 
 
 def is_level_change(event: dict[str, Any]) -> bool:

@@ -11,8 +11,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from controller.demo.client import DeviceRow, Snapshot
-from controller.demo.profiles import DeviceProfile
+from lepton_edge.controller.demo.client import DeviceRow, Snapshot
+from lepton_edge.controller.demo.profiles import DeviceProfile
 
 LEVEL_STYLE = {
     "performance": "green",

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.errors import UserError
-from shared.idx import FASHION_MNIST_LABELS
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.idx import FASHION_MNIST_LABELS
 
 
 def default_key_path() -> Path:
@@ -92,8 +92,8 @@ def _labels(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.optimize.data import load_array
-    from controller.optimize.factory import build_bundle
+    from lepton_edge.controller.optimize.data import load_array
+    from lepton_edge.controller.optimize.factory import build_bundle
 
     if not (args.onnx or args.tflite or args.keras):
         raise UserError("give a model: --onnx M.onnx, --tflite M.tflite and/or --keras M.keras")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import UserError
-from shared.idx import read_idx
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.idx import read_idx
 
 
 def load_array(source: np.ndarray | Path | str, what: str) -> np.ndarray:

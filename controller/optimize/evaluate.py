@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.manifest import ModelFormat, TensorSpec, VariantMetrics
+from lepton_edge.shared.manifest import ModelFormat, TensorSpec, VariantMetrics
 
 #: Batch sizes of the two speed figures in the manifest.
 LATENCY_BATCH = 1
@@ -250,7 +250,7 @@ def measure_speed_isolated(
         }
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
         done = subprocess.run(
-            [sys.executable, "-m", "controller.optimize.evaluate", json.dumps(request)],
+            [sys.executable, "-m", "lepton_edge.controller.optimize.evaluate", json.dumps(request)],
             capture_output=True,
             text=True,
             env=env,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from shared.errors import UserError
+from lepton_edge.shared.errors import UserError
 
 
 def load(path: Path) -> onnx.ModelProto:
@@ -213,8 +213,8 @@ def sensitivity(
     """Each weighted node's harm when it alone is quantized: the mean absolute change of the
     scores on (up to 64 of) the unlabelled `probe_x` samples. Most harmful first. Calibrates
     once into `calibration_cache(work)`, which later `make_int8_static` calls can reuse."""
-    from controller.optimize.evaluate import Predictor
-    from shared.manifest import ModelFormat
+    from lepton_edge.controller.optimize.evaluate import Predictor
+    from lepton_edge.shared.manifest import ModelFormat
 
     probe = probe_x[:64].astype(np.float32)
     reference = Predictor(fp32, ModelFormat.ONNX).predict_all(probe)

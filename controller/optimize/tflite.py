@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import UserError
+from lepton_edge.shared.errors import UserError
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the quantizer's calibration progress bar
 
@@ -138,7 +138,7 @@ def _calibration(source: Path, calib_x: np.ndarray) -> dict[str, list[dict[str, 
 
 def layer(source: Path, tensor: str) -> list[str]:
     """Output names of the weighted op producing `tensor` and of the unweighted ops after it
-    up to the next weighted op (see `controller.optimize.onnx.layer` for why)."""
+    up to the next weighted op (see `lepton_edge.controller.optimize.onnx.layer` for why)."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(source))
@@ -202,8 +202,8 @@ def sensitivity(
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.recipe_manager import RecipeManager
 
-    from controller.optimize.evaluate import Predictor
-    from shared.manifest import ModelFormat
+    from lepton_edge.controller.optimize.evaluate import Predictor
+    from lepton_edge.shared.manifest import ModelFormat
 
     probe = probe_x[:64].astype(np.float32)
     reference = Predictor(source, ModelFormat.TFLITE).predict_all(probe)

@@ -9,7 +9,7 @@
 -- as raw bytes.
 
 -- the controllers' own broker login, with the same hash format, e.g. from
--- python -c "from controller.security import mosquitto_hash; print(mosquitto_hash('PASSWORD'))"
+-- python -c "from lepton_edge.controller.security import mosquitto_hash; print(mosquitto_hash('PASSWORD'))"
 CREATE TABLE IF NOT EXISTS lepton_broker_admins (
   username text PRIMARY KEY,
   password_hash text NOT NULL

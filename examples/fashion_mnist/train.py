@@ -24,8 +24,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
-from controller.optimize import keras as keras_export  # noqa: E402
-from shared.idx import fashion_mnist  # noqa: E402
+from lepton_edge.controller.optimize import keras as keras_export  # noqa: E402
+from lepton_edge.shared.idx import fashion_mnist  # noqa: E402
 
 SEED = 20240607
 EPOCHS = 3

@@ -22,9 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.manifest import Manifest, Requirements, Variant
-from shared.messages import PowerLevel
-from shared.signing import public_pem, sign_manifest
+from lepton_edge.shared.manifest import Manifest, Requirements, Variant
+from lepton_edge.shared.messages import PowerLevel
+from lepton_edge.shared.signing import public_pem, sign_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -284,7 +284,7 @@ def start_agent_process(
         [
             sys.executable,
             "-c",
-            "import sys; from agent.cli import main; sys.exit(main())",
+            "import sys; from lepton_edge.agent.cli import main; sys.exit(main())",
             "--log-level",
             "INFO",
             "run",

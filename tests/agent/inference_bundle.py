@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.idx import fashion_mnist
-from shared.manifest import (
+from lepton_edge.shared.idx import fashion_mnist
+from lepton_edge.shared.manifest import (
     MANIFEST_FILE,
     Manifest,
     ModelFormat,
@@ -25,7 +25,7 @@ from shared.manifest import (
     Requirements,
     Variant,
 )
-from shared.messages import PowerLevel
+from lepton_edge.shared.messages import PowerLevel
 from tests.paths import FASHION_MNIST_MODELS
 
 
@@ -99,7 +99,7 @@ def _tflite_int8(src: Path, dst: Path) -> None:
 
 
 def _variant(vid: str, path: Path, fmt: ModelFormat, precision: Precision) -> Variant:
-    from agent import runtimes
+    from lepton_edge.agent import runtimes
 
     rt = runtimes.load(path)
     try:

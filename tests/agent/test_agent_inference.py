@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentSettings
-from agent.service import build_agent
-from shared.manifest import Manifest, Requirements, TensorSpec, Variant
-from shared.messages import Deploy, PowerLevel, encode
-from shared.signing import generate_key, sign_manifest
-from shared.topics import Kind, topic
+from lepton_edge.agent.config import AgentSettings
+from lepton_edge.agent.service import build_agent
+from lepton_edge.shared.manifest import Manifest, Requirements, TensorSpec, Variant
+from lepton_edge.shared.messages import Deploy, PowerLevel, encode
+from lepton_edge.shared.signing import generate_key, sign_manifest
+from lepton_edge.shared.topics import Kind, topic
 from tests.agent.agent_support import ArtifactServer, Watcher, write_key
 from tests.mosquitto import Mosquitto
 from tests.paths import FASHION_MNIST_MODELS

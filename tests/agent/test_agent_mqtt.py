@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentSettings
-from agent.outbox import Outbox
-from agent.service import Agent
-from shared.messages import Deploy, EventKind, Rollback, encode
-from shared.signing import generate_key
-from shared.topics import Kind, topic
+from lepton_edge.agent.config import AgentSettings
+from lepton_edge.agent.outbox import Outbox
+from lepton_edge.agent.service import Agent
+from lepton_edge.shared.messages import Deploy, EventKind, Rollback, encode
+from lepton_edge.shared.signing import generate_key
+from lepton_edge.shared.topics import Kind, topic
 from tests.agent.agent_support import ArtifactServer, Watcher, ladder_for, make_bundle, write_key
 from tests.mosquitto import Mosquitto, free_port
 

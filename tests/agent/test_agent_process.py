@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from agent.config import StoreSettings
-from agent.store import ArtifactStore, sha256_file
-from shared.messages import Deploy, encode
-from shared.signing import generate_key
-from shared.topics import Kind, topic
+from lepton_edge.agent.config import StoreSettings
+from lepton_edge.agent.store import ArtifactStore, sha256_file
+from lepton_edge.shared.messages import Deploy, encode
+from lepton_edge.shared.signing import generate_key
+from lepton_edge.shared.topics import Kind, topic
 from tests.agent.agent_support import (
     ArtifactServer,
     Watcher,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentSettings
-from agent.service import Agent, Runner, build_agent
-from shared.manifest import Manifest
-from shared.messages import (
+from lepton_edge.agent.config import AgentSettings
+from lepton_edge.agent.service import Agent, Runner, build_agent
+from lepton_edge.shared.manifest import Manifest
+from lepton_edge.shared.messages import (
     BatterySample,
     Benchmark,
     BenchmarkResult,
@@ -26,8 +26,8 @@ from shared.messages import (
     ThermalSample,
     encode,
 )
-from shared.signing import generate_key
-from shared.topics import Kind, topic
+from lepton_edge.shared.signing import generate_key
+from lepton_edge.shared.topics import Kind, topic
 from tests.agent.agent_support import ArtifactServer, Watcher, ladder_for, make_bundle, write_key
 from tests.mosquitto import Mosquitto
 

@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_settings
-from shared.errors import UserError
+from lepton_edge.agent.config import load_settings
+from lepton_edge.shared.errors import UserError
 from tests.agent.agent_support import REPO
 
-AGENT_CLI = [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())"]
+AGENT_CLI = [
+    sys.executable,
+    "-c",
+    "import sys; from lepton_edge.agent.cli import main; sys.exit(main())",
+]
 
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

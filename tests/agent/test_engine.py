@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.engine import Engine, VariantSpec
-from agent.runtimes import RuntimeOptions, VariantLoadError
-from agent.sources import ArraySource, Frame, Result, idx_source
+from lepton_edge.agent.engine import Engine, VariantSpec
+from lepton_edge.agent.runtimes import RuntimeOptions, VariantLoadError
+from lepton_edge.agent.sources import ArraySource, Frame, Result, idx_source
 from tests.agent.inference_bundle import Bundle, fm_bundle, fm_images  # noqa: F401
 
 OPTS = RuntimeOptions(threads=1)

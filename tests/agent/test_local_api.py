@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent import runtimes
-from agent.engine import EngineSettings
-from agent.runner import InferenceRunner
-from shared.messages import PowerLevel
+from lepton_edge.agent import runtimes
+from lepton_edge.agent.engine import EngineSettings
+from lepton_edge.agent.runner import InferenceRunner
+from lepton_edge.shared.messages import PowerLevel
 from tests.agent.inference_bundle import Bundle, fm_bundle, fm_images  # noqa: F401
 
 

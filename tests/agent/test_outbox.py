@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import CommandLog, Outbox
+from lepton_edge.agent.outbox import CommandLog, Outbox
 
 
 def payload(kind: str, seq: int) -> bytes:

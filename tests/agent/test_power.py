@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agent.power import PolicySettings, PowerPolicy
-from shared.messages import BatterySample, PowerLevel, SetPolicy, ThermalSample
+from lepton_edge.agent.power import PolicySettings, PowerPolicy
+from lepton_edge.shared.messages import BatterySample, PowerLevel, SetPolicy, ThermalSample
 
 P, B, S, C = PowerLevel.PERFORMANCE, PowerLevel.BALANCED, PowerLevel.SAVER, PowerLevel.CRITICAL
 

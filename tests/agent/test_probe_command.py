@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from lepton_edge.agent.cli import main
 
 
 def test_probe_json_with_simulated_sources(

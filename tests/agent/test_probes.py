@@ -6,12 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentSettings, SimulatedBatterySettings, SimulatedThermalSettings
-from agent.hardware import build_profile, inference_features, parse_cpuinfo
-from agent.probes import build_probes
-from agent.probes.battery import SimulatedBattery, SysfsBattery, detect_battery
-from agent.probes.gpu import JetsonGpu, detect_gpu
-from agent.probes.thermal import SimulatedThermal, SysfsThermal
+from lepton_edge.agent.config import (
+    AgentSettings,
+    SimulatedBatterySettings,
+    SimulatedThermalSettings,
+)
+from lepton_edge.agent.hardware import build_profile, inference_features, parse_cpuinfo
+from lepton_edge.agent.probes import build_probes
+from lepton_edge.agent.probes.battery import SimulatedBattery, SysfsBattery, detect_battery
+from lepton_edge.agent.probes.gpu import JetsonGpu, detect_gpu
+from lepton_edge.agent.probes.thermal import SimulatedThermal, SysfsThermal
 
 
 def write_tree(root: Path, files: dict[str, str]) -> Path:

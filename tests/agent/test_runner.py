@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from agent.engine import EngineSettings
-from agent.power import PolicySettings
-from agent.runner import InferenceRunner
-from agent.runtimes import VariantLoadError
-from agent.service import Runner
-from shared.messages import (
+from lepton_edge.agent.engine import EngineSettings
+from lepton_edge.agent.power import PolicySettings
+from lepton_edge.agent.runner import InferenceRunner
+from lepton_edge.agent.runtimes import VariantLoadError
+from lepton_edge.agent.service import Runner
+from lepton_edge.shared.messages import (
     BatterySample,
     EventKind,
     PowerLevel,

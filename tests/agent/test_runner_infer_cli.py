@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from lepton_edge.agent.cli import main
 from tests.agent.inference_bundle import Bundle, fm_bundle  # noqa: F401
 
 

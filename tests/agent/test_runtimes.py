@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import runtimes
-from agent.runtimes import RuntimeOptions, VariantLoadError
-from agent.runtimes.onnx import choose_providers
+from lepton_edge.agent import runtimes
+from lepton_edge.agent.runtimes import RuntimeOptions, VariantLoadError
+from lepton_edge.agent.runtimes.onnx import choose_providers
 from tests.agent.inference_bundle import Bundle, fm_bundle, fm_images  # noqa: F401
 
 

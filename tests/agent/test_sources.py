@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.sources import (
+from lepton_edge.agent.sources import (
     ArraySource,
     QueueSource,
     Result,
@@ -18,8 +18,8 @@ from agent.sources import (
     idx_source,
     image_dir_source,
 )
-from shared.errors import UserError
-from shared.idx import FASHION_MNIST_LABELS, fashion_mnist
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.idx import FASHION_MNIST_LABELS, fashion_mnist
 
 
 def test_idx_source_defaults_to_labeled_fashion_mnist() -> None:

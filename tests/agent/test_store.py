@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import StoreSettings
-from agent.store import ArtifactStore, StoreError, sha256_file
-from shared.signing import generate_key
+from lepton_edge.agent.config import StoreSettings
+from lepton_edge.agent.store import ArtifactStore, StoreError, sha256_file
+from lepton_edge.shared.signing import generate_key
 from tests.agent.agent_support import ArtifactServer, ladder_for, make_bundle
 
 KEY = generate_key()

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from controller.app import create_app
-from controller.config import ControllerSettings
+from lepton_edge.controller.app import create_app
+from lepton_edge.controller.config import ControllerSettings
 from tests.mosquitto import Mosquitto
 
 ADMIN = "lep_test-admin-token-0123456789"

@@ -19,9 +19,9 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared import messages, topics
-from shared.hardware import HardwareProfile
-from shared.manifest import (
+from lepton_edge.shared import messages, topics
+from lepton_edge.shared.hardware import HardwareProfile
+from lepton_edge.shared.manifest import (
     MANIFEST_FILE,
     Manifest,
     ModelFormat,
@@ -30,7 +30,7 @@ from shared.manifest import (
     Variant,
     VariantMetrics,
 )
-from shared.messages import (
+from lepton_edge.shared.messages import (
     Benchmark,
     BenchmarkResult,
     CpuSample,
@@ -43,8 +43,8 @@ from shared.messages import (
     Telemetry,
     VariantTiming,
 )
-from shared.signing import load_public_key, sign_manifest, verify_manifest
-from shared.topics import Kind
+from lepton_edge.shared.signing import load_public_key, sign_manifest, verify_manifest
+from lepton_edge.shared.topics import Kind
 
 # (id, format, precision, accuracy, build-host p50 ms, size, cpu features)
 DEFAULT_VARIANTS = [

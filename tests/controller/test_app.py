@@ -36,7 +36,7 @@ def test_tokens_401_403(client: TestClient) -> None:
     denied = client.post("/api/v1/tokens", json={"scope": "admin"}, headers=read)
     assert denied.status_code == 403
     # stored hashed only
-    from controller.models import ApiToken
+    from lepton_edge.controller.models import ApiToken
 
     with client.app.state.controller.db.session() as s:  # type: ignore[attr-defined]
         hashes = [t.token_hash for t in s.query(ApiToken)]
@@ -62,7 +62,7 @@ def test_unknown_things_are_404_and_bad_bodies_422_naming_the_field(client: Test
 
 
 def test_root_redirects_to_ui_when_web_exists(client: TestClient) -> None:
-    from controller.app import WEB_DIR
+    from lepton_edge.controller.app import WEB_DIR
 
     if not WEB_DIR.is_dir():
         return

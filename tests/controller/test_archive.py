@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from controller.archive import HAS_DATA_FILTER, ArchiveError, extract_tar
+from lepton_edge.controller.archive import HAS_DATA_FILTER, ArchiveError, extract_tar
 from tests.controller.conftest import AUTH
 
 #: Our own path always; the stdlib filter too where this Python has it (3.11.4 and newer).

@@ -9,10 +9,10 @@ import paho.mqtt.client as mqtt
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.app import create_app
-from shared import messages, topics
-from shared.messages import CpuSample, Event, EventKind, MemorySample, State, Telemetry
-from shared.topics import Kind
+from lepton_edge.controller.app import create_app
+from lepton_edge.shared import messages, topics
+from lepton_edge.shared.messages import CpuSample, Event, EventKind, MemorySample, State, Telemetry
+from lepton_edge.shared.topics import Kind
 from tests.controller.conftest import AUTH, make_settings
 from tests.controller.helpers import SimAgent, profile, wait_for
 
@@ -145,9 +145,9 @@ def test_online_offline_from_birth_and_will_and_filters(tmp_path, db_url, mosqui
 def test_shared_subscription_splits_telemetry_between_controllers(
     tmp_path, db_url, mosquitto
 ) -> None:
-    from controller.bridge import Bridge
-    from controller.db import Database
-    from controller.fleet import Fleet
+    from lepton_edge.controller.bridge import Bridge
+    from lepton_edge.controller.db import Database
+    from lepton_edge.controller.fleet import Fleet
 
     settings = make_settings(tmp_path, db_url, mosquitto, mqtt={"shared_subscription_group": "ctl"})
     db = Database(settings.db_url())
@@ -167,7 +167,7 @@ def test_shared_subscription_splits_telemetry_between_controllers(
     for b in bridges:
         b.stop()
     with db.session() as s:
-        from controller.models import Device
+        from lepton_edge.controller.models import Device
 
         assert sum(d.telemetry_count for d in s.query(Device)) == 201
     db.close()
@@ -178,11 +178,11 @@ def test_shared_subscription_splits_telemetry_between_controllers(
 def test_a_failed_write_is_retried_and_a_bad_benchmark_result_loses_nothing(
     tmp_path, db_url
 ) -> None:
-    from controller.bridge import Bridge
-    from controller.db import Database
-    from controller.models import CommandRecord, Device
-    from controller.rollout import record_command
-    from shared.messages import Benchmark, Reply
+    from lepton_edge.controller.bridge import Bridge
+    from lepton_edge.controller.db import Database
+    from lepton_edge.controller.models import CommandRecord, Device
+    from lepton_edge.controller.rollout import record_command
+    from lepton_edge.shared.messages import Benchmark, Reply
 
     settings = make_settings(tmp_path, db_url)
     db = Database(settings.db_url())

@@ -8,8 +8,8 @@ import json
 import httpx
 from fastapi.testclient import TestClient
 
-from controller.bundles import pack
-from shared.signing import generate_key, load_or_create_private_key
+from lepton_edge.controller.bundles import pack
+from lepton_edge.shared.signing import generate_key, load_or_create_private_key
 from tests.controller.conftest import AUTH, LiveController, live_settings
 from tests.controller.helpers import make_bundle
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import controller_main, main
-from controller.fleet import Batch
-from shared.messages import State
+from lepton_edge.controller.cli import controller_main, main
+from lepton_edge.controller.fleet import Batch
+from lepton_edge.shared.messages import State
 from tests.controller.conftest import ADMIN, LiveController, live_settings
 from tests.controller.helpers import make_bundle, profile
 from tests.mosquitto import free_port

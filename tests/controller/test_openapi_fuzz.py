@@ -11,8 +11,8 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 
-from controller.app import create_app
-from controller.bundles import pack
+from lepton_edge.controller.app import create_app
+from lepton_edge.controller.bundles import pack
 from tests.controller.conftest import AUTH, make_settings
 from tests.controller.helpers import make_bundle
 

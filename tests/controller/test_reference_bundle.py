@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from controller.app import create_app
-from controller.bundles import pack
-from controller.fleet import Batch
-from controller.models import BenchmarkRecord
-from shared.messages import PowerLevel, State
-from shared.signing import private_pem
+from lepton_edge.controller.app import create_app
+from lepton_edge.controller.bundles import pack
+from lepton_edge.controller.fleet import Batch
+from lepton_edge.controller.models import BenchmarkRecord
+from lepton_edge.shared.messages import PowerLevel, State
+from lepton_edge.shared.signing import private_pem
 from tests.controller.conftest import AUTH, make_settings
 from tests.controller.helpers import profile
 from tests.paths import FASHION_MNIST_MODELS

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.bundles import pack
-from shared.signing import load_or_create_private_key, public_pem
+from lepton_edge.controller.bundles import pack
+from lepton_edge.shared.signing import load_or_create_private_key, public_pem
 from tests.controller.conftest import ADMIN, AUTH
 from tests.controller.helpers import SimAgent, make_bundle, wait_for
 from tests.mosquitto import Mosquitto, free_port
@@ -36,7 +36,7 @@ def _serve(tmp_path: Path, db_url: str, broker: Mosquitto, port: int) -> subproc
         [
             sys.executable,
             "-c",
-            "from controller.cli import controller_main; raise SystemExit(controller_main())",
+            "from lepton_edge.controller.cli import controller_main; raise SystemExit(controller_main())",
             "serve",
             "--port",
             str(port),

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from controller.bundles import pack
-from controller.rollout import plan_waves
-from shared.signing import public_pem
+from lepton_edge.controller.bundles import pack
+from lepton_edge.controller.rollout import plan_waves
+from lepton_edge.shared.signing import public_pem
 from tests.controller.conftest import AUTH, LiveController
 from tests.controller.helpers import SimAgent, make_bundle, wait_for
 

@@ -1,4 +1,4 @@
-"""Rollouts with the real `agent.service.Agent` (real link, outbox and artifact store; no
+"""Rollouts with the real `lepton_edge.agent.service.Agent` (real link, outbox and artifact store; no
 inference engine), so the controller and agent sides are checked against each other."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.config import AgentSettings
-from agent.service import Agent
-from controller.bundles import pack
-from shared.signing import public_pem
+from lepton_edge.agent.config import AgentSettings
+from lepton_edge.agent.service import Agent
+from lepton_edge.controller.bundles import pack
+from lepton_edge.shared.signing import public_pem
 from tests.controller.conftest import AUTH, LiveController
 from tests.controller.helpers import make_bundle, wait_for
 

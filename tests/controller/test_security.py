@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.app import create_app
-from controller.cli import controller_main
-from controller.security import mosquitto_hash, verify_mosquitto_hash
-from shared.messages import EnrollResponse
-from shared.signing import load_public_key
+from lepton_edge.controller.app import create_app
+from lepton_edge.controller.cli import controller_main
+from lepton_edge.controller.security import mosquitto_hash, verify_mosquitto_hash
+from lepton_edge.shared.messages import EnrollResponse
+from lepton_edge.shared.signing import load_public_key
 from tests.controller.conftest import AUTH, make_settings
 from tests.controller.helpers import wait_for
 from tests.mosquitto import free_port

@@ -7,11 +7,11 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from controller.app import create_app
-from controller.bundles import pack
-from controller.selection import Measured, NoEligibleVariant, select
-from shared.messages import PowerLevel
-from shared.signing import generate_key
+from lepton_edge.controller.app import create_app
+from lepton_edge.controller.bundles import pack
+from lepton_edge.controller.selection import Measured, NoEligibleVariant, select
+from lepton_edge.shared.messages import PowerLevel
+from lepton_edge.shared.signing import generate_key
 from tests.controller.conftest import AUTH, make_settings
 from tests.controller.helpers import SimAgent, make_bundle, profile, wait_for
 

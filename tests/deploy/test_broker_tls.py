@@ -20,10 +20,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.commands.enroll import dump_toml
-from shared import topics
-from shared.messages import State, Telemetry, decode
-from shared.topics import Kind
+from lepton_edge.agent.commands.enroll import dump_toml
+from lepton_edge.shared import topics
+from lepton_edge.shared.messages import State, Telemetry, decode
+from lepton_edge.shared.topics import Kind
 from tests.deploy.support import DEPLOY, REPO
 from tests.mosquitto import Mosquitto, free_port
 
@@ -48,8 +48,8 @@ class SecuredBroker:
 def broker_files(out: Path, device_ids: list[str]) -> tuple[str, dict[str, str]]:
     """Enroll devices in a real controller database, then write the broker files from it with
     the command lepton-broker-sync.service runs (`lepton-controller broker-config`)."""
-    from controller.db import Database
-    from controller.security import Scope, create_token, enroll
+    from lepton_edge.controller.db import Database
+    from lepton_edge.controller.security import Scope, create_token, enroll
 
     db = Database(f"sqlite:///{out / 'controller.db'}")
     db.migrate()
@@ -373,8 +373,8 @@ def test_agent_refuses_a_broker_signed_by_another_ca(
     secured_broker: SecuredBroker, tmp_path: Path
 ) -> None:
     """A pinned CA that did not sign the broker's certificate: the agent never connects."""
-    from agent.config import load_settings
-    from agent.service import Agent
+    from lepton_edge.agent.config import load_settings
+    from lepton_edge.agent.service import Agent
 
     other = tmp_path / "other-ca"
     assert make_certs("ca", str(other)).returncode == 0

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.commands.enroll import dump_toml
-from agent.config import load_settings
-from shared.signing import load_private_key, public_pem
+from lepton_edge.agent.commands.enroll import dump_toml
+from lepton_edge.agent.config import load_settings
+from lepton_edge.shared.signing import load_private_key, public_pem
 from tests.deploy.support import DEPLOY, ControllerProcess
 from tests.mosquitto import free_port
 
@@ -90,9 +90,9 @@ def test_enroll_writes_the_config_and_pins_the_key(
     assert key_file.read_bytes() == controller_public_pem(controller)
 
     # The broker login works with the controller's files: the password matches its hash there.
-    from controller.db import Database
-    from controller.models import DeviceCredential
-    from controller.security import verify_mosquitto_hash
+    from lepton_edge.controller.db import Database
+    from lepton_edge.controller.models import DeviceCredential
+    from lepton_edge.controller.security import verify_mosquitto_hash
 
     db = Database(f"sqlite:///{controller.workdir / 'state/controller.db'}")
     with db.session() as session:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_settings
+from lepton_edge.agent.config import load_settings
 from tests.deploy.support import (
     DEPLOY,
     REPO,
@@ -135,7 +135,7 @@ def test_install_upgrade_uninstall_in_a_temp_root(
         [
             str(venv / "bin/python"),
             "-c",
-            "import agent, shared; print(agent.__file__, shared.__version__)",
+            "import lepton_edge.agent as a, lepton_edge as le; print(a.__file__, le.__version__)",
         ],
         capture_output=True,
         text=True,

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.leader import AlwaysLeader, PostgresLeader, libpq_url, lock_key, make_leader
+from lepton_edge.controller.leader import (
+    AlwaysLeader,
+    PostgresLeader,
+    libpq_url,
+    lock_key,
+    make_leader,
+)
 from tests.deploy.support import ControllerProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +117,7 @@ def test_leader_whose_session_is_killed_steps_down(
 
 CAMPAIGN = """
 import sys, time
-from controller.leader import PostgresLeader
+from lepton_edge.controller.leader import PostgresLeader
 leader = PostgresLeader(sys.argv[1], interval_s=0.2)
 leader.wait_for_leadership(20)
 print("leading" if leader.is_leader() else "not leading", flush=True)

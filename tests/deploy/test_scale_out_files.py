@@ -13,7 +13,7 @@ import uuid
 import pytest
 import yaml
 
-from controller.config import load_settings
+from lepton_edge.controller.config import load_settings
 from tests.deploy.support import DEPLOY
 
 SCALE_OUT = DEPLOY / "scale-out"
@@ -44,8 +44,8 @@ def test_compose_services_match_the_load_balancer() -> None:
 def test_emqx_views_verify_device_passwords(postgres_url: str, postgres_admin_url: str) -> None:
     import psycopg
 
-    from controller.db import Database
-    from controller.security import Scope, create_token, enroll, mosquitto_hash
+    from lepton_edge.controller.db import Database
+    from lepton_edge.controller.security import Scope, create_token, enroll, mosquitto_hash
 
     db = Database(postgres_url)
     db.migrate()

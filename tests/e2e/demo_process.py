@@ -16,7 +16,11 @@ import psutil
 
 from tests.mosquitto import free_port
 
-LEPTON = [sys.executable, "-c", "import sys; from controller.cli import main; sys.exit(main())"]
+LEPTON = [
+    sys.executable,
+    "-c",
+    "import sys; from lepton_edge.controller.cli import main; sys.exit(main())",
+]
 
 
 @dataclass

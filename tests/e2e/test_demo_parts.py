@@ -15,14 +15,18 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.demo import toml
-from controller.demo.broker import start_broker
-from controller.demo.fleet import agent_config
-from controller.demo.processes import Child, stop_all
-from controller.demo.profiles import PROFILES, fleet
+from lepton_edge.controller.demo import toml
+from lepton_edge.controller.demo.broker import start_broker
+from lepton_edge.controller.demo.fleet import agent_config
+from lepton_edge.controller.demo.processes import Child, stop_all
+from lepton_edge.controller.demo.profiles import PROFILES, fleet
 from tests.mosquitto import free_port
 
-LEPTON = [sys.executable, "-c", "import sys; from controller.cli import main; sys.exit(main())"]
+LEPTON = [
+    sys.executable,
+    "-c",
+    "import sys; from lepton_edge.controller.cli import main; sys.exit(main())",
+]
 
 
 def lepton(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,9 +89,9 @@ def test_port_in_use_is_one_line_error(flag: str, tmp_path: Path) -> None:
 
 def test_controller_side_of_the_demo_does_not_import_the_agent() -> None:
     code = (
-        "import sys, controller.commands.demo, controller.demo.run, controller.demo.fleet, "
-        "controller.demo.summary, controller.demo.view\n"
-        "from controller.demo.run import missing_parts; missing_parts()\n"
+        "import sys, lepton_edge.controller.commands.demo, lepton_edge.controller.demo.run, lepton_edge.controller.demo.fleet, "
+        "lepton_edge.controller.demo.summary, lepton_edge.controller.demo.view\n"
+        "from lepton_edge.controller.demo.run import missing_parts; missing_parts()\n"
         "print(sorted(m for m in sys.modules if m == 'agent' or m.startswith('agent.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -139,7 +143,7 @@ def test_amqtt_broker_refuses_mqtt5_so_the_demo_announces_311(tmp_path: Path) ->
 
 
 def test_broker_on_a_busy_port_is_a_user_error(tmp_path: Path) -> None:
-    from shared.errors import UserError
+    from lepton_edge.shared.errors import UserError
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -152,7 +156,7 @@ def test_children_are_stopped_and_die_with_the_demo(tmp_path: Path) -> None:
     # A child of a child: when the middle process is killed with SIGKILL, PDEATHSIG ends ours.
     code = (
         "import sys, time, pathlib\n"
-        "from controller.demo.processes import Child\n"
+        "from lepton_edge.controller.demo.processes import Child\n"
         f"c = Child('sleeper', [sys.executable, '-c', 'import time; time.sleep(60)'], pathlib.Path({str(tmp_path / 'c.log')!r}))\n"
         "print(c.pid, flush=True)\n"
         "time.sleep(60)\n"
@@ -211,7 +215,7 @@ def test_without_the_data_set_agents_get_synthetic_frames_and_labels_come_from_f
 ) -> None:
     import numpy as np
 
-    from controller.demo.bundle import REFERENCE_DIR, _dataset
+    from lepton_edge.controller.demo.bundle import REFERENCE_DIR, _dataset
 
     calib, eval_x, eval_y = _dataset(None)
     assert calib.shape[1:] == eval_x.shape[1:] == (28, 28, 1)
@@ -257,7 +261,7 @@ def test_synthetic_and_data_together_is_one_line_error(tmp_path: Path) -> None:
 
 def test_agent_configs_are_accepted_by_the_agent_settings(tmp_path: Path) -> None:
     """The demo writes TOML the agent really loads (extra="forbid" catches any typo)."""
-    from agent.config import load_settings  # tests may import both sides
+    from lepton_edge.agent.config import load_settings  # tests may import both sides
 
     class FakeBroker:
         host, port, mqtt_version = "127.0.0.1", free_port(), "3.1.1"

@@ -27,16 +27,19 @@ def test_demo_runs_from_a_wheel_install_outside_the_checkout(tmp_path: Path) -> 
     subprocess.run(
         [*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300
     )
+    # One namespace: no generic `agent`, `controller` or `shared` beside other packages.
+    installed = {p.name for p in site.iterdir()} - {"bin"}
+    assert installed == {"lepton_edge", wheel.name.split("-py3")[0] + ".dist-info"}, installed
     # The installed copy, not the checkout, must be what runs (cwd outside the repository).
     env = {**os.environ, "PYTHONPATH": str(site), "TMPDIR": str(tmp_path)}
     where = subprocess.run(
-        [sys.executable, "-c", "import controller.demo.bundle as b; print(b.REFERENCE_DIR)"],
+        [sys.executable, "-c", "import lepton_edge.controller.demo.bundle as b; print(b.REFERENCE_DIR)"],
         capture_output=True, text=True, check=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert Path(where.stdout.strip()).is_relative_to(site)
 
     summary = tmp_path / "summary.json"
-    code = "import sys; from controller.cli import main; sys.exit(main())"
+    code = "import sys; from lepton_edge.controller.cli import main; sys.exit(main())"
     demo = subprocess.run(
         [sys.executable, "-c", code, "demo", "--devices", "2", "--duration", "8", "--live", "off",
          "--summary-json", str(summary)],

@@ -22,15 +22,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
-from agent.config import AgentSettings
-from agent.service import Agent
-from controller.bundles import pack
-from controller.db import Database
-from controller.models import CommandRecord, TelemetrySample
-from shared import topics
-from shared.messages import CpuSample, MemorySample, Telemetry, decode, encode
-from shared.signing import load_private_key, public_pem
-from shared.topics import Kind
+from lepton_edge.agent.config import AgentSettings
+from lepton_edge.agent.service import Agent
+from lepton_edge.controller.bundles import pack
+from lepton_edge.controller.db import Database
+from lepton_edge.controller.models import CommandRecord, TelemetrySample
+from lepton_edge.shared import topics
+from lepton_edge.shared.messages import CpuSample, MemorySample, Telemetry, decode, encode
+from lepton_edge.shared.signing import load_private_key, public_pem
+from lepton_edge.shared.topics import Kind
 from tests.controller.helpers import make_bundle
 from tests.deploy.support import ControllerProcess
 from tests.mosquitto import Mosquitto

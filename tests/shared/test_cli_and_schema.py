@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import __version__
-from shared.topics import Kind
+from lepton_edge.shared import __version__
+from lepton_edge.shared.topics import Kind
 
 ENTRY_POINTS = ["lepton", "lepton-agent", "lepton-controller"]
 BIN = Path(sys.executable).parent
@@ -35,5 +35,5 @@ def test_schema_command_writes_every_kind(tmp_path: Path) -> None:
 
 
 def test_schema_module_runs_standalone(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "shared.schema", str(tmp_path)], check=True)
+    subprocess.run([sys.executable, "-m", "lepton_edge.shared.schema", str(tmp_path)], check=True)
     assert (tmp_path / "cmd.schema.json").exists()

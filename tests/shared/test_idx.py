@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.errors import UserError
-from shared.idx import FASHION_MNIST_DIR, fashion_mnist, parse_idx, read_idx
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.idx import FASHION_MNIST_DIR, fashion_mnist, parse_idx, read_idx
 
 
 def idx_bytes(array: np.ndarray, code: int) -> bytes:

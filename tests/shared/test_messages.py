@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter
 
-from shared.errors import MessageError
-from shared.hardware import GpuInfo, HardwareProfile
-from shared.messages import (
+from lepton_edge.shared.errors import MessageError
+from lepton_edge.shared.hardware import GpuInfo, HardwareProfile
+from lepton_edge.shared.messages import (
     MAX_PAYLOAD_BYTES,
     MESSAGE_MODELS,
     Benchmark,
@@ -26,7 +26,7 @@ from shared.messages import (
     decode_device_message,
     encode,
 )
-from shared.topics import Kind
+from lepton_edge.shared.topics import Kind
 from tests.shared.schema_strategy import from_schema
 
 PROFILE = HardwareProfile(

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import SignatureError
-from shared.manifest import Manifest, ModelFormat, Precision, Requirements, Variant
-from shared.signing import (
+from lepton_edge.shared.errors import SignatureError
+from lepton_edge.shared.manifest import Manifest, ModelFormat, Precision, Requirements, Variant
+from lepton_edge.shared.signing import (
     generate_key,
     key_id,
     load_or_create_private_key,
@@ -122,7 +122,7 @@ def test_variant_filename_is_content_addressed_and_not_signed_over() -> None:
 def test_sha256_file_matches_hashlib_across_chunks(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import hashlib
 
-    from shared.manifest import sha256_file
+    from lepton_edge.shared.manifest import sha256_file
 
     data = bytes(range(256)) * 9000  # > 2 MiB: several read chunks
     path = tmp_path / "blob"

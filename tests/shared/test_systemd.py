@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from shared.systemd import Notifier
+from lepton_edge.shared.systemd import Notifier
 
 
 def listen(path: Path) -> socket.socket:

@@ -2,8 +2,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.errors import TopicError
-from shared.topics import Kind, check_device_id, device_prefix, parse, subscription, topic
+from lepton_edge.shared.errors import TopicError
+from lepton_edge.shared.topics import (
+    Kind,
+    check_device_id,
+    device_prefix,
+    parse,
+    subscription,
+    topic,
+)
 
 
 @pytest.mark.parametrize("kind", list(Kind))

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.cli import main
-from controller.optimize import load_bundle
-from shared.idx import FASHION_MNIST_DIR
-from shared.signing import load_or_create_private_key
+from lepton_edge.controller.cli import main
+from lepton_edge.controller.optimize import load_bundle
+from lepton_edge.shared.idx import FASHION_MNIST_DIR
+from lepton_edge.shared.signing import load_or_create_private_key
 from tests.controller.optimize import tiny
 from tests.paths import FASHION_MNIST_MODELS
 

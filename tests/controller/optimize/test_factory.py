@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.optimize import build_bundle, load_bundle
-from controller.optimize.evaluate import SpeedBudget
-from shared.errors import UserError
-from shared.signing import generate_key
+from lepton_edge.controller.optimize import build_bundle, load_bundle
+from lepton_edge.controller.optimize.evaluate import SpeedBudget
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.signing import generate_key
 from tests.controller.optimize import tiny
 from tests.paths import FASHION_MNIST_MODELS
 
@@ -172,7 +172,7 @@ def test_tflite_fallback_chain_ends_at_dynamic(tmp_path: Path) -> None:
     """Full-integer TFLite keeps an int8 input, so calibration data 100x too small ruins both
     static schemes (even with the conv kept float); dynamic int8 (no calibration) is what
     remains of the int8 precision."""
-    from shared.idx import fashion_mnist
+    from lepton_edge.shared.idx import fashion_mnist
 
     x, _ = fashion_mnist("train")
     x_test, y_test = fashion_mnist("t10k")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.optimize import HardwareAdapter, load_bundle
-from shared.errors import UserError
-from shared.idx import fashion_mnist
-from shared.manifest import ModelFormat
+from lepton_edge.controller.optimize import HardwareAdapter, load_bundle
+from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.idx import fashion_mnist
+from lepton_edge.shared.manifest import ModelFormat
 from tests.controller.optimize.test_reference_bundle import run_plain
 
 pytestmark = pytest.mark.slow
@@ -87,8 +87,8 @@ def test_adapter_errors(tmp_path: Path) -> None:
 def test_cli_with_a_keras_file(
     tiny_cnn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:  # type: ignore[no-untyped-def]
-    from controller.cli import main
-    from shared.idx import FASHION_MNIST_DIR
+    from lepton_edge.controller.cli import main
+    from lepton_edge.shared.idx import FASHION_MNIST_DIR
 
     tiny_cnn.save(tmp_path / "tiny.keras")
     (tmp_path / "broken.keras").write_bytes(b"not a zip")

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from controller.optimize import load_bundle
-from shared.errors import SignatureError
-from shared.idx import fashion_mnist
-from shared.manifest import MANIFEST_FILE, Manifest, ModelFormat, Precision
-from shared.signing import generate_key, load_public_key
+from lepton_edge.controller.optimize import load_bundle
+from lepton_edge.shared.errors import SignatureError
+from lepton_edge.shared.idx import fashion_mnist
+from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, ModelFormat, Precision
+from lepton_edge.shared.signing import generate_key, load_public_key
 
 EXPECTED = {
     "onnx-fp32",

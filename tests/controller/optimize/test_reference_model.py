@@ -14,11 +14,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from controller.optimize import onnx as onnx_variants
-from controller.optimize import tflite as tflite_variants
-from controller.optimize.evaluate import Predictor
-from shared.idx import fashion_mnist
-from shared.manifest import ModelFormat
+from lepton_edge.controller.optimize import onnx as onnx_variants
+from lepton_edge.controller.optimize import tflite as tflite_variants
+from lepton_edge.controller.optimize.evaluate import Predictor
+from lepton_edge.shared.idx import fashion_mnist
+from lepton_edge.shared.manifest import ModelFormat
 from tests.paths import FASHION_MNIST_MODELS
 
 ROOT = Path(__file__).resolve().parents[3]
