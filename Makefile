@@ -29,6 +29,7 @@ python-info: | $(VENV)/bin/python
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy

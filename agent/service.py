@@ -5,46 +5,37 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from lepton_edge.agent.config import DEFAULT_CONFIG_FILE, AgentSettings, load_settings
+from lepton_edge.agent.config import AgentSettings
+from lepton_edge.agent.handlers import CommandHandlers
 from lepton_edge.agent.hardware import build_profile, machine_device_id
 from lepton_edge.agent.link import MqttLink
 from lepton_edge.agent.outbox import CommandLog, Outbox
 from lepton_edge.agent.probes import build_probes
-from lepton_edge.agent.store import ArtifactStore, Bundle, StoreError, read_public_key
+from lepton_edge.agent.store import ArtifactStore, Bundle, read_public_key
 from lepton_edge.shared import __version__
-from lepton_edge.shared.errors import MessageError, SignatureError, TopicError, UserError
+from lepton_edge.shared.errors import SignatureError, TopicError, UserError
 from lepton_edge.shared.hardware import HardwareProfile
 from lepton_edge.shared.manifest import Manifest
 from lepton_edge.shared.messages import (
-    MAX_PAYLOAD_BYTES,
     BatterySample,
-    Benchmark,
-    BenchmarkResult,
-    Deploy,
     Event,
     EventKind,
     InferenceStats,
     PowerLevel,
     Reply,
-    Rollback,
     SetPolicy,
     State,
     Telemetry,
     ThermalSample,
-    VariantTiming,
-    decode,
     encode,
 )
 from lepton_edge.shared.systemd import Notifier
@@ -54,7 +45,6 @@ log = logging.getLogger(__name__)
 
 COMMAND_TYPES = ("deploy", "rollback", "benchmark", "set_policy")
 COMMAND_QUEUE = 100
-OFFLINE_READY_AFTER_S = 15.0
 
 #: How a runner tells the controller why something happened (precision switch, errors).
 EmitEvent = Callable[[EventKind, str, dict[str, Any]], None]
@@ -123,7 +113,8 @@ class Agent:
         self._stop = threading.Event()
         self._commands: queue.Queue[bytes | None] = queue.Queue(maxsize=COMMAND_QUEUE)
         self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()  # active bundle vs. state messages
+        self.lock = threading.Lock()  # active bundle vs. state messages
+        self.handlers = CommandHandlers(self)
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -158,7 +149,7 @@ class Agent:
         self.store = ArtifactStore(s.state_dir, public_key, s.store, key_hint=f" at {key_path}")
         self.active = self.store.recover()
         if self.active is not None:
-            self._activate_runner(self.active, at_start=True)
+            self.activate_runner(self.active, at_start=True)
         self.link = MqttLink(
             self.device_id,
             s.mqtt,
@@ -205,7 +196,7 @@ class Agent:
 
     def _state(self, status: Literal["online", "offline"]) -> State:
         runner = self.runner
-        with self._lock:
+        with self.lock:
             active = self.active.bundle_id if self.active else None
         return State(
             device_id=self.device_id,
@@ -237,7 +228,7 @@ class Agent:
                 stats = runner.stats()
             except Exception:
                 log.exception("runner failed to report")
-        with self._lock:
+        with self.lock:
             active = self.active.bundle_id if self.active else None
         return Telemetry(
             device_id=self.device_id,
@@ -370,102 +361,12 @@ class Agent:
             if payload is None:
                 break
             try:
-                self.handle_command(payload)
+                self.handlers.handle(payload)
             except Exception as exc:
                 log.exception("command failed")
                 self.emit_event(EventKind.ERROR, f"command handler crashed: {exc}")
 
-    def handle_command(self, payload: bytes) -> None:
-        """Decode, deduplicate by command id and dispatch by type."""
-        try:
-            command = decode(Kind.CMD, payload)
-        except MessageError as exc:
-            self._reject(payload, exc)
-            return
-        if not self.command_log.begin(command.command_id):
-            self.reply(command.command_id, "duplicate", "command id already handled")
-            return
-        try:
-            match command:
-                case Deploy():
-                    self._deploy(command)
-                case Rollback():
-                    self._rollback(command)
-                case Benchmark():
-                    self._benchmark(command)
-                case SetPolicy():
-                    self._set_policy(command)
-        finally:
-            self.command_log.finish(command.command_id)
-
-    def _reject(self, payload: bytes, exc: MessageError) -> None:
-        self.rejected_commands += 1
-        command_id, reason = _explain_bad_command(payload, exc)
-        label = f"command {command_id}" if command_id else "command"
-        self.emit_event(
-            EventKind.ERROR,
-            f"rejected {label}: {reason}",
-            {"bytes": len(payload), "field": exc.field},
-            command_id=command_id,
-        )
-        if command_id:
-            self.reply(command_id, "rejected", reason)
-
-    def _deploy(self, cmd: Deploy) -> None:
-        data = {"bundle_id": cmd.bundle_id, "rollout_id": cmd.rollout_id}
-        self.reply(cmd.command_id, "accepted")
-        self.emit_event(
-            EventKind.DEPLOY,
-            f"downloading bundle {cmd.bundle_id}",
-            {**data, "stage": "downloading"},
-            cmd.command_id,
-        )
-        try:
-            bundle = self.store.fetch(
-                cmd.bundle_id,
-                cmd.manifest_url,
-                cmd.artifact_base_url,
-                list(cmd.ladder.values()),
-                dict(cmd.ladder),
-            )
-        except (StoreError, OSError) as exc:
-            self._deploy_failed(cmd, data, str(exc))
-            return
-        self.emit_event(
-            EventKind.DEPLOY,
-            f"bundle {cmd.bundle_id} verified (signature and sha256 of every file)",
-            {**data, "stage": "verified"},
-            cmd.command_id,
-        )
-        refused = self._activate_runner(bundle)
-        if refused:
-            self.store.gc()
-            self._deploy_failed(cmd, data, refused)
-            return
-        self.store.activate(bundle)
-        with self._lock:
-            self.active = bundle
-        self.link.republish_state()
-        self.emit_event(
-            EventKind.DEPLOY,
-            f"bundle {cmd.bundle_id} activated",
-            {**data, "stage": "activated"},
-            cmd.command_id,
-        )
-        self.reply(cmd.command_id, "done", f"bundle {cmd.bundle_id} active")
-        self.notifier.status(f"serving bundle {cmd.bundle_id}")
-
-    def _deploy_failed(self, cmd: Deploy, data: dict[str, Any], reason: str) -> None:
-        current = self.active.bundle_id if self.active else "none"
-        self.emit_event(
-            EventKind.DEPLOY,
-            f"deploy of {cmd.bundle_id} failed: {reason}; still serving {current}",
-            {**data, "stage": "failed"},
-            cmd.command_id,
-        )
-        self.reply(cmd.command_id, "failed", reason)
-
-    def _activate_runner(self, bundle: Bundle, at_start: bool = False) -> str | None:
+    def activate_runner(self, bundle: Bundle, at_start: bool = False) -> str | None:
         """Hand `bundle` to the runner; the reason it refused, or None if it took it."""
         if self.runner is None:
             return None
@@ -479,86 +380,6 @@ class Agent:
             return reason
         return None
 
-    def _rollback(self, cmd: Rollback) -> None:
-        before = self.active.bundle_id if self.active else None
-        try:
-            bundle = self.store.rollback()
-        except StoreError as exc:
-            self.reply(cmd.command_id, "failed", str(exc))
-            self.emit_event(EventKind.ROLLBACK, f"rollback failed: {exc}", {}, cmd.command_id)
-            return
-        refused = self._activate_runner(bundle)
-        if refused:
-            self.store.rollback()  # put the one that works back
-            self.reply(cmd.command_id, "failed", refused)
-            return
-        with self._lock:
-            self.active = bundle
-        self.link.republish_state()
-        reason = f"rolled back from {before} to {bundle.bundle_id}"
-        if cmd.reason:
-            reason += f": {cmd.reason}"
-        self.emit_event(
-            EventKind.ROLLBACK,
-            reason,
-            {"from_bundle": before, "to_bundle": bundle.bundle_id, "rollout_id": cmd.rollout_id},
-            cmd.command_id,
-        )
-        self.reply(cmd.command_id, "done", reason)
-
-    def _benchmark(self, cmd: Benchmark) -> None:
-        if self.runner is None:
-            self.reply(cmd.command_id, "failed", "this agent runs no inference engine")
-            return
-        self.reply(cmd.command_id, "accepted")
-        try:
-            bundle = self.store.fetch(
-                cmd.bundle_id, cmd.manifest_url, cmd.artifact_base_url, cmd.variant_ids
-            )
-        except (StoreError, OSError) as exc:
-            self.reply(cmd.command_id, "failed", str(exc))
-            self.emit_event(EventKind.BENCHMARK, f"benchmark failed: {exc}", {}, cmd.command_id)
-            return
-        try:
-            timings = self.runner.benchmark(
-                bundle.dir, bundle.manifest, cmd.variant_ids, cmd.iterations
-            )
-            result = BenchmarkResult(
-                hardware_class=self.profile.hardware_class(),
-                bundle_id=cmd.bundle_id,
-                timings={k: VariantTiming.model_validate(v) for k, v in timings.items()},
-            )
-        except Exception as exc:
-            log.exception("benchmark failed")
-            self.reply(cmd.command_id, "failed", f"benchmark failed: {exc}")
-            return
-        finally:
-            self.store.gc()
-        self.emit_event(
-            EventKind.BENCHMARK,
-            f"benchmarked {len(result.timings)} variant(s) of {cmd.bundle_id}",
-            {"bundle_id": cmd.bundle_id},
-            cmd.command_id,
-        )
-        self.reply(cmd.command_id, "done", result=result.model_dump(mode="json"))
-
-    def _set_policy(self, cmd: SetPolicy) -> None:
-        if self.runner is None:
-            self.reply(cmd.command_id, "failed", "this agent runs no inference engine")
-            return
-        try:
-            self.runner.set_policy(cmd)
-        except Exception as exc:
-            self.reply(cmd.command_id, "failed", str(exc))
-            return
-        self.emit_event(
-            EventKind.POLICY,
-            f"policy set: override={cmd.override}, max_fps={cmd.max_fps}",
-            {"override": cmd.override, "max_fps": cmd.max_fps},
-            cmd.command_id,
-        )
-        self.reply(cmd.command_id, "done")
-
 
 def _safe(probe: Any) -> Any:
     """A probe's sample, or None if it has none or it failed (logged)."""
@@ -569,26 +390,6 @@ def _safe(probe: Any) -> Any:
     except Exception:
         log.exception("%s probe failed", getattr(probe, "source", "?"))
         return None
-
-
-def _explain_bad_command(payload: bytes, exc: MessageError) -> tuple[str | None, str]:
-    """(command id if one can be read, one-line reason) for a command that failed to decode."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        return None, exc.reason
-    try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None, exc.reason
-    if not isinstance(data, dict):
-        return None, "not a JSON object"
-    cid = data.get("command_id")
-    command_id = cid if isinstance(cid, str) and 0 < len(cid) <= 128 else None
-    kind = data.get("type")
-    if kind not in COMMAND_TYPES:
-        return command_id, (
-            f"unknown command type {kind!r}; this agent knows {', '.join(COMMAND_TYPES)}"
-        )
-    return command_id, f"{exc.field}: {exc.reason}" if exc.field else exc.reason
 
 
 def resolve_device_id(settings: AgentSettings) -> str:
@@ -622,73 +423,3 @@ def build_agent(settings: AgentSettings, *, notifier: Notifier | None = None) ->
         ) from None
     agent.attach_runner(InferenceRunner.from_settings(settings, agent.emit_event, agent.profile))
     return agent
-
-
-# -- `lepton-agent run` ----------------------------------------------------------------------
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help=f"TOML settings file (default {DEFAULT_CONFIG_FILE} when it exists)",
-    )
-    parser.add_argument("--device-id", help="override device_id")
-    parser.add_argument("--state-dir", type=Path, help="override state_dir")
-    parser.add_argument("--mqtt-host", help="override mqtt.host")
-    parser.add_argument("--mqtt-port", type=int, help="override mqtt.port")
-    parser.add_argument(
-        "--telemetry-interval", type=float, help="override telemetry_interval_s (seconds)"
-    )
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if args.device_id:
-        out["device_id"] = args.device_id
-    if args.state_dir:
-        out["state_dir"] = args.state_dir
-    if args.telemetry_interval:
-        out["telemetry_interval_s"] = args.telemetry_interval
-    mqtt = {k: v for k, v in (("host", args.mqtt_host), ("port", args.mqtt_port)) if v is not None}
-    if mqtt:
-        out["mqtt"] = mqtt
-    return out
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, _overrides(args))
-    if settings.log_json:
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(_JsonFormatter())
-    agent = build_agent(settings, notifier=Notifier())
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    agent.start()
-    log.info("agent %s started (state in %s)", agent.device_id, settings.state_dir)
-    # An offline box is still working (queueing telemetry): tell systemd after a while.
-    offline_ready_at = time.monotonic() + OFFLINE_READY_AFTER_S
-    while not stop.wait(0.2):
-        if not agent.ready.is_set() and time.monotonic() > offline_ready_at:
-            agent.mark_ready("running offline: broker unreachable, telemetry queued")
-    agent.stop()
-    return 0

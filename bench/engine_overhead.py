@@ -47,9 +47,9 @@ def mobilenet_variants(calib_n: int = 32) -> dict[str, Path]:
         return files
     import keras
 
-    from lepton_edge.controller.optimize import keras as keras_export
-    from lepton_edge.controller.optimize import onnx as onnx_variants
-    from lepton_edge.controller.optimize import tflite as tflite_variants
+    from lepton_edge.controller.factory import keras as keras_export
+    from lepton_edge.controller.factory import onnx as onnx_variants
+    from lepton_edge.controller.factory import tflite as tflite_variants
 
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lepton_edge.controller.optimize import build_bundle  # noqa: E402
+from lepton_edge.controller.factory import build_bundle  # noqa: E402
 from lepton_edge.shared.idx import FASHION_MNIST_LABELS, fashion_mnist  # noqa: E402
 from lepton_edge.shared.manifest import Precision  # noqa: E402
 from lepton_edge.shared.signing import generate_key  # noqa: E402

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from lepton_edge.controller.optimize import keras as keras_export  # noqa: E402
-from lepton_edge.controller.optimize import onnx as onnx_variants  # noqa: E402
-from lepton_edge.controller.optimize import tflite as tflite_variants  # noqa: E402
-from lepton_edge.controller.optimize.evaluate import (  # noqa: E402
+from lepton_edge.controller.factory import keras as keras_export  # noqa: E402
+from lepton_edge.controller.factory import onnx as onnx_variants  # noqa: E402
+from lepton_edge.controller.factory import tflite as tflite_variants  # noqa: E402
+from lepton_edge.controller.factory.evaluate import (  # noqa: E402
     Predictor,
     SpeedBudget,
     measure_speed_isolated,

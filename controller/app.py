@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 
-from lepton_edge.controller.api import artifacts, devices, metrics, models, rollouts, tokens
+from lepton_edge.controller.api import artifacts, build, bundles, devices, metrics, rollouts, tokens
 from lepton_edge.controller.config import ControllerSettings
 from lepton_edge.controller.core import Controller
 from lepton_edge.shared import __version__
@@ -78,8 +78,25 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     app.state.controller = controller
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _data_error)
-    for module in (devices, models, rollouts, tokens):
+    for module in (devices, bundles, rollouts, tokens):
         app.include_router(module.router, prefix=API_PREFIX)
+    missing = build.missing_module()
+    if missing is None:
+        app.include_router(build.router, prefix=API_PREFIX)
+    else:
+        log.info("variant factory not installed (no %s): POST /bundles/build is off", missing)
+
+        @app.post(f"{API_PREFIX}/bundles/build", include_in_schema=False)
+        def build_unavailable() -> JSONResponse:
+            return JSONResponse(
+                status_code=501,
+                content={
+                    "detail": f"this controller has no variant factory ({missing} is not "
+                    "installed): pip install 'lepton-edge[factory]', or build with `lepton build` "
+                    "elsewhere and upload to /api/v1/bundles"
+                },
+            )
+
     app.include_router(artifacts.router)
     app.include_router(metrics.router)
     if WEB_DIR.is_dir():

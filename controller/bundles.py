@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from lepton_edge.controller.archive import ArchiveError, extract_tar
-from lepton_edge.controller.models import Bundle
+from lepton_edge.controller.tables import Bundle
 from lepton_edge.shared.errors import SignatureError
 from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, sha256_file
 from lepton_edge.shared.signing import load_or_create_private_key, verify_manifest

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from lepton_edge.controller.models import (
+from lepton_edge.controller.tables import (
     BenchmarkRecord,
     CommandRecord,
     Device,

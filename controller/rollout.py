@@ -24,11 +24,11 @@ from sqlalchemy.orm import Session
 from lepton_edge.controller.config import ControllerSettings, RolloutDefaults, SelectionSettings
 from lepton_edge.controller.db import Database
 from lepton_edge.controller.leader import Leader
-from lepton_edge.controller.models import BenchmarkRecord, Bundle, CommandRecord, Device, DeviceTag
-from lepton_edge.controller.models import Rollout as RolloutRow
-from lepton_edge.controller.models import RolloutDevice as RolloutDeviceRow
 from lepton_edge.controller.selection import Measured, NoEligibleVariant, Selection
 from lepton_edge.controller.selection import select as select_ladder
+from lepton_edge.controller.tables import BenchmarkRecord, Bundle, CommandRecord, Device, DeviceTag
+from lepton_edge.controller.tables import Rollout as RolloutRow
+from lepton_edge.controller.tables import RolloutDevice as RolloutDeviceRow
 from lepton_edge.shared.hardware import HardwareProfile
 from lepton_edge.shared.manifest import Manifest
 from lepton_edge.shared.messages import Command, CommandMessage, Deploy, Rollback

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lepton_edge.controller.models import ApiToken, DeviceCredential
+from lepton_edge.controller.tables import ApiToken, DeviceCredential
 from lepton_edge.shared import topics
 
 MOSQUITTO_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes

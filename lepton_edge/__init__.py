@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from lepton_edge.shared import __version__
 
 if TYPE_CHECKING:
-    from lepton_edge.controller.optimize.adapter import HardwareAdapter
+    from lepton_edge.controller.factory.adapter import HardwareAdapter
 
 __all__ = ["HardwareAdapter", "__version__"]
 
@@ -23,7 +23,7 @@ __all__ = ["HardwareAdapter", "__version__"]
 def __getattr__(name: str) -> Any:
     # Lazy, so `import lepton_edge.agent` on an edge box never reaches for the ML toolchain.
     if name == "HardwareAdapter":
-        from lepton_edge.controller.optimize.adapter import HardwareAdapter
+        from lepton_edge.controller.factory.adapter import HardwareAdapter
 
         return HardwareAdapter
     raise AttributeError(f"module 'lepton_edge' has no attribute {name!r}")

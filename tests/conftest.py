@@ -118,8 +118,8 @@ class ReferenceBundle:
 def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> ReferenceBundle:
     """Every variant of the Fashion-MNIST reference models built, measured and signed (about 10-20 s):
     calibrated on 500 training images, evaluated on 2000 test images."""
-    from lepton_edge.controller.optimize import build_bundle
-    from lepton_edge.controller.optimize.evaluate import SpeedBudget
+    from lepton_edge.controller.factory import build_bundle
+    from lepton_edge.controller.factory.evaluate import SpeedBudget
     from lepton_edge.shared.idx import FASHION_MNIST_LABELS, fashion_mnist
     from lepton_edge.shared.signing import generate_key, public_pem
 

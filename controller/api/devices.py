@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from lepton_edge.controller import fleet
 from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
-from lepton_edge.controller.models import Bundle, Device
 from lepton_edge.controller.rollout import ladder_for
 from lepton_edge.controller.selection import NoEligibleVariant
+from lepton_edge.controller.tables import Bundle, Device
 from lepton_edge.shared.manifest import Ladder, Manifest
 from lepton_edge.shared.messages import PowerLevel
 

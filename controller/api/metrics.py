@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 
 from lepton_edge.controller import fleet
 from lepton_edge.controller.api.deps import ControllerDep
-from lepton_edge.controller.models import Rollout, RolloutDevice
+from lepton_edge.controller.tables import Rollout, RolloutDevice
 
 router = APIRouter(tags=["observability"])
 

@@ -9,8 +9,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
-from lepton_edge.controller.models import Rollout
 from lepton_edge.controller.rollout import RolloutCreate, RolloutError, summary
+from lepton_edge.controller.tables import Rollout
 
 router = APIRouter(tags=["rollouts"])
 

@@ -78,8 +78,8 @@ def build(
     data_dir: Path | None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Any:
-    from lepton_edge.controller.optimize import build_bundle
-    from lepton_edge.controller.optimize.evaluate import SpeedBudget
+    from lepton_edge.controller.factory import build_bundle
+    from lepton_edge.controller.factory.evaluate import SpeedBudget
     from lepton_edge.shared.idx import FASHION_MNIST_LABELS
     from lepton_edge.shared.signing import load_private_key
 

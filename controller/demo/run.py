@@ -61,7 +61,7 @@ class DemoOptions:
 #: What the demo brings together; each is checked before anything starts.
 PARTS = {
     "controller API": ("lepton_edge.controller.app", "create_app"),
-    "variant factory": ("lepton_edge.controller.optimize", "build_bundle"),
+    "variant factory": ("lepton_edge.controller.factory", "build_bundle"),
     "agent service": ("lepton_edge.agent.service", "build_agent"),
     "inference engine": ("lepton_edge.agent.runner", "InferenceRunner"),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from lepton_edge.controller.models import Base
+from lepton_edge.controller.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

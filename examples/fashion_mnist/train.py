@@ -6,7 +6,7 @@ Conv2D 32 3x3 relu -> MaxPool 2x2 -> Flatten -> Dense 64 relu -> Dense 10 softma
 seed fixed and TensorFlow's deterministic ops on, input float32 (N, 28, 28, 1) in [0, 1].
 The two files are committed (in the demo package, so an installed demo has them) and so
 the demo and the tests need no TensorFlow;
-tests/controller/optimize/test_reference_model.py checks they are what this script exports.
+tests/controller/factory/test_reference_model.py checks they are what this script exports.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
-from lepton_edge.controller.optimize import keras as keras_export  # noqa: E402
+from lepton_edge.controller.factory import keras as keras_export  # noqa: E402
 from lepton_edge.shared.idx import fashion_mnist  # noqa: E402
 
 SEED = 20240607

@@ -36,7 +36,7 @@ def test_tokens_401_403(client: TestClient) -> None:
     denied = client.post("/api/v1/tokens", json={"scope": "admin"}, headers=read)
     assert denied.status_code == 403
     # stored hashed only
-    from lepton_edge.controller.models import ApiToken
+    from lepton_edge.controller.tables import ApiToken
 
     with client.app.state.controller.db.session() as s:  # type: ignore[attr-defined]
         hashes = [t.token_hash for t in s.query(ApiToken)]

@@ -167,7 +167,7 @@ def test_shared_subscription_splits_telemetry_between_controllers(
     for b in bridges:
         b.stop()
     with db.session() as s:
-        from lepton_edge.controller.models import Device
+        from lepton_edge.controller.tables import Device
 
         assert sum(d.telemetry_count for d in s.query(Device)) == 201
     db.close()
@@ -180,8 +180,8 @@ def test_a_failed_write_is_retried_and_a_bad_benchmark_result_loses_nothing(
 ) -> None:
     from lepton_edge.controller.bridge import Bridge
     from lepton_edge.controller.db import Database
-    from lepton_edge.controller.models import CommandRecord, Device
     from lepton_edge.controller.rollout import record_command
+    from lepton_edge.controller.tables import CommandRecord, Device
     from lepton_edge.shared.messages import Benchmark, Reply
 
     settings = make_settings(tmp_path, db_url)

@@ -4,6 +4,7 @@ build endpoint that runs the factory itself."""
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 from lepton_edge.controller.app import create_app
 from lepton_edge.controller.bundles import pack
 from lepton_edge.controller.fleet import Batch
-from lepton_edge.controller.models import BenchmarkRecord
+from lepton_edge.controller.tables import BenchmarkRecord
 from lepton_edge.shared.messages import PowerLevel, State
 from lepton_edge.shared.signing import private_pem
 from tests.controller.conftest import AUTH, make_settings
@@ -130,3 +131,15 @@ def test_build_endpoint_runs_the_factory(tmp_path: Path, db_url: str) -> None:
         assert r.status_code == 422 and "factory refused" in r.json()["detail"]
         r = client.post("/api/v1/bundles/build", content=bad.getvalue(), headers=AUTH)
         assert r.status_code == 422 and "model_name" in r.json()["message"]
+
+
+def test_without_the_factory_the_build_endpoint_says_what_to_install(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as on a controller installed without it
+    settings = make_settings(tmp_path, db_url, rollout_loop=False)
+    with TestClient(create_app(settings)) as client:
+        assert "/api/v1/bundles/build" not in client.get("/openapi.json").json()["paths"]
+        r = client.post("/api/v1/bundles/build?model_name=m", content=b"x", headers=AUTH)
+        assert r.status_code == 501 and "lepton-edge[factory]" in r.json()["detail"], r.text
+        assert client.get("/api/v1/bundles", headers=AUTH).status_code == 200

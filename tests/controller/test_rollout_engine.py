@@ -13,8 +13,8 @@ from lepton_edge.controller.bundles import pack
 from lepton_edge.controller.config import load_settings
 from lepton_edge.controller.core import Controller
 from lepton_edge.controller.fleet import Batch
-from lepton_edge.controller.models import Device
 from lepton_edge.controller.rollout import RolloutCreate
+from lepton_edge.controller.tables import Device
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.messages import (
     CommandMessage,
@@ -110,8 +110,8 @@ class Fleet:
             return r.id
 
     def status(self, rid: str) -> dict[str, Any]:
-        from lepton_edge.controller.models import Rollout
         from lepton_edge.controller.rollout import summary
+        from lepton_edge.controller.tables import Rollout
 
         with self.ctl.db.session() as s:
             return summary(s, s.get(Rollout, rid))  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lepton_edge.agent.commands.enroll import dump_toml
+from lepton_edge.agent.cli.enroll import dump_toml
 from tests.mosquitto import free_port
 
 REPO = Path(__file__).resolve().parents[2]

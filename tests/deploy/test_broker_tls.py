@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from lepton_edge.agent.commands.enroll import dump_toml
+from lepton_edge.agent.cli.enroll import dump_toml
 from lepton_edge.shared import topics
 from lepton_edge.shared.messages import State, Telemetry, decode
 from lepton_edge.shared.topics import Kind

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lepton_edge.agent.commands.enroll import dump_toml
+from lepton_edge.agent.cli.enroll import dump_toml
 from lepton_edge.agent.config import load_settings
 from lepton_edge.shared.signing import load_private_key, public_pem
 from tests.deploy.support import DEPLOY, ControllerProcess
@@ -91,8 +91,8 @@ def test_enroll_writes_the_config_and_pins_the_key(
 
     # The broker login works with the controller's files: the password matches its hash there.
     from lepton_edge.controller.db import Database
-    from lepton_edge.controller.models import DeviceCredential
     from lepton_edge.controller.security import verify_mosquitto_hash
+    from lepton_edge.controller.tables import DeviceCredential
 
     db = Database(f"sqlite:///{controller.workdir / 'state/controller.db'}")
     with db.session() as session:

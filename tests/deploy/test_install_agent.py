@@ -54,8 +54,10 @@ def install(*args: str) -> subprocess.CompletedProcess[str]:
 def source_copy(dest: Path, version: str = "0.1.0") -> Path:
     """The project as a release would ship it (no .venv, no caches), at `version`."""
     dest.mkdir(parents=True)
-    for name in ("agent", "controller", "shared"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("lepton_edge", "agent", "controller", "shared"):
+        shutil.copytree(
+            REPO / name, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
     shutil.copy(REPO / "README.md", dest)
     pyproject = (REPO / "pyproject.toml").read_text()
     (dest / "pyproject.toml").write_text(

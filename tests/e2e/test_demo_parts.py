@@ -89,7 +89,7 @@ def test_port_in_use_is_one_line_error(flag: str, tmp_path: Path) -> None:
 
 def test_controller_side_of_the_demo_does_not_import_the_agent() -> None:
     code = (
-        "import sys, lepton_edge.controller.commands.demo, lepton_edge.controller.demo.run, lepton_edge.controller.demo.fleet, "
+        "import sys, lepton_edge.controller.cli.demo, lepton_edge.controller.demo.run, lepton_edge.controller.demo.fleet, "
         "lepton_edge.controller.demo.summary, lepton_edge.controller.demo.view\n"
         "from lepton_edge.controller.demo.run import missing_parts; missing_parts()\n"
         "print(sorted(m for m in sys.modules if m == 'agent' or m.startswith('agent.')))"

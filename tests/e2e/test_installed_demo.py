@@ -41,7 +41,7 @@ def test_demo_runs_from_a_wheel_install_outside_the_checkout(tmp_path: Path) -> 
     summary = tmp_path / "summary.json"
     code = "import sys; from lepton_edge.controller.cli import main; sys.exit(main())"
     demo = subprocess.run(
-        [sys.executable, "-c", code, "demo", "--devices", "2", "--duration", "8", "--live", "off",
+        [sys.executable, "-c", code, "demo", "--devices", "2", "--duration", "20", "--live", "off",
          "--summary-json", str(summary)],
         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
     )  # fmt: skip

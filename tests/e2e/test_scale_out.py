@@ -26,7 +26,7 @@ from lepton_edge.agent.config import AgentSettings
 from lepton_edge.agent.service import Agent
 from lepton_edge.controller.bundles import pack
 from lepton_edge.controller.db import Database
-from lepton_edge.controller.models import CommandRecord, TelemetrySample
+from lepton_edge.controller.tables import CommandRecord, TelemetrySample
 from lepton_edge.shared import topics
 from lepton_edge.shared.messages import CpuSample, MemorySample, Telemetry, decode, encode
 from lepton_edge.shared.signing import load_private_key, public_pem

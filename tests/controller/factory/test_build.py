@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lepton_edge.controller.optimize import build_bundle, load_bundle
-from lepton_edge.controller.optimize.evaluate import SpeedBudget
+from lepton_edge.controller.factory import build_bundle, load_bundle
+from lepton_edge.controller.factory.evaluate import SpeedBudget
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.signing import generate_key
-from tests.controller.optimize import tiny
+from tests.controller.factory import tiny
 from tests.paths import FASHION_MNIST_MODELS
 
 FAST = SpeedBudget(min_runs=5, max_runs=20, seconds=0.05, warmup=1)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lepton_edge.controller.optimize import data as data_mod
-from lepton_edge.controller.optimize import evaluate
+from lepton_edge.controller.factory import data as data_mod
+from lepton_edge.controller.factory import evaluate
 from lepton_edge.shared.errors import SignatureError, UserError
 from lepton_edge.shared.manifest import (
     MANIFEST_FILE,
@@ -239,8 +239,8 @@ def _build(
     budget: evaluate.SpeedBudget,
     tflite_quantizer: str,
 ) -> Manifest:
-    from lepton_edge.controller.optimize import onnx as onnx_mod
-    from lepton_edge.controller.optimize import tflite as tflite_mod
+    from lepton_edge.controller.factory import onnx as onnx_mod
+    from lepton_edge.controller.factory import tflite as tflite_mod
 
     work = staging / "work"
     work.mkdir()
@@ -323,7 +323,7 @@ def _build(
 def _from_keras(
     model: Any, work: Path, onnx: Path | None, tflite: Path | None
 ) -> tuple[Any, Path, Path]:
-    from lepton_edge.controller.optimize import keras as keras_mod
+    from lepton_edge.controller.factory import keras as keras_mod
 
     if isinstance(model, (str, Path)):
         path = Path(model)
@@ -414,7 +414,7 @@ def _make_mixed(
 
 
 def _onnx_plans(source: Path, work: Path, calib: np.ndarray, probe: _Probe) -> list[_Plan]:
-    from lepton_edge.controller.optimize import onnx as m
+    from lepton_edge.controller.factory import onnx as m
 
     fp32 = work / "onnx-fp32.onnx"
 
@@ -452,10 +452,10 @@ def _tflite_plans(
 ) -> list[_Plan]:
     """ai-edge-quantizer's variants; with `keras_model`, TensorFlow's converter makes the
     fp16 and int8 dynamic/static ones from the Keras model instead."""
-    from lepton_edge.controller.optimize import tflite as t
+    from lepton_edge.controller.factory import tflite as t
 
     if keras_model is not None:
-        from lepton_edge.controller.optimize import keras as k
+        from lepton_edge.controller.factory import keras as k
 
         def by_tf(kind: str) -> Callable[[Path], str]:
             return lambda o: k.to_tflite_quantized(keras_model, o, kind, calib)

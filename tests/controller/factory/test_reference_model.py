@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from lepton_edge.controller.optimize import onnx as onnx_variants
-from lepton_edge.controller.optimize import tflite as tflite_variants
-from lepton_edge.controller.optimize.evaluate import Predictor
+from lepton_edge.controller.factory import onnx as onnx_variants
+from lepton_edge.controller.factory import tflite as tflite_variants
+from lepton_edge.controller.factory.evaluate import Predictor
 from lepton_edge.shared.idx import fashion_mnist
 from lepton_edge.shared.manifest import ModelFormat
 from tests.paths import FASHION_MNIST_MODELS

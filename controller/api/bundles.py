@@ -1,23 +1,20 @@
-"""Bundles (upload a signed bundle, or build one from fp32 models) and on-device benchmarks."""
+"""Bundles (upload a signed bundle, list them) and on-device benchmarks. Building one from fp32
+models is `api/build.py`, mounted only where the variant factory is installed."""
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
-from lepton_edge.controller.archive import ArchiveError, extract_tar
 from lepton_edge.controller.bundles import BundleError
 from lepton_edge.controller.core import Controller
-from lepton_edge.controller.models import BenchmarkRecord, Bundle, Device
 from lepton_edge.controller.rollout import new_command_id, record_command
+from lepton_edge.controller.tables import BenchmarkRecord, Bundle, Device
 from lepton_edge.shared.manifest import Manifest
 from lepton_edge.shared.messages import Benchmark
 
@@ -60,12 +57,12 @@ def bundle_out(row: Bundle, full: bool) -> BundleOut:
     )
 
 
-def _unpacked_limit(controller: Controller) -> int:
+def unpacked_limit(controller: Controller) -> int:
     """An archive may unpack to twice the upload limit (model weights hardly compress)."""
     return 2 * controller.settings.max_bundle_upload_mb * 1024 * 1024
 
 
-async def _body(request: Request, limit_mb: int) -> bytes:
+async def read_body(request: Request, limit_mb: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -103,11 +100,11 @@ async def upload_bundle(
     """Upload a bundle built by `lepton build`: a tar(.gz) of its folder (manifest + files).
 
     Refused unless signed by this controller's key and every file matches its sha256."""
-    body = await _body(request, controller.settings.max_bundle_upload_mb)
+    body = await read_body(request, controller.settings.max_bundle_upload_mb)
     try:
         with controller.db.session() as session:
             manifest, created = controller.store.add_archive(
-                session, body, max_bytes=_unpacked_limit(controller)
+                session, body, max_bytes=unpacked_limit(controller)
             )
     except BundleError as exc:
         raise HTTPException(exc.status, str(exc)) from None
@@ -116,83 +113,6 @@ async def upload_bundle(
     return BundleUploaded(
         bundle_id=manifest.bundle_id, created=created, variants=[v.id for v in manifest.variants]
     )
-
-
-@router.post(
-    "/bundles/build", response_model=BundleUploaded, status_code=201, openapi_extra=ARCHIVE_BODY
-)
-async def build_bundle(
-    request: Request,
-    controller: ControllerDep,
-    _auth: AdminAuth,
-    model_name: Annotated[str, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")],
-    version: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,32}$")] = None,
-    tolerance_points: Annotated[float, Query(ge=0, le=100)] = 1.0,
-) -> BundleUploaded:
-    """Build a bundle here from fp32 models: a tar(.gz) holding `model.onnx` and/or
-    `model.tflite` (Fashion-MNIST input). Runs the variant factory, then stores the bundle."""
-    body = await _body(request, controller.settings.max_bundle_upload_mb)
-    manifest, created = await run_in_threadpool(
-        _build_and_store, controller, body, model_name, version, tolerance_points
-    )
-    return BundleUploaded(
-        bundle_id=manifest.bundle_id, created=created, variants=[v.id for v in manifest.variants]
-    )
-
-
-def _build_and_store(
-    controller: Controller,
-    body: bytes,
-    model_name: str,
-    version: str | None,
-    tolerance_points: float,
-) -> tuple[Manifest, bool]:
-    """Runs in a worker thread: building measures every variant and takes a while."""
-    try:
-        from lepton_edge.controller.optimize import build_bundle as factory_build
-        from lepton_edge.shared.idx import FASHION_MNIST_LABELS, fashion_mnist
-    except ImportError as exc:
-        raise HTTPException(
-            501, f"the variant factory is not installed with this controller ({exc.name})"
-        ) from None
-    with tempfile.TemporaryDirectory(prefix="lepton-build-") as tmp:
-        src = Path(tmp) / "in"
-        src.mkdir()
-        try:
-            extract_tar(body, src, max_bytes=_unpacked_limit(controller))
-        except ArchiveError as exc:
-            raise HTTPException(400, f"refused: {exc}") from None
-        onnx = next(src.rglob("model.onnx"), None)
-        tflite = next(src.rglob("model.tflite"), None)
-        if onnx is None and tflite is None:
-            raise HTTPException(422, "body: the archive needs model.onnx and/or model.tflite")
-        # The reference task: calibrate on training images, measure on test images.
-        x_train, _ = fashion_mnist("train")
-        x_test, y_test = fashion_mnist("t10k")
-        out = Path(tmp) / "bundle"
-        try:
-            factory_build(
-                out,
-                onnx=onnx,
-                tflite=tflite,
-                calib_x=x_train[:500],
-                eval_x=x_test[:2000],
-                eval_y=y_test[:2000],
-                labels=FASHION_MNIST_LABELS,
-                key=controller.store.key,
-                model_name=model_name,
-                version=version or time.strftime("%Y%m%d%H%M%S"),
-                tolerance_points=tolerance_points,
-            )
-        except Exception as exc:  # a bad model file is the uploader's problem, not a 500
-            raise HTTPException(
-                422, f"the variant factory refused the models: {type(exc).__name__}: {exc}"
-            ) from None
-        try:
-            with controller.db.session() as session:
-                return controller.store.add(session, out)
-        except BundleError as exc:
-            raise HTTPException(exc.status, str(exc)) from None
 
 
 # --- on-device benchmarks ---------------------------------------------------------------------

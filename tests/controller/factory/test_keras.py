@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lepton_edge.controller.optimize import HardwareAdapter, load_bundle
+from lepton_edge.controller.factory import HardwareAdapter, load_bundle
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.idx import fashion_mnist
 from lepton_edge.shared.manifest import ModelFormat
-from tests.controller.optimize.test_reference_bundle import run_plain
+from tests.controller.factory.test_reference_bundle import run_plain
 
 pytestmark = pytest.mark.slow
 keras = pytest.importorskip("keras")

@@ -138,7 +138,7 @@ def _calibration(source: Path, calib_x: np.ndarray) -> dict[str, list[dict[str, 
 
 def layer(source: Path, tensor: str) -> list[str]:
     """Output names of the weighted op producing `tensor` and of the unweighted ops after it
-    up to the next weighted op (see `lepton_edge.controller.optimize.onnx.layer` for why)."""
+    up to the next weighted op (see `lepton_edge.controller.factory.onnx.layer` for why)."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(source))
@@ -202,7 +202,7 @@ def sensitivity(
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.recipe_manager import RecipeManager
 
-    from lepton_edge.controller.optimize.evaluate import Predictor
+    from lepton_edge.controller.factory.evaluate import Predictor
     from lepton_edge.shared.manifest import ModelFormat
 
     probe = probe_x[:64].astype(np.float32)

@@ -213,7 +213,7 @@ def sensitivity(
     """Each weighted node's harm when it alone is quantized: the mean absolute change of the
     scores on (up to 64 of) the unlabelled `probe_x` samples. Most harmful first. Calibrates
     once into `calibration_cache(work)`, which later `make_int8_static` calls can reuse."""
-    from lepton_edge.controller.optimize.evaluate import Predictor
+    from lepton_edge.controller.factory.evaluate import Predictor
     from lepton_edge.shared.manifest import ModelFormat
 
     probe = probe_x[:64].astype(np.float32)

@@ -2,7 +2,7 @@
 
 A thin layer over `build_bundle` for notebook users:
 
-    from lepton_edge.controller.optimize import HardwareAdapter
+    from lepton_edge.controller.factory import HardwareAdapter
     adapter = HardwareAdapter(model_name="fashion").fit(keras_model, x_train, y_train)
     table = adapter.evaluate(x_test, y_test)      # also kept in adapter.evaluate_results
 
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lepton_edge.controller.optimize import data as data_mod
-from lepton_edge.controller.optimize import evaluate
-from lepton_edge.controller.optimize.factory import Progress, build_bundle, variant_path
+from lepton_edge.controller.factory import data as data_mod
+from lepton_edge.controller.factory import evaluate
+from lepton_edge.controller.factory.build import Progress, build_bundle, variant_path
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.manifest import Manifest
 from lepton_edge.shared.signing import generate_key

@@ -69,7 +69,7 @@ def to_onnx(model: Any, path: Path, *, opset: int = ONNX_OPSET) -> Path:
             opset_version=opset,
             verbose=False,
         )
-    from lepton_edge.controller.optimize import onnx as onnx_variants
+    from lepton_edge.controller.factory import onnx as onnx_variants
 
     # tf2onnx names tensors in hash-seed order: canonical names make the bytes reproducible.
     model_proto = onnx_variants.canonicalize(onnx_variants.load(path), output_names=["output_0"])

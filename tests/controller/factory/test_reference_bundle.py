@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from lepton_edge.controller.optimize import load_bundle
+from lepton_edge.controller.factory import load_bundle
 from lepton_edge.shared.errors import SignatureError
 from lepton_edge.shared.idx import fashion_mnist
 from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, ModelFormat, Precision

@@ -250,7 +250,7 @@ def measure_speed_isolated(
         }
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
         done = subprocess.run(
-            [sys.executable, "-m", "lepton_edge.controller.optimize.evaluate", json.dumps(request)],
+            [sys.executable, "-m", "lepton_edge.controller.factory.evaluate", json.dumps(request)],
             capture_output=True,
             text=True,
             env=env,

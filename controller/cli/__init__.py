@@ -1,4 +1,7 @@
-"""`lepton` (the umbrella command) and `lepton-controller` (the fleet service)."""
+"""`lepton` (the umbrella command) and `lepton-controller` (the fleet service).
+
+One module per subcommand beside this file (`configure(parser)`, `run(args)`); `lepton build`
+is the factory's own, `controller/factory/cli.py`."""
 
 from __future__ import annotations
 
@@ -8,32 +11,32 @@ from lepton_edge.shared.cli import Subcommand, run_cli
 
 LEPTON_COMMANDS = (
     Subcommand(
-        "demo", "lepton_edge.controller.commands.demo", "run a simulated fleet end to end", "demo"
+        "demo", "lepton_edge.controller.cli.demo", "run a simulated fleet end to end", "demo"
     ),
     Subcommand(
         "build",
-        "lepton_edge.controller.optimize.cli",
+        "lepton_edge.controller.factory.cli",
         "build a signed bundle of measured fp32/fp16/int8 variants",
-        "controller",
+        "factory",
     ),
     Subcommand(
         "devices",
-        "lepton_edge.controller.commands.devices",
+        "lepton_edge.controller.cli.devices",
         "list devices of the fleet",
         "controller",
     ),
     Subcommand(
-        "models", "lepton_edge.controller.commands.models", "push and list bundles", "controller"
+        "models", "lepton_edge.controller.cli.models", "push and list bundles", "controller"
     ),
     Subcommand(
         "rollout",
-        "lepton_edge.controller.commands.rollout",
+        "lepton_edge.controller.cli.rollout",
         "create, watch, pause, resume or abort rollouts",
         "controller",
     ),
     Subcommand(
         "select",
-        "lepton_edge.controller.commands.select",
+        "lepton_edge.controller.cli.select",
         "show a device's ladder and why each variant was chosen or rejected",
         "controller",
     ),
@@ -43,18 +46,16 @@ LEPTON_COMMANDS = (
 )
 
 CONTROLLER_COMMANDS = (
-    Subcommand(
-        "serve", "lepton_edge.controller.commands.serve", "run the controller API", "controller"
-    ),
+    Subcommand("serve", "lepton_edge.controller.cli.serve", "run the controller API", "controller"),
     Subcommand(
         "token",
-        "lepton_edge.controller.commands.token",
+        "lepton_edge.controller.cli.token",
         "create admin and enrollment tokens",
         "controller",
     ),
     Subcommand(
         "broker-config",
-        "lepton_edge.controller.commands.broker_config",
+        "lepton_edge.controller.cli.broker_config",
         "write the broker's password and ACL files",
         "controller",
     ),

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lepton_edge.controller.cli import main
-from lepton_edge.controller.optimize import load_bundle
+from lepton_edge.controller.factory import load_bundle
 from lepton_edge.shared.idx import FASHION_MNIST_DIR
 from lepton_edge.shared.signing import load_or_create_private_key
-from tests.controller.optimize import tiny
+from tests.controller.factory import tiny
 from tests.paths import FASHION_MNIST_MODELS
 
 REFERENCE = FASHION_MNIST_MODELS
@@ -122,3 +123,15 @@ def test_bad_input_exits_2_with_one_line(
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "bundle").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
+
+
+def test_build_without_the_factory_extra_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # a fleet-only install
+    out = tmp_path / "bundle"
+    model = str(REFERENCE / "model.tflite")
+    assert main(["build", "--tflite", model, "--calib", "x", "--eval", "x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'lepton-edge[factory]'" in err, err
+    assert "ai_edge_quantizer" in err and not out.exists()

@@ -92,8 +92,18 @@ def _labels(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lepton_edge.controller.optimize.data import load_array
-    from lepton_edge.controller.optimize.factory import build_bundle
+    import importlib.util
+
+    from lepton_edge.controller.factory import REQUIRED_MODULES
+
+    missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(
+            f"'lepton build' needs the variant factory ({', '.join(missing)} not installed): "
+            "pip install 'lepton-edge[factory]'"
+        )
+    from lepton_edge.controller.factory.build import build_bundle
+    from lepton_edge.controller.factory.data import load_array
 
     if not (args.onnx or args.tflite or args.keras):
         raise UserError("give a model: --onnx M.onnx, --tflite M.tflite and/or --keras M.keras")

@@ -1,1 +1,0 @@
-"""`lepton-agent` subcommands other than `run` (one module each)."""

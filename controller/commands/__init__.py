@@ -1,1 +1,0 @@
-"""Subcommands of `lepton` and `lepton-controller`: one module each (configure, run)."""
