@@ -6,7 +6,6 @@ rollout loop read from it. Writes are batched (one transaction per batch, execut
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -384,14 +383,14 @@ def list_devices(
     return list(session.scalars(query.limit(limit).offset(offset)))
 
 
-def history(session: Session, device_id: str, limit: int) -> list[dict[str, Any]]:
+def history(session: Session, device_id: str, limit: int) -> list[Telemetry]:
     rows = session.execute(
         select(TelemetrySample.payload)
         .where(TelemetrySample.device_id == device_id)
         .order_by(TelemetrySample.id.desc())
         .limit(limit)
     ).all()
-    return [json.loads(r[0]) for r in reversed(rows)]
+    return [Telemetry.model_validate_json(r[0]) for r in reversed(rows)]
 
 
 def recent_events(

@@ -21,12 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from lepton_edge.controller.config import ControllerSettings, RolloutDefaults, SelectionSettings
+from lepton_edge.controller.config import ControllerSettings, RolloutDefaults
 from lepton_edge.controller.db import Database
 from lepton_edge.controller.leader import Leader
-from lepton_edge.controller.selection import Measured, NoEligibleVariant, Selection
-from lepton_edge.controller.selection import select as select_ladder
-from lepton_edge.controller.tables import BenchmarkRecord, Bundle, CommandRecord, Device, DeviceTag
+from lepton_edge.controller.selection import NoEligibleVariant, ladder_for
+from lepton_edge.controller.tables import Bundle, CommandRecord, Device, DeviceTag
 from lepton_edge.controller.tables import Rollout as RolloutRow
 from lepton_edge.controller.tables import RolloutDevice as RolloutDeviceRow
 from lepton_edge.shared.hardware import HardwareProfile
@@ -85,29 +84,6 @@ class RolloutOptions(BaseModel):
         out = {k: getattr(defaults, k) for k in type(self).model_fields}
         out.update({k: v for k, v in self.model_dump().items() if v is not None})
         return out
-
-
-class RolloutCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    bundle_id: str = Field(min_length=1, max_length=128)
-    target: RolloutTarget
-    waves: list[float] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=20,
-        description="cumulative percentages, e.g. [1, 10, 50, 100]; the last is raised to 100",
-    )
-    options: RolloutOptions = Field(default_factory=RolloutOptions)
-
-    @model_validator(mode="after")
-    def _waves_increase(self) -> RolloutCreate:
-        if self.waves is not None:
-            if any(not (0 < p <= 100) for p in self.waves):
-                raise ValueError("waves: each percentage must be in (0, 100]")
-            if any(b <= a for a, b in zip(self.waves, self.waves[1:], strict=False)):
-                raise ValueError("waves: percentages must increase")
-        return self
 
 
 class RolloutError(Exception):
@@ -173,27 +149,35 @@ class RolloutEngine:
 
     # --- requests -------------------------------------------------------------------------------
 
-    def create(self, session: Session, request: RolloutCreate) -> RolloutRow:
-        bundle = session.get(Bundle, request.bundle_id)
+    def create(
+        self,
+        session: Session,
+        bundle_id: str,
+        target: RolloutTarget,
+        waves: list[float] | None = None,
+        options: RolloutOptions | None = None,
+    ) -> RolloutRow:
+        """Plan a rollout of `bundle_id` to `target` in cumulative `waves` (percentages)."""
+        bundle = session.get(Bundle, bundle_id)
         if bundle is None:
-            raise RolloutError(404, f"bundle {request.bundle_id} not found")
-        devices = self._target_devices(session, request.target)
+            raise RolloutError(404, f"bundle {bundle_id} not found")
+        devices = self._target_devices(session, target)
         if not devices:
             raise RolloutError(409, "the target matches no device")
-        missing = sorted(set(request.target.device_ids) - {d.id for d in devices})
+        missing = sorted(set(target.device_ids) - {d.id for d in devices})
         if missing:
             raise RolloutError(404, f"device(s) not found: {', '.join(missing)}")
         # Canary first among devices that are online now, so the first wave can start at once.
         devices.sort(key=lambda d: (not d.online, d.id))
-        percents = request.waves or self.settings.rollout.waves
+        percents = waves or self.settings.rollout.waves
         counts = plan_waves(len(devices), percents)
         now = time.time()
         rollout = RolloutRow(
             id=f"ro-{uuid.uuid4().hex[:10]}",
             bundle_id=bundle.id,
-            target=request.target.model_dump(),
+            target=target.model_dump(),
             waves=counts,
-            options=request.options.resolve(self.settings.rollout),
+            options=(options or RolloutOptions()).resolve(self.settings.rollout),
             state="running",
             current_wave=0,
             wave_started_at=now,
@@ -254,7 +238,7 @@ class RolloutEngine:
             rollout = self._get(session, rollout_id)
             if rollout.state != "paused":
                 raise RolloutError(409, f"rollout {rollout_id} is {rollout.state}, not paused")
-            for rd in self._devices(session, rollout.id, wave=rollout.current_wave):
+            for rd in self.devices(session, rollout.id, wave=rollout.current_wave):
                 if rd.state in ("failed", "rolling_back", "rolled_back"):
                     rd.state = "pending"
                     rd.detail = "retried after resume"
@@ -271,7 +255,7 @@ class RolloutEngine:
             rollout = self._get(session, rollout_id)
             if rollout.state == "aborted":
                 raise RolloutError(409, f"rollout {rollout_id} is already aborted")
-            for rd in self._devices(session, rollout.id):
+            for rd in self.devices(session, rollout.id):
                 if rd.state == "pending":
                     rd.state = "skipped"
                     rd.detail = "rollout aborted"
@@ -293,7 +277,7 @@ class RolloutEngine:
         rollout.updated_at = time.time()
 
     @staticmethod
-    def _devices(
+    def devices(
         session: Session, rollout_id: str, wave: int | None = None
     ) -> list[RolloutDeviceRow]:
         query = select(RolloutDeviceRow).where(RolloutDeviceRow.rollout_id == rollout_id)
@@ -345,7 +329,7 @@ class RolloutEngine:
         outbox: list[tuple[str, CommandMessage]],
     ) -> None:
         opts = rollout.options
-        rds = self._devices(session, rollout.id)
+        rds = self.devices(session, rollout.id)
         devices = {
             d.id: d
             for d in session.scalars(
@@ -576,76 +560,3 @@ def record_command(
     )
     session.add(row)
     return row
-
-
-def measurements_for(session: Session, hardware_class: str, bundle_id: str) -> dict[str, Measured]:
-    return {
-        r.variant_id: Measured(p50_ms=r.p50_ms, p99_ms=r.p99_ms, error=r.error)
-        for r in session.scalars(
-            select(BenchmarkRecord).where(
-                BenchmarkRecord.hardware_class == hardware_class,
-                BenchmarkRecord.bundle_id == bundle_id,
-            )
-        )
-    }
-
-
-def ladder_for(
-    session: Session, settings: SelectionSettings, manifest: Manifest, profile: HardwareProfile
-) -> Selection:
-    """The ladder a deploy sends to this device (the API's ladder view shows the same one)."""
-    return select_ladder(
-        manifest,
-        profile,
-        measurements_for(session, profile.hardware_class(), manifest.bundle_id),
-        tolerance_points=settings.tolerance_points,
-        fast_factor=settings.fast_factor,
-        cheap_margin=settings.cheap_margin,
-        accuracy_noise=settings.accuracy_noise_points,
-    )
-
-
-def summary(session: Session, rollout: RolloutRow) -> dict[str, Any]:
-    """The rollout as the API shows it: waves with per-state counts and every device."""
-    rds = RolloutEngine._devices(session, rollout.id)
-    waves = []
-    for i, cumulative in enumerate(rollout.waves):
-        members = [r for r in rds if r.wave == i]
-        counts: dict[str, int] = {}
-        for r in members:
-            counts[r.state] = counts.get(r.state, 0) + 1
-        waves.append(
-            {
-                "index": i,
-                "cumulative_devices": cumulative,
-                "devices": len(members),
-                "states": counts,
-            }
-        )
-    return {
-        "id": rollout.id,
-        "bundle_id": rollout.bundle_id,
-        "state": rollout.state,
-        "reason": rollout.reason,
-        "target": rollout.target,
-        "options": rollout.options,
-        "current_wave": rollout.current_wave,
-        "waves": waves,
-        "created_at": rollout.created_at,
-        "updated_at": rollout.updated_at,
-        "finished_at": rollout.finished_at,
-        "devices": [
-            {
-                "device_id": r.device_id,
-                "wave": r.wave,
-                "state": r.state,
-                "detail": r.detail,
-                "command_id": r.command_id,
-                "previous_bundle": r.previous_bundle,
-                "ladder": r.ladder,
-                "sent_at": r.sent_at,
-                "healthy_at": r.healthy_at,
-            }
-            for r in rds
-        ],
-    }

@@ -1,6 +1,7 @@
 """Variant selection: which variants of a bundle fit a device, and which one per power level.
 
-Pure functions over a manifest, a hardware profile and latencies. Latency comes from
+Pure functions over a manifest, a hardware profile and latencies (`ladder_for` at the end reads
+the latencies from the registry). Latency comes from
 benchmarks run ON devices (kept per hardware class); the build host's figures are only a
 fallback, and every choice says which source it used.
 
@@ -20,6 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sqlalchemy import select as sql_select
+from sqlalchemy.orm import Session
+
+from lepton_edge.controller.config import SelectionSettings
+from lepton_edge.controller.tables import BenchmarkRecord
 from lepton_edge.shared.hardware import HardwareProfile
 from lepton_edge.shared.manifest import Ladder, LadderStep, Manifest, Variant
 from lepton_edge.shared.messages import PowerLevel
@@ -257,3 +263,33 @@ def _why_not_chosen(
     if _acc(c) <= _acc(critical):
         return f"no more accurate than the cheaper {critical.variant.id}: {c.describe()}"
     return f"dominated on the cost/accuracy frontier: {c.describe()}"
+
+
+# --- from the registry ------------------------------------------------------------------------
+
+
+def measurements_for(session: Session, hardware_class: str, bundle_id: str) -> dict[str, Measured]:
+    return {
+        r.variant_id: Measured(p50_ms=r.p50_ms, p99_ms=r.p99_ms, error=r.error)
+        for r in session.scalars(
+            sql_select(BenchmarkRecord).where(
+                BenchmarkRecord.hardware_class == hardware_class,
+                BenchmarkRecord.bundle_id == bundle_id,
+            )
+        )
+    }
+
+
+def ladder_for(
+    session: Session, settings: SelectionSettings, manifest: Manifest, profile: HardwareProfile
+) -> Selection:
+    """The ladder a deploy sends to this device (the API's ladder view shows the same one)."""
+    return select(
+        manifest,
+        profile,
+        measurements_for(session, profile.hardware_class(), manifest.bundle_id),
+        tolerance_points=settings.tolerance_points,
+        fast_factor=settings.fast_factor,
+        cheap_margin=settings.cheap_margin,
+        accuracy_noise=settings.accuracy_noise_points,
+    )

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 
 from lepton_edge.controller import fleet
 from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
-from lepton_edge.controller.rollout import ladder_for
-from lepton_edge.controller.selection import NoEligibleVariant
-from lepton_edge.controller.tables import Bundle, Device
+from lepton_edge.controller.selection import NoEligibleVariant, ladder_for
+from lepton_edge.controller.tables import Bundle, Device, EventRecord
+from lepton_edge.shared.hardware import HardwareProfile
 from lepton_edge.shared.manifest import Ladder, Manifest
-from lepton_edge.shared.messages import PowerLevel
+from lepton_edge.shared.messages import EventKind, PowerLevel, Telemetry
 
 router = APIRouter(tags=["devices"])
 
@@ -27,14 +27,14 @@ class DeviceOut(BaseModel):
     tags: list[str]
     arch: str | None
     hardware_class: str | None
-    hardware: dict[str, Any] | None
+    hardware: HardwareProfile | None
     agent_version: str | None
     active_bundle: str | None
     active_variant: str | None
-    power_level: str | None
+    power_level: PowerLevel | None
     first_seen: float
     last_seen: float
-    last_telemetry: dict[str, Any] | None
+    last_telemetry: Telemetry | None = Field(description="the newest sample, as the agent sent it")
     last_telemetry_at: float | None
     telemetry_count: int
     gaps: int
@@ -44,7 +44,7 @@ class DeviceOut(BaseModel):
 class EventOut(BaseModel):
     id: int
     device_id: str
-    kind: str
+    kind: EventKind
     reason: str
     command_id: str | None
     data: dict[str, Any]
@@ -52,7 +52,7 @@ class EventOut(BaseModel):
 
 
 class DeviceDetail(DeviceOut):
-    history: list[dict[str, Any]]
+    history: list[Telemetry] = Field(description="the newest samples, oldest first")
     events: list[EventOut]
 
 
@@ -72,15 +72,16 @@ class LadderOut(BaseModel):
     notes: list[str]
 
 
-def device_out(device: Device, tags: list[str]) -> dict[str, Any]:
-    return {c: getattr(device, c) for c in DeviceOut.model_fields if c != "tags"} | {"tags": tags}
+def device_out(device: Device, tags: list[str]) -> DeviceOut:
+    fields = {c: getattr(device, c) for c in DeviceOut.model_fields if c != "tags"}
+    return DeviceOut.model_validate(fields | {"tags": tags})
 
 
-def event_out(e: Any) -> EventOut:
+def event_out(e: EventRecord) -> EventOut:
     return EventOut(
         id=e.id,
         device_id=e.device_id,
-        kind=e.kind,
+        kind=EventKind(e.kind),
         reason=e.reason,
         command_id=e.command_id,
         data=e.data or {},
@@ -108,7 +109,7 @@ def list_devices(
     bundle: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-) -> list[dict[str, Any]]:
+) -> list[DeviceOut]:
     devices = fleet.list_devices(
         session,
         tag=tag,
@@ -132,19 +133,20 @@ def get_device(
     _auth: ReadAuth,
     history: Annotated[int, Query(ge=0, le=10000)] = 300,
     events: Annotated[int, Query(ge=0, le=10000)] = 50,
-) -> dict[str, Any]:
+) -> DeviceDetail:
     device = _device(session, device_id)
     tags = fleet.device_tags(session, [device_id])[device_id]
-    return device_out(device, tags) | {
-        "history": fleet.history(session, device_id, history) if history else [],
-        "events": [event_out(e) for e in fleet.recent_events(session, device_id, limit=events)]
+    return DeviceDetail(
+        **dict(device_out(device, tags)),
+        history=fleet.history(session, device_id, history) if history else [],
+        events=[event_out(e) for e in fleet.recent_events(session, device_id, limit=events)]
         if events
         else [],
-    }
+    )
 
 
 @router.put("/devices/{device_id}/tags", response_model=DeviceOut)
-def put_tags(device_id: str, body: TagsIn, session: SessionDep, _auth: AdminAuth) -> dict[str, Any]:
+def put_tags(device_id: str, body: TagsIn, session: SessionDep, _auth: AdminAuth) -> DeviceOut:
     device = _device(session, device_id)
     fleet.set_tags(session, device_id, body.tags)
     session.flush()
@@ -185,7 +187,7 @@ def list_events(
     session: SessionDep,
     _auth: ReadAuth,
     device_id: str | None = None,
-    kind: str | None = None,
+    kind: EventKind | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
 ) -> list[EventOut]:
     return [event_out(e) for e in fleet.recent_events(session, device_id, kind, limit)]

@@ -25,16 +25,6 @@ async function api(path) {
   return res.json();
 }
 
-/* First defined value among dotted paths: the API's field names, tolerated in a few spellings. */
-function pick(obj, ...paths) {
-  for (const p of paths) {
-    let v = obj;
-    for (const k of p.split(".")) v = v === null || v === undefined ? undefined : v[k];
-    if (v !== undefined && v !== null) return v;
-  }
-  return null;
-}
-
 function h(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -84,29 +74,27 @@ function batteryCell(b) {
 
 /* --- the device model, from the API's device objects --------------------------------------- */
 
+/* `d` is the API's DeviceOut (see /openapi.json): `last_telemetry` is a shared Telemetry. */
 function deviceView(d) {
-  const tel = pick(d, "last_telemetry", "telemetry", "latest") || {};
-  const inf = pick(tel, "inference") || pick(d, "inference") || {};
-  const hw = pick(d, "hardware") || {};
-  const online = pick(d, "online");
-  const variant = pick(d, "active_variant", "state.active_variant") || pick(tel, "active_variant");
+  const tel = d.last_telemetry;
+  const inf = (tel && tel.inference) || {};
+  const hw = d.hardware;
   return {
-    id: pick(d, "device_id", "id"),
-    online: online === true || online === "online" || pick(d, "status") === "online",
-    arch: hw.arch || pick(d, "arch") || "",
-    cpu: hw.cpu_model || "",
-    gpu: hw.gpu ? hw.gpu.name : null,
-    tags: pick(d, "tags") || [],
-    level: pick(d, "power_level") || pick(tel, "power_level"),
-    variant,
-    precision: precisionOf(variant),
-    bundle: pick(d, "active_bundle") || pick(tel, "active_bundle"),
-    fps: pick(inf, "fps"),
-    p99: pick(inf, "latency_p99_ms"),
-    accuracy: pick(inf, "accuracy"),
-    battery: pick(tel, "battery") || pick(d, "battery"),
-    lastSeen: pick(d, "last_seen", "updated_at", "last_seen_ts") || pick(tel, "ts"),
-    raw: d,
+    id: d.id,
+    online: d.online,
+    arch: d.arch || "",
+    cpu: hw ? hw.cpu_model : "",
+    gpu: hw && hw.gpu ? hw.gpu.name : null,
+    tags: d.tags,
+    level: d.power_level,
+    variant: d.active_variant,
+    precision: precisionOf(d.active_variant),
+    bundle: d.active_bundle,
+    fps: inf.fps,
+    p99: inf.latency_p99_ms,
+    accuracy: inf.accuracy,
+    battery: tel ? tel.battery : null,
+    lastSeen: d.last_seen,
   };
 }
 
@@ -155,11 +143,10 @@ async function fleetPage(root) {
     api("/devices"), api("/rollouts").catch(() => []),
     api("/events?kind=precision_switch&limit=500").catch(() => []),
   ]);
-  const devices = listOf(devicesRaw, "devices").map(deviceView).sort((a, b) => a.id.localeCompare(b.id));
+  const devices = devicesRaw.map(deviceView).sort((a, b) => a.id.localeCompare(b.id));
   const online = devices.filter(d => d.online).length;
-  const switches = listOf(events, "events");
-  const active = listOf(rollouts, "rollouts").find(r => ["running", "paused"].includes(r.state)) ||
-    listOf(rollouts, "rollouts")[0];
+  const switches = events;
+  const active = rollouts.find(r => ["running", "paused"].includes(r.state)) || rollouts[0];
 
   const tableBox = h("div", { class: "card" });
   const draw = () => {
@@ -199,13 +186,6 @@ function stat(label, value, sub, href) {
   return href ? h("a", { class: "stat", href }, inner) : h("div", { class: "stat" }, inner);
 }
 
-function listOf(payload, key) {
-  if (Array.isArray(payload)) return payload;
-  if (payload && Array.isArray(payload[key])) return payload[key];
-  if (payload && Array.isArray(payload.items)) return payload.items;
-  return [];
-}
-
 /* A policy event for a power-level change that kept the variant (a policy set by command has no levels). */
 function isLevelChange(e) {
   return e.kind === "policy" && !!(e.data && e.data.to_level);
@@ -230,8 +210,8 @@ function eventList(events, withDevice) {
 async function devicePage(root, id) {
   const d = await api(`/devices/${encodeURIComponent(id)}`);
   const v = deviceView(d);
-  const history = listOf(pick(d, "history", "telemetry_history", "telemetry") || [], "samples");
-  const events = listOf(pick(d, "events", "recent_events") || [], "events");
+  const history = d.history;
+  const events = d.events;
   let ladder = null;
   if (v.bundle) ladder = await api(`/devices/${encodeURIComponent(id)}/ladder?bundle_id=${encodeURIComponent(v.bundle)}`).catch(() => null);
 
@@ -239,13 +219,13 @@ async function devicePage(root, id) {
   const charts = [
     ["Battery %", [{ name: "battery", color: COLORS[2], points: series(s => s.battery ? s.battery.percent : null) }], { yMax: 100, unit: "%" }],
     ["Power level", [{ name: "level", color: COLORS[3], points: series(s => s.power_level ? LEVELS.indexOf(s.power_level) : null) }], { categories: LEVELS }],
-    ["Active precision", [{ name: "precision", color: COLORS[4], points: series(s => { const p = precisionOf(s.active_variant || (s.inference || {}).variant); return p ? PRECISIONS.indexOf(p) : null; }) }], { categories: PRECISIONS }],
+    ["Active precision", [{ name: "precision", color: COLORS[4], points: series(s => { const p = precisionOf(s.active_variant); return p ? PRECISIONS.indexOf(p) : null; }) }], { categories: PRECISIONS }],
     ["Latency (ms)", [
-      { name: "p50", color: COLORS[0], points: series(s => pick(s, "inference.latency_p50_ms")) },
-      { name: "p99", color: COLORS[1], points: series(s => pick(s, "inference.latency_p99_ms")) }], {}],
-    ["Frames per second", [{ name: "fps", color: COLORS[0], points: series(s => pick(s, "inference.fps")) }], {}],
+      { name: "p50", color: COLORS[0], points: series(s => s.inference ? s.inference.latency_p50_ms : null) },
+      { name: "p99", color: COLORS[1], points: series(s => s.inference ? s.inference.latency_p99_ms : null) }], {}],
+    ["Frames per second", [{ name: "fps", color: COLORS[0], points: series(s => s.inference ? s.inference.fps : null) }], {}],
   ];
-  const hw = d.hardware || {};
+  const hw = d.hardware || { features: [], runtimes: {} };
   fill(root, 
     h("p", {}, h("a", { href: "#/" }, "← fleet")),
     h("section", { class: "card device-head" },
@@ -253,8 +233,8 @@ async function devicePage(root, id) {
       h("dl", { class: "facts" },
         fact("status", v.online ? "online" : "offline"),
         fact("hardware", `${hw.arch || "?"} · ${hw.cpu_model || "?"} · ${hw.cores || "?"} cores · ${hw.memory_mb || "?"} MB`),
-        fact("features", (hw.features || []).join(", ") || "–"),
-        fact("runtimes", Object.keys(hw.runtimes || {}).join(", ") || "–"),
+        fact("features", hw.features.join(", ") || "–"),
+        fact("runtimes", Object.keys(hw.runtimes).join(", ") || "–"),
         fact("gpu", hw.gpu ? `${hw.gpu.vendor} ${hw.gpu.name}` : "none"),
         fact("tags", v.tags.join(", ") || "–"),
         fact("power level", levelBadge(v.level)),
@@ -294,9 +274,9 @@ function fact(k, v) {
   return [h("dt", {}, k), h("dd", {}, v)];
 }
 
-function ladderCard(ladder) {
-  const steps = pick(ladder, "steps", "ladder.steps") || [];
-  const rejected = pick(ladder, "rejected", "ladder.rejected") || {};
+/* `view` is the API's LadderOut; `view.ladder` the shared Ladder. */
+function ladderCard(view) {
+  const { steps, rejected } = view.ladder;
   return h("section", { class: "card" }, h("h2", {}, "Ladder"),
     h("table", { class: "ladder" }, h("tbody", {},
       steps.map(s => h("tr", {}, h("td", {}, levelBadge(s.level)), h("td", { class: "variant" }, s.variant_id), h("td", { class: "muted" }, s.why))))),
@@ -314,7 +294,7 @@ function rolloutPercent(r) {
 }
 
 async function rolloutsPage(root) {
-  const rollouts = listOf(await api("/rollouts"), "rollouts");
+  const rollouts = await api("/rollouts");
   fill(root, h("section", { class: "card" }, h("h1", {}, "Rollouts"),
     rollouts.length ? h("table", { class: "fleet" },
       h("thead", {}, h("tr", {}, ["rollout", "bundle", "status", "progress", "created"].map(t => h("th", {}, t)))),
@@ -365,7 +345,7 @@ async function rolloutPage(root, id) {
 }
 
 async function eventsPage(root) {
-  const events = listOf(await api("/events?limit=200"), "events");
+  const events = await api("/events?limit=200");
   fill(root, h("section", { class: "card" }, h("h1", {}, "Fleet events"), eventList(events, true)));
 }
 

@@ -74,3 +74,22 @@ def test_an_offset_the_database_cannot_hold_is_422_not_500(client: TestClient) -
     """Found by the schemathesis run: offset=2**63 overflowed SQLite's INTEGER into a 500."""
     r = client.get("/api/v1/devices", params={"offset": 2**63}, headers=AUTH)
     assert r.status_code == 422 and "offset" in r.json()["message"]
+
+
+def test_openapi_describes_the_shared_message_shapes(client: TestClient) -> None:
+    """Clients (the dashboard among them) read real fields, not `dict[str, Any]`."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+    def ref(prop: dict) -> str:  # type: ignore[type-arg]
+        options = prop.get("anyOf", [prop])
+        return next(o["$ref"] for o in options if "$ref" in o).rsplit("/", 1)[1]
+
+    device = schemas["DeviceOut"]["properties"]
+    assert ref(device["last_telemetry"]) == "Telemetry"
+    assert ref(device["hardware"]) == "HardwareProfile"
+    assert ref(device["power_level"]) == "PowerLevel"
+    assert schemas["DeviceDetail"]["properties"]["history"]["items"]["$ref"].endswith("/Telemetry")
+    assert ref(schemas["EventOut"]["properties"]["kind"]) == "EventKind"
+    assert {"cpu", "memory", "inference", "battery"} <= set(schemas["Telemetry"]["properties"])
+    rollout = schemas["RolloutOut"]["properties"]
+    assert ref(rollout["target"]) == "RolloutTarget" and ref(rollout["options"]) == "RolloutOptions"

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from lepton_edge.controller.api.rollouts import RolloutCreate, rollout_out
 from lepton_edge.controller.bundles import pack
 from lepton_edge.controller.config import load_settings
 from lepton_edge.controller.core import Controller
 from lepton_edge.controller.fleet import Batch
-from lepton_edge.controller.rollout import RolloutCreate
 from lepton_edge.controller.tables import Device
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.messages import (
@@ -101,20 +101,19 @@ class Fleet:
 
     def create(self, **body: Any) -> str:
         with self.ctl.db.session() as s:
+            request = RolloutCreate.model_validate(
+                {"bundle_id": "fmnist-1", "target": {"all": True}, **body}
+            )
             r = self.ctl.engine.create(
-                s,
-                RolloutCreate.model_validate(
-                    {"bundle_id": "fmnist-1", "target": {"all": True}, **body}
-                ),
+                s, request.bundle_id, request.target, request.waves, request.options
             )
             return r.id
 
     def status(self, rid: str) -> dict[str, Any]:
-        from lepton_edge.controller.rollout import summary
         from lepton_edge.controller.tables import Rollout
 
         with self.ctl.db.session() as s:
-            return summary(s, s.get(Rollout, rid))  # type: ignore[arg-type]
+            return rollout_out(s, s.get(Rollout, rid)).model_dump()  # type: ignore[arg-type]
 
 
 def test_p99_regression_fails_the_canary_and_rolls_it_back(tmp_path: Path, db_url: str) -> None:
