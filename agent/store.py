@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import TypeAdapter, ValidationError
 
 from lepton_edge.agent.config import StoreSettings
-from lepton_edge.shared.errors import SignatureError
+from lepton_edge.shared.bundle import verify_bundle
+from lepton_edge.shared.errors import BundleInvalid, SignatureError
 from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, Variant, sha256_file
 from lepton_edge.shared.messages import PowerLevel
 from lepton_edge.shared.signing import load_public_key, verify_manifest
@@ -128,30 +129,19 @@ class ArtifactStore:
         return self.public_key
 
     def load(self, bundle_dir: Path, *, rehash: bool = True) -> Bundle:
-        """Read and re-verify a bundle directory (signature, and every file's sha256)."""
+        """Read and re-verify a bundle directory with `shared.bundle.verify_bundle`: signature,
+        the ladder's files present, every file's size (and with `rehash` its sha256)."""
         try:
-            manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_FILE).read_bytes())
             ladder = _LADDER.validate_json((bundle_dir / LADDER_FILE).read_bytes())
         except (OSError, ValidationError, ValueError) as exc:
-            raise StoreError(f"{bundle_dir.name}: unreadable manifest or ladder: {exc}") from None
+            raise StoreError(f"{bundle_dir.name}: unreadable ladder: {exc}") from None
         try:
-            verify_manifest(manifest, self._key())
-        except SignatureError as exc:
-            raise StoreError(str(exc)) from None
-        bundle = Bundle(bundle_dir, manifest, ladder)
-        for variant_id in ladder.values():
-            try:
-                path = bundle.variant_path(variant_id)
-            except KeyError as exc:
-                raise StoreError(f"{bundle_dir.name}: ladder names {exc}") from None
-            if not path.is_file():
-                raise StoreError(f"{bundle_dir.name}: variant {variant_id} file is missing")
-        if rehash:
-            for v in manifest.variants:
-                path = bundle_dir / v.filename
-                if path.is_file() and sha256_file(path) != v.sha256:
-                    raise StoreError(f"{bundle_dir.name}: variant {v.id} file is corrupted")
-        return bundle
+            manifest = verify_bundle(
+                bundle_dir, self._key(), required=set(ladder.values()), rehash=rehash
+            )
+        except BundleInvalid as exc:
+            raise StoreError(f"{bundle_dir.name}: {exc}") from None
+        return Bundle(bundle_dir, manifest, ladder)
 
     def _link_target(self, name: str) -> Path | None:
         link = self.root / name

@@ -1,7 +1,7 @@
 """Bundle storage: verify an uploaded bundle, keep its files content-addressed, index it.
 
-A bundle is refused unless its manifest is signed by THIS controller's key and every
-accepted variant's file is present with the sha256 and size the manifest states.
+A bundle is refused unless `shared.bundle.verify_bundle` accepts it with THIS controller's key
+(the same check the agents and the factory make).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from lepton_edge.controller.archive import ArchiveError, extract_tar
 from lepton_edge.controller.tables import Bundle
-from lepton_edge.shared.errors import SignatureError
-from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, sha256_file
-from lepton_edge.shared.signing import load_or_create_private_key, verify_manifest
+from lepton_edge.shared.bundle import verify_bundle
+from lepton_edge.shared.errors import BundleInvalid
+from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest
+from lepton_edge.shared.signing import load_or_create_private_key
 
 
 class BundleError(Exception):
@@ -58,15 +58,6 @@ def pack(bundle_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-def read_manifest(bundle_dir: Path) -> Manifest:
-    try:
-        return Manifest.model_validate_json((bundle_dir / MANIFEST_FILE).read_bytes())
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise BundleError(422, f"manifest.json: {field}: {err['msg']}") from None
-
-
 class BundleStore:
     def __init__(self, artifact_dir: Path, bundle_dir: Path, key_path: Path) -> None:
         self.artifact_dir = artifact_dir
@@ -83,30 +74,11 @@ class BundleStore:
         return self.bundle_dir / bundle_id / MANIFEST_FILE
 
     def verify(self, src: Path) -> Manifest:
-        manifest = read_manifest(src)
+        """`shared.bundle.verify_bundle` with this controller's key; refusals are 422s."""
         try:
-            verify_manifest(manifest, self.key.public_key())
-        except SignatureError as exc:
+            return verify_bundle(src, self.key.public_key())
+        except BundleInvalid as exc:
             raise BundleError(422, f"refused: {exc}") from None
-        for variant in manifest.variants:
-            path = src / variant.filename
-            if not path.exists():
-                if variant.status == "rejected":
-                    continue  # rejected variants may ship without their file
-                raise BundleError(
-                    422, f"refused: file {path.name} of variant {variant.id} is missing"
-                )
-            if path.stat().st_size != variant.size_bytes:
-                raise BundleError(
-                    422,
-                    f"refused: {path.name} of variant {variant.id} has {path.stat().st_size} bytes, "
-                    f"the manifest says {variant.size_bytes}",
-                )
-            if sha256_file(path) != variant.sha256:
-                raise BundleError(
-                    422, f"refused: {path.name} of variant {variant.id} does not match its sha256"
-                )
-        return manifest
 
     def add(self, session: Session, src: Path) -> tuple[Manifest, bool]:
         """Verify and store the bundle folder `src`; return (manifest, created)."""

@@ -24,5 +24,11 @@ class MessageError(ContractError):
         self.reason = reason
 
 
-class SignatureError(ContractError):
-    """A manifest whose signature is missing, malformed or made by another key."""
+class BundleInvalid(ContractError):
+    """A bundle folder that does not check out: no readable manifest, or a file it needs is
+    missing (see `shared.bundle.verify_bundle`)."""
+
+
+class SignatureError(BundleInvalid):
+    """A manifest whose signature is missing, malformed or made by another key, or a file whose
+    bytes differ from what the signed manifest pins (size, sha256)."""

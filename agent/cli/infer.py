@@ -14,14 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from lepton_edge.agent.engine import Engine, EngineSettings, VariantSpec
 from lepton_edge.agent.runner import make_source
 from lepton_edge.agent.runtimes import RuntimeOptions, VariantLoadError
 from lepton_edge.agent.sources import NoFrames
-from lepton_edge.shared.errors import SignatureError, UserError
-from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest
+from lepton_edge.shared.bundle import verify_bundle
+from lepton_edge.shared.errors import BundleInvalid, UserError
+from lepton_edge.shared.manifest import Manifest
+from lepton_edge.shared.signing import load_public_key
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,22 +45,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def load_bundle(folder: Path, key: Path | None = None) -> Manifest:
-    """Read (and, given a key, verify) a bundle's manifest; `UserError` on any problem."""
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise UserError(f"{folder} is not a bundle: {MANIFEST_FILE} missing")
-    try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
-    except ValidationError as exc:
-        raise UserError(f"{path} is not a valid manifest: {exc.errors()[0]['msg']}") from None
+    """`shared.bundle.verify_bundle` (signature only given a key); `UserError` on any problem."""
+    public_key = None
     if key is not None:
-        from lepton_edge.shared.signing import load_public_key, verify_manifest
-
         try:
-            verify_manifest(manifest, load_public_key(key.read_bytes()))
-        except (OSError, ValueError, SignatureError) as exc:
-            raise UserError(f"bundle {manifest.bundle_id} failed verification: {exc}") from None
-    return manifest
+            public_key = load_public_key(key.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--key {key}: not a readable public key ({exc})") from None
+    try:
+        return verify_bundle(folder, public_key)
+    except BundleInvalid as exc:
+        raise UserError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:

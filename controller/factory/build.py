@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from lepton_edge.controller.factory import data as data_mod
 from lepton_edge.controller.factory import evaluate
+from lepton_edge.shared.bundle import verify_bundle
 from lepton_edge.shared.errors import SignatureError, UserError
 from lepton_edge.shared.manifest import (
     MANIFEST_FILE,
@@ -40,7 +41,7 @@ from lepton_edge.shared.manifest import (
     Variant,
     sha256_file,
 )
-from lepton_edge.shared.signing import load_or_create_private_key, sign_manifest, verify_manifest
+from lepton_edge.shared.signing import load_or_create_private_key, sign_manifest
 
 #: Progress callback: (steps done, steps in all, what is happening now).
 Progress = Callable[[int, int, str], None]
@@ -555,24 +556,11 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
 
 
 def load_bundle(bundle_dir: Path, public_key: Ed25519PublicKey | None = None) -> Manifest:
-    """Read a bundle's manifest and check that every variant file is there with its hash;
-    with `public_key`, also verify the signature. Raises `SignatureError` on tampering."""
-    bundle_dir = Path(bundle_dir)
-    try:
-        manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_FILE).read_bytes())
-    except OSError as exc:
-        raise UserError(f"{bundle_dir} is not a bundle: {exc}") from None
-    if public_key is not None:
-        verify_manifest(manifest, public_key)
-    for variant in manifest.variants:
-        path = bundle_dir / variant.filename
-        if not path.is_file():
-            raise SignatureError(f"bundle {manifest.bundle_id}: {path.name} is missing")
-        if path.stat().st_size != variant.size_bytes or sha256_file(path) != variant.sha256:
-            raise SignatureError(
-                f"bundle {manifest.bundle_id}: {path.name} does not match its sha256"
-            )
-    return manifest
+    """Read a bundle back with `shared.bundle.verify_bundle` (signature only given a key).
+    Raises `SignatureError` on tampering, `UserError` for a folder that is no bundle."""
+    if not (Path(bundle_dir) / MANIFEST_FILE).is_file():
+        raise UserError(f"{bundle_dir} is not a bundle: no {MANIFEST_FILE}")
+    return verify_bundle(bundle_dir, public_key)
 
 
 def variant_path(bundle_dir: Path, variant: Variant) -> Path:
