@@ -6,22 +6,16 @@ Nested fields use `__` in the environment: `LEPTON_AGENT_MQTT__HOST=broker.local
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from lepton_edge.agent.engine import EngineSettings
 from lepton_edge.agent.power import PolicySettings
-from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.hardware import INFERENCE_FEATURES, GpuInfo
+from lepton_edge.shared.settings import LayeredSettings, load_layered
 
 DEFAULT_CONFIG_FILE = Path("/etc/lepton/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/lepton")
@@ -127,7 +121,7 @@ class SimulateSettings(_Section):
     thermal: SimulatedThermalSettings | None = None
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(LayeredSettings):
     """Everything `lepton-agent run` needs; see README "Agent" for an example file."""
 
     model_config = SettingsConfigDict(
@@ -153,47 +147,10 @@ class AgentSettings(BaseSettings):
     def controller_key_path(self) -> Path:
         return self.controller_key_file or self.state_dir / "controller.pem"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Flags (init) beat the environment, which beats the file.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
-
 
 def load_settings(
     config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> AgentSettings:
-    """Settings from `config_file` (default /etc/lepton/agent.toml if it exists), env and flags.
-
-    Raises `UserError` with one line naming the bad field and where it came from.
-    """
-    path = config_file
-    if path is None and DEFAULT_CONFIG_FILE.exists():
-        path = DEFAULT_CONFIG_FILE
-    if path is not None:
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist: create it or pass --config")
-        try:
-            tomllib.loads(path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read config file {path}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-    where = f"in {path} / LEPTON_AGENT_* / flags" if path else "in LEPTON_AGENT_* / flags"
-    cls: type[AgentSettings] = type(
-        "AgentSettings",
-        (AgentSettings,),
-        {"model_config": SettingsConfigDict(**{**AgentSettings.model_config, "toml_file": path})},
-    )
-    try:
-        return cls(**(overrides or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise UserError(f"bad setting {field} {where}: {err['msg']}") from None
+    """Settings from `config_file` (default /etc/lepton/agent.toml if it exists), env and flags
+    (`shared.settings`); a mistake is a one-line `UserError` naming the field and the sources."""
+    return load_layered(AgentSettings, config_file, DEFAULT_CONFIG_FILE, overrides)

@@ -1,4 +1,4 @@
-"""Controller settings: environment (`LEPTON_CONTROLLER_*`), a TOML file, then CLI flags.
+"""Controller settings: CLI flags > environment (`LEPTON_CONTROLLER_*`) > a TOML file.
 
 Nested fields use `__` in the environment, e.g. `LEPTON_CONTROLLER_MQTT__HOST=broker`.
 Every model forbids unknown keys so a typo in a setting is an error, not silence.
@@ -7,14 +7,13 @@ Every model forbids unknown keys so a typo in a setting is an error, not silence
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
-from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.settings import LayeredSettings, load_layered
 
 DEFAULT_CONFIG_FILE = Path("/etc/lepton/controller.toml")
 
@@ -94,7 +93,7 @@ class SelectionSettings(_Strict):
     )
 
 
-class ControllerSettings(BaseSettings):
+class ControllerSettings(LayeredSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEPTON_CONTROLLER_", env_nested_delimiter="__", extra="forbid"
     )
@@ -146,27 +145,6 @@ class ControllerSettings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ControllerSettings:
-    """Settings from env + TOML (`config_file`, else /etc/lepton/controller.toml if present),
-    with `overrides` (CLI flags) on top. Raise `UserError` naming the bad setting."""
-    data: dict[str, Any] = {}
-    path = config_file or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist: check --config") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-    for key, value in overrides.items():
-        if value is not None:
-            data[key] = value
-    try:
-        # TOML keys go in as init kwargs, which take precedence over the environment;
-        # fields missing from TOML still come from the environment.
-        return ControllerSettings(**data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise UserError(
-            f"setting {field!r}: {err['msg']} (check {path or 'the environment'})"
-        ) from None
+    """Settings from flags (`overrides`) > `LEPTON_CONTROLLER_*` env > TOML (`config_file`, else
+    /etc/lepton/controller.toml if present), as for the agent (`shared.settings`)."""
+    return load_layered(ControllerSettings, config_file, DEFAULT_CONFIG_FILE, overrides)

@@ -184,10 +184,16 @@ def test_rollout_loop_runs_only_on_the_leader(tmp_path: Path, db_url: str) -> No
 
 def test_settings_from_toml_env_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     toml = tmp_path / "controller.toml"
-    toml.write_text('http_port = 9000\n[rollout]\nsoak_s = 2\n[mqtt]\nhost = "broker"\n')
+    toml.write_text(
+        'http_port = 9000\nmax_bundle_upload_mb = 100\n[rollout]\nsoak_s = 2\n[mqtt]\nhost = "broker"\n'
+    )
     monkeypatch.setenv("LEPTON_CONTROLLER_MQTT__PORT", "1884")
-    s = load_settings(toml, http_port=9100)
+    monkeypatch.setenv("LEPTON_CONTROLLER_MAX_BUNDLE_UPLOAD_MB", "200")
+    monkeypatch.setenv("LEPTON_CONTROLLER_HTTP_PORT", "9050")
+    s = load_settings(toml, http_port=9100, database_url=None)
+    # flag beats env beats file (the agent's order too); nested sections merge across sources
     assert (s.http_port, s.rollout.soak_s, s.mqtt.host, s.mqtt.port) == (9100, 2, "broker", 1884)
+    assert s.max_bundle_upload_mb == 200 and s.database_url is None
     toml.write_text("[rollout]\nsoak = 2\n")
     with pytest.raises(UserError, match=r"rollout\.soak"):
         load_settings(toml)
