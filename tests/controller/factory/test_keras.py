@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lepton_edge.controller.factory import HardwareAdapter, load_bundle
+from lepton_edge import HardwareAdapter  # the seed's import, as the README shows it
+from lepton_edge.controller.factory import load_bundle
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.idx import fashion_mnist
 from lepton_edge.shared.manifest import ModelFormat
