@@ -1,0 +1,1 @@
+"""Tests of `lepton-agent` subcommands, one file per `agent/cli/` module."""
