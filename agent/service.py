@@ -43,7 +43,6 @@ from lepton_edge.shared.topics import Kind, check_device_id
 
 log = logging.getLogger(__name__)
 
-COMMAND_TYPES = ("deploy", "rollback", "benchmark", "set_policy")
 COMMAND_QUEUE = 100
 
 #: How a runner tells the controller why something happened (precision switch, errors).

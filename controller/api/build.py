@@ -6,7 +6,6 @@ this edge); `create_app` mounts this router only when the factory's toolchain is
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from lepton_edge.controller.api.deps import AdminAuth, ControllerDep
 from lepton_edge.controller.archive import ArchiveError, extract_tar
 from lepton_edge.controller.bundles import BundleError
 from lepton_edge.controller.core import Controller
-from lepton_edge.controller.factory import REQUIRED_MODULES
+from lepton_edge.controller.factory import missing_modules
 from lepton_edge.shared.idx import FASHION_MNIST_LABELS, fashion_mnist
 from lepton_edge.shared.manifest import Manifest
 
@@ -34,7 +33,7 @@ router = APIRouter(tags=["bundles"])
 
 def missing_module() -> str | None:
     """The first module of the factory's toolchain that is not installed, or None."""
-    return next((m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None), None)
+    return next(iter(missing_modules()), None)
 
 
 @router.post(

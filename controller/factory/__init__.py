@@ -30,6 +30,7 @@ __all__ = [
     "HardwareAdapter",
     "build_bundle",
     "load_bundle",
+    "missing_modules",
     "variant_path",
 ]
 
@@ -41,6 +42,13 @@ REQUIRED_MODULES = (
     "ai_edge_litert",
     "ai_edge_quantizer",
 )
+
+
+def missing_modules() -> list[str]:
+    """The modules of `REQUIRED_MODULES` that are not installed here (found without importing)."""
+    import importlib.util
+
+    return [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
 
 
 def __getattr__(name: str) -> Any:

@@ -92,12 +92,9 @@ def _labels(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib.util
+    from lepton_edge.controller.factory import missing_modules
 
-    from lepton_edge.controller.factory import REQUIRED_MODULES
-
-    missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
+    if missing := missing_modules():
         raise UserError(
             f"'lepton build' needs the variant factory ({', '.join(missing)} not installed): "
             "pip install 'lepton-edge[factory]'"
