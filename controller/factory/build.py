@@ -126,7 +126,7 @@ def build_bundle(
     model with TensorFlow's converter instead of ai-edge-quantizer (weight-only int8 and the
     sensitive-layer fallback stay with ai-edge-quantizer). Returns the signed manifest, which is
     also written to `out_dir/manifest.json`."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()  # the measuring child runs elsewhere: no relative paths
     if tolerance_points < 0:
         raise UserError(f"tolerance {tolerance_points} must be >= 0 accuracy points")
     if tflite_quantizer not in {"ai-edge-quantizer", "tensorflow"}:

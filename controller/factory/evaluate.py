@@ -242,7 +242,7 @@ def measure_speed_isolated(
         sample_path = Path(tmp) / "sample.npy"
         np.save(sample_path, np.ascontiguousarray(sample[:THROUGHPUT_BATCH], dtype=np.float32))
         request = {
-            "path": str(path),
+            "path": str(path.absolute()),
             "format": str(fmt),
             "sample": str(sample_path),
             "threads": threads,
@@ -258,7 +258,8 @@ def measure_speed_isolated(
             timeout=600,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"measuring {path.name} failed: {done.stderr.strip()[-500:]}")
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]  # the exception line
+            raise RuntimeError(f"measuring {path.name} failed: {last}")
         result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
         return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -135,3 +136,22 @@ def test_build_without_the_factory_extra_says_what_to_install(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'lepton-edge[factory]'" in err, err
     assert "ai_edge_quantizer" in err and not out.exists()
+
+
+def test_relative_paths_work_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's `--out bundle/`, run outside the repository (the measuring child process
+    runs in another directory, so nothing may stay relative)."""
+    monkeypatch.chdir(tmp_path)
+    images = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
+    shutil.copy(REFERENCE / "model.tflite", tmp_path / "model.tflite")
+    skip = ["tflite-fp16", "tflite-int8-static", "tflite-int8-dynamic", "tflite-int8-weight-only"]
+    code = main(
+        ["build", "--tflite", "model.tflite", "--calib", str(images), "--eval", str(images),
+         "--eval-samples", "200", "--labels", "fashion-mnist", "--out", "bundle/",
+         "--key", "keys/signing.pem", *[a for v in skip for a in ("--skip", v)]]
+    )  # fmt: skip
+    assert code == 0
+    public = load_or_create_private_key(tmp_path / "keys/signing.pem").public_key()
+    assert [v.id for v in load_bundle(tmp_path / "bundle", public).variants] == ["tflite-fp32"]
