@@ -98,6 +98,15 @@ class Variant(_Strict):
         return f"{self.sha256}.{self.format.value}"
 
 
+class NotBuilt(_Strict):
+    """A scheme the factory tried and did not ship: it `failed` (the whole first line of the
+    error), or was `skipped` (e.g. nothing to quantize)."""
+
+    id: str
+    status: Literal["failed", "skipped"]
+    reason: str
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     bundle_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -111,6 +120,9 @@ class Manifest(_Strict):
         default_factory=dict, description="format -> id of its fp32 variant"
     )
     variants: list[Variant] = Field(min_length=1)
+    not_built: list[NotBuilt] = Field(
+        default_factory=list, description="schemes tried and not shipped, with the reason"
+    )
     key_id: str | None = Field(default=None, description="signer's public key id")
     signature: str | None = Field(default=None, description="base64 Ed25519 over canonical_bytes")
 
@@ -131,8 +143,10 @@ class Manifest(_Strict):
         return [v for v in self.variants if v.status == "accepted"]
 
     def canonical_bytes(self) -> bytes:
-        """The bytes the signature covers: everything but the signature, keys sorted."""
-        data: dict[str, Any] = self.model_dump(mode="json", exclude={"signature"})
+        """The bytes the signature covers: everything but the signature, keys sorted (an empty
+        `not_built` is left out, so bundles signed before the field existed still verify)."""
+        exclude = {"signature"} | (set() if self.not_built else {"not_built"})
+        data: dict[str, Any] = self.model_dump(mode="json", exclude=exclude)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -36,6 +36,7 @@ from lepton_edge.shared.manifest import (
     RUNTIME_FOR_FORMAT,
     Manifest,
     ModelFormat,
+    NotBuilt,
     Precision,
     Requirements,
     Variant,
@@ -88,6 +89,7 @@ class _Job:
     total: int
     done: int = 0
     variants: list[Variant] = field(default_factory=list)
+    not_built: list[NotBuilt] = field(default_factory=list)
     baseline_accuracy: dict[ModelFormat, float] = field(default_factory=dict)
 
     def step(self, what: str) -> None:
@@ -313,6 +315,7 @@ def _build(
         tolerance_points=tolerance_points,
         baseline={v.format: v.id for v in job.variants if v.precision is Precision.FP32},
         variants=job.variants,
+        not_built=job.not_built,
     )
     signed = sign_manifest(manifest, key)
     (staging / MANIFEST_FILE).write_text(signed.model_dump_json(indent=2) + "\n")
@@ -350,7 +353,7 @@ def _from_keras(
 
 def _first_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
+    return lines[0] if lines else type(exc).__name__
 
 
 _OP_PATTERNS = (
@@ -492,6 +495,8 @@ def _tflite_plans(
 
 
 def _run_plan(job: _Job, plan: _Plan) -> None:
+    """Make, evaluate and time one variant. A scheme that fails is recorded in `not_built`
+    and the build goes on; only an fp32 variant (the baseline) failing stops it."""
     job.step(f"{plan.id}: quantizing" if plan.precision is not Precision.FP32 else plan.id)
     ext = plan.format.value
     path = job.staging / "work" / f"{plan.id}.{ext}"
@@ -503,22 +508,26 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
     except Exception as exc:
         op = _op_named_in(str(exc))
         what = f"op {op} is not supported by this scheme" if op else "this scheme failed"
-        raise UserError(
-            f"{plan.id}: {what} ({_first_line(exc)}); leave it out with --skip {plan.id}"
-        ) from None
+        _failed(job, plan, f"{what}: {_first_line(exc)}")
+        return
     job.step(f"{plan.id}: evaluating")
     try:
         scores = predictor.predict_all(job.eval_x)
     except Exception as exc:
-        raise UserError(
-            f"{plan.id}: running it on the evaluation data failed ({_first_line(exc)})"
-        ) from None
+        _failed(job, plan, f"running it on the evaluation data failed: {_first_line(exc)}")
+        return
     del predictor
     accuracy = evaluate.accuracy_metrics(scores, job.eval_y, job.num_classes)
     if plan.precision is Precision.FP32:
         job.baseline_accuracy[plan.format] = accuracy["accuracy"]
     job.step(f"{plan.id}: timing")
-    speed = evaluate.measure_speed_isolated(path, plan.format, job.eval_x, job.threads, job.budget)
+    try:
+        speed = evaluate.measure_speed_isolated(
+            path, plan.format, job.eval_x, job.threads, job.budget
+        )
+    except RuntimeError as exc:
+        _failed(job, plan, _first_line(exc))
+        return
     metrics = evaluate.variant_metrics(accuracy, speed, job.baseline_accuracy.get(plan.format))
     digest = sha256_file(path)
     final = job.staging / f"{digest}.{ext}"
@@ -553,6 +562,13 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
     if status == "rejected" and plan.fallback is not None:
         job.total += 1
         _run_plan(job, plan.fallback)
+
+
+def _failed(job: _Job, plan: _Plan, reason: str) -> None:
+    if plan.precision is Precision.FP32:
+        raise UserError(f"{plan.id}: {reason}")
+    job.not_built.append(NotBuilt(id=plan.id, status="failed", reason=reason))
+    job.done += 1
 
 
 def load_bundle(bundle_dir: Path, public_key: Ed25519PublicKey | None = None) -> Manifest:

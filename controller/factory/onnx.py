@@ -94,16 +94,26 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
+#: The oldest opset the int8 schemes can write: per-channel DequantizeLinear needs `axis` (13).
+MIN_OPSET = 13
+
+
 def make_fp32(source: Path, out: Path) -> str:
-    """Shape inference plus ONNX Runtime's basic (portable, standard-op) graph optimizations."""
+    """Shape inference plus ONNX Runtime's basic (portable, standard-op) graph optimizations;
+    a model below opset 13 is upgraded (onnx's version converter), so every variant made from
+    this one, the QDQ int8 ones included, is a valid graph."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
-    save(
-        canonicalize(onnx.load(str(out)), [o.name for o in onnx.load(str(source)).graph.output]),
-        out,
-    )
-    return "ort_basic_optimized"
+    model = canonicalize(onnx.load(str(out)), [o.name for o in onnx.load(str(source)).graph.output])
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    if opset >= MIN_OPSET:
+        save(model, out)
+        return "ort_basic_optimized"
+    from onnx import version_converter
+
+    save(version_converter.convert_version(model, MIN_OPSET), out)
+    return f"ort_basic_optimized (opset {opset} -> {MIN_OPSET})"
 
 
 def make_fp16(fp32: Path, out: Path) -> str:

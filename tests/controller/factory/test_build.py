@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from lepton_edge.controller.factory import build_bundle, load_bundle
@@ -116,7 +117,6 @@ def _no_leftovers(parent: Path) -> None:
         ("shape", "has samples of shape (5,) but the model takes (8,)"),
         ("labels", "evaluation label 4 is out of range: the model has 4 classes"),
         ("empty_calibration", "calibration data is empty"),
-        ("unsupported_op", "onnx-fp16: op Celu is not supported by this scheme"),
         ("not_a_tflite", "is not a valid TFLite model"),
     ],
 )
@@ -141,8 +141,6 @@ def test_bad_input_is_one_line_and_leaves_nothing(
         overrides["eval_x"] = x
     elif case == "empty_calibration":
         overrides["calib_x"] = x[:0]
-    elif case == "unsupported_op":
-        overrides["onnx"] = tiny.make_onnx(inputs / "celu.onnx", extra_op="Celu")
     if case in {"labels"}:
         overrides.setdefault("eval_y", y)
     with pytest.raises(UserError) as caught:
@@ -151,6 +149,32 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     assert message in text
     assert "\n" not in text
     _no_leftovers(tmp_path)
+
+
+def test_a_failing_scheme_is_recorded_and_the_build_goes_on(tmp_path: Path) -> None:
+    celu = tiny.make_onnx(tmp_path / "celu.onnx", extra_op="Celu")  # no fp16 kernel for Celu
+    key = generate_key()
+    manifest = build(tmp_path / "bundle", celu, tolerance_points=100.0, key=key)
+    (failed,) = manifest.not_built
+    assert (failed.id, failed.status) == ("onnx-fp16", "failed")
+    assert failed.reason.startswith("op Celu is not supported by this scheme: ")
+    assert "\n" not in failed.reason
+    assert {v.id for v in manifest.variants} >= {"onnx-fp32", "onnx-int8-static"}
+    assert load_bundle(tmp_path / "bundle", key.public_key()).not_built == manifest.not_built
+
+
+def test_an_opset_11_model_is_upgraded_before_int8(tmp_path: Path) -> None:
+    """Per-channel DequantizeLinear needs opset 13: an opset-11 model used to get an invalid
+    int8 graph."""
+    model = onnx.load(str(tiny.make_onnx(tmp_path / "t17.onnx")))
+    model.opset_import[0].version, model.ir_version = 11, 6
+    onnx.checker.check_model(model)
+    old = tmp_path / "t11.onnx"
+    onnx.save(model, str(old))
+    manifest = build(tmp_path / "bundle", old, tolerance_points=100.0)
+    assert manifest.not_built == []
+    assert "opset 11 -> 13" in manifest.variant("onnx-fp32").reason
+    assert manifest.variant("onnx-int8-static").status == "accepted"
 
 
 def test_existing_bundle_is_kept_unless_overwrite(tiny_model: Path, tmp_path: Path) -> None:
