@@ -502,6 +502,17 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
     path = job.staging / "work" / f"{plan.id}.{ext}"
     try:
         scheme = plan.make(path)
+        if not _lowers_precision(path, plan):
+            job.not_built.append(
+                NotBuilt(
+                    id=plan.id,
+                    status="skipped",
+                    reason=f"nothing to quantize: the {plan.precision.value} scheme left every "
+                    "op of this graph in fp32",
+                )
+            )
+            job.done += 1
+            return
         predictor = evaluate.Predictor(path, plan.format, job.threads)
     except UserError:
         raise
@@ -562,6 +573,18 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
     if status == "rejected" and plan.fallback is not None:
         job.total += 1
         _run_plan(job, plan.fallback)
+
+
+def _lowers_precision(path: Path, plan: _Plan) -> bool:
+    if plan.precision is Precision.FP32:
+        return True
+    if plan.format is ModelFormat.ONNX:
+        from lepton_edge.controller.factory import onnx as onnx_mod
+
+        return onnx_mod.lowers_precision(path, plan.precision.value)
+    from lepton_edge.controller.factory import tflite as tflite_mod
+
+    return tflite_mod.lowers_precision(path, plan.precision.value)
 
 
 def _failed(job: _Job, plan: _Plan, reason: str) -> None:

@@ -65,6 +65,12 @@ def canonicalize(model: onnx.ModelProto, output_names: Iterable[str] = ()) -> on
     initializers = sorted(graph.initializer, key=lambda t: t.name)
     del graph.initializer[:]
     graph.initializer.extend(initializers)
+    # One opset per domain (some exporters list "" twice; the quantizers then find none).
+    opsets: dict[str, int] = {}
+    for o in model.opset_import:
+        opsets[o.domain] = max(o.version, opsets.get(o.domain, 0))
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
     for info in [*graph.input, *graph.output]:
         for i, dim in enumerate(info.type.tensor_type.shape.dim):
             if dim.HasField("dim_param"):
@@ -96,6 +102,32 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
 
 #: The oldest opset the int8 schemes can write: per-channel DequantizeLinear needs `axis` (13).
 MIN_OPSET = 13
+
+
+#: Ops that only an int8 scheme puts in a graph (QDQ, QOperator and dynamic forms).
+INT8_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+}
+
+
+def lowers_precision(path: Path, precision: str) -> bool:
+    """Whether the graph at `path` really holds `precision` ("int8", "fp16") somewhere: an
+    int8 op, or float16 initializers. A quantizer that finds nothing it can touch (a tree
+    ensemble, an SVM) returns the fp32 graph, which must not ship under the int8 name."""
+    model = onnx.load(str(path))
+    if precision == "int8":
+        return any(n.op_type in INT8_OPS for n in model.graph.node)
+    if precision == "fp16":  # fp16 weights; a Cast at the edge alone computes nothing in fp16
+        return any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    return True
 
 
 def make_fp32(source: Path, out: Path) -> str:

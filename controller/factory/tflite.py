@@ -37,6 +37,19 @@ def check(path: Path) -> None:
         raise UserError(f"{path} is not a valid TFLite model ({first})") from None
 
 
+def lowers_precision(path: Path, precision: str) -> bool:
+    """Whether the model at `path` holds an int8/uint8 (for "int8") or float16 (for "fp16")
+    tensor: a quantizer that found nothing to quantize returns the float graph unchanged."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    lowered: dict[str, set[type[Any]]] = {"int8": {np.int8, np.uint8}, "fp16": {np.float16}}
+    wanted = lowered.get(precision)
+    if wanted is None:
+        return True
+    details = Interpreter(model_path=str(path)).get_tensor_details()
+    return any(t["dtype"] in wanted for t in details)
+
+
 def make_fp32(source: Path, out: Path) -> str:
     shutil.copyfile(source, out)
     return "as_given"

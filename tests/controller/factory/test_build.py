@@ -163,6 +163,32 @@ def test_a_failing_scheme_is_recorded_and_the_build_goes_on(tmp_path: Path) -> N
     assert load_bundle(tmp_path / "bundle", key.public_key()).not_built == manifest.not_built
 
 
+def test_a_tree_ensemble_ships_fp32_only_and_says_why(tmp_path: Path) -> None:
+    """skl2onnx's forest has no weight tensor a quantizer can touch: its "int8" and "fp16"
+    graphs would be fp32 relabelled. They are recorded as skipped, not shipped."""
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = tiny.data(400)
+    forest = RandomForestClassifier(n_estimators=8, max_depth=6, random_state=0).fit(x, y)
+    model = to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}}, target_opset=17)
+    # The factory takes one (N, classes) output so far: keep the probabilities.
+    probabilities = [o for o in model.graph.output if o.name == "probabilities"]
+    del model.graph.output[:]
+    model.graph.output.extend(probabilities)
+    path = tmp_path / "forest.onnx"
+    onnx.save(model, str(path))
+    manifest = build(tmp_path / "bundle", path)
+    assert [v.id for v in manifest.variants] == ["onnx-fp32"]
+    assert {n.id: n.status for n in manifest.not_built} == {
+        "onnx-fp16": "skipped",
+        "onnx-int8-static": "skipped",
+        "onnx-int8-dynamic": "skipped",
+    }
+    assert all(n.reason.startswith("nothing to quantize") for n in manifest.not_built)
+    assert manifest.variant("onnx-fp32").metrics.accuracy > 0.8  # type: ignore[operator]
+
+
 def test_an_opset_11_model_is_upgraded_before_int8(tmp_path: Path) -> None:
     """Per-channel DequantizeLinear needs opset 13: an opset-11 model used to get an invalid
     int8 graph."""
