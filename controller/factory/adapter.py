@@ -2,18 +2,19 @@
 
 A thin layer over `build_bundle` for notebook users:
 
-    from lepton_edge.controller.factory import HardwareAdapter
+    from lepton_edge import HardwareAdapter
     adapter = HardwareAdapter(model_name="fashion").fit(keras_model, x_train, y_train)
-    table = adapter.evaluate(x_test, y_test)      # also kept in adapter.evaluate_results
+    rows = adapter.evaluate(x_test, y_test)   # typed rows; print(rows) is an aligned table
 
-`fit` calibrates on a seeded random sample of `x_train` and scores the variants (for the
+Without `out_dir` the bundle goes to `./lepton-bundle/` (one log line says so). `fit` calibrates on a seeded random sample of `x_train` and scores the variants (for the
 tolerance check) on a disjoint held-out sample of it; `evaluate` re-scores every variant on
 the data you give it.
 """
 
 from __future__ import annotations
 
-import tempfile
+import logging
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,67 @@ from lepton_edge.controller.factory import data as data_mod
 from lepton_edge.controller.factory import evaluate
 from lepton_edge.controller.factory.build import Progress, build_bundle, variant_path
 from lepton_edge.shared.errors import UserError
-from lepton_edge.shared.manifest import Manifest
+from lepton_edge.shared.manifest import Manifest, Variant
 from lepton_edge.shared.signing import generate_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT_DIR = Path("lepton-bundle")
+
+
+@dataclass(frozen=True)
+class VariantRow:
+    """One variant as `fit` measured it, or as `evaluate` re-scored it on your data."""
+
+    id: str
+    format: str
+    precision: str
+    scheme: str
+    status: str
+    reason: str
+    size_bytes: int
+    accuracy: float | None
+    precision_macro: float | None
+    recall_macro: float | None
+    f1_macro: float | None
+    accuracy_delta: float | None
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    throughput_ips: float | None
+    peak_memory_mb: float | None
+    confusion: list[list[int]] | None = None
+
+
+class VariantTable(list[VariantRow]):
+    """The rows of `evaluate`; `str()` is an aligned table, one line per variant."""
+
+    COLUMNS = (
+        ("variant", "id", "{}"),
+        ("status", "status", "{}"),
+        ("size KiB", "size_bytes", "{:.0f}"),
+        ("accuracy", "accuracy", "{:.4f}"),
+        ("delta pt", "accuracy_delta", "{:+.2f}"),
+        ("p50 ms", "latency_p50_ms", "{:.3f}"),
+        ("images/s", "throughput_ips", "{:.0f}"),
+    )
+
+    def __str__(self) -> str:
+        def cell(row: VariantRow, attr: str, fmt: str) -> str:
+            value = getattr(row, attr)
+            if value is None:
+                return "–"
+            return fmt.format(value / 1024 if attr == "size_bytes" else value)
+
+        grid = [[title for title, _, _ in self.COLUMNS]]
+        grid += [[cell(r, attr, fmt) for _, attr, fmt in self.COLUMNS] for r in self]
+        widths = [max(len(line[i]) for line in grid) for i in range(len(self.COLUMNS))]
+        return "\n".join(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+            for line in grid
+        )
 
 
 class HardwareAdapter:
@@ -45,11 +105,10 @@ class HardwareAdapter:
         threads: int = 1,
         progress: Progress | None = None,
     ) -> None:
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if out_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="lepton-adapter-")
-            out_dir = Path(self._tmp.name) / "bundle"
-        self.bundle_dir = Path(out_dir)
+            out_dir = DEFAULT_OUT_DIR.absolute()
+            log.info("HardwareAdapter: the bundle goes to %s (pass out_dir= to choose)", out_dir)
+        self.bundle_dir = Path(out_dir).absolute()  # relative paths: from where it was made
         self.key = key if key is not None else generate_key()
         self.model_name = model_name
         self.tolerance_points = tolerance_points
@@ -60,7 +119,7 @@ class HardwareAdapter:
         self.threads = threads
         self.progress = progress
         self.manifest: Manifest | None = None
-        self.evaluate_results: list[dict[str, Any]] = []
+        self.evaluate_results = VariantTable()
 
     def fit(
         self,
@@ -97,10 +156,10 @@ class HardwareAdapter:
             overwrite=True,
             tflite_quantizer=tflite_quantizer,
         )
-        self.evaluate_results = [_row(v.model_dump(mode="json")) for v in self.manifest.variants]
+        self.evaluate_results = VariantTable(_row(v) for v in self.manifest.variants)
         return self
 
-    def evaluate(self, x_test: np.ndarray, y_test: np.ndarray) -> list[dict[str, Any]]:
+    def evaluate(self, x_test: np.ndarray, y_test: np.ndarray) -> VariantTable:
         """Score every variant on `(x_test, y_test)`; one row per variant (accuracy metrics
         from this data, size and speed from the build)."""
         if self.manifest is None:
@@ -120,12 +179,10 @@ class HardwareAdapter:
                 baseline[variant.format] = scores["accuracy"]
             base = baseline.get(variant.format)
             scores["accuracy_delta"] = None if base is None else (scores["accuracy"] - base) * 100
-            row = _row(variant.model_dump(mode="json"))
-            row.update({k: scores[k] for k in row if k in scores})
-            row["confusion"] = scores["confusion"]
-            rows.append(row)
+            measured = {f.name: scores[f.name] for f in fields(VariantRow) if f.name in scores}
+            rows.append(_row(variant, **measured))
         order = [v.id for v in manifest.variants]
-        self.evaluate_results = sorted(rows, key=lambda r: order.index(r["id"]))
+        self.evaluate_results = VariantTable(sorted(rows, key=lambda r: order.index(r.id)))
         return self.evaluate_results
 
 
@@ -145,23 +202,25 @@ def _sources(model: Any) -> dict[str, Any]:
     return {"keras": model}
 
 
-def _row(variant: dict[str, Any]) -> dict[str, Any]:
-    metrics = variant["metrics"]
-    return {
-        "id": variant["id"],
-        "format": variant["format"],
-        "precision": variant["precision"],
-        "scheme": variant["scheme"],
-        "status": variant["status"],
-        "reason": variant["reason"],
-        "size_bytes": variant["size_bytes"],
-        "accuracy": metrics["accuracy"],
-        "precision_macro": metrics["precision_macro"],
-        "recall_macro": metrics["recall_macro"],
-        "f1_macro": metrics["f1_macro"],
-        "accuracy_delta": metrics["accuracy_delta"],
-        "latency_p50_ms": metrics["latency_p50_ms"],
-        "latency_p99_ms": metrics["latency_p99_ms"],
-        "throughput_ips": metrics["throughput_ips"],
-        "peak_memory_mb": metrics["peak_memory_mb"],
+def _row(variant: Variant, **measured: Any) -> VariantRow:
+    """The variant's build-time figures, with `measured` (from `evaluate`) on top."""
+    m = variant.metrics
+    values: dict[str, Any] = {
+        "id": variant.id,
+        "format": variant.format.value,
+        "precision": variant.precision.value,
+        "scheme": variant.scheme,
+        "status": variant.status,
+        "reason": variant.reason,
+        "size_bytes": variant.size_bytes,
+        "accuracy": m.accuracy,
+        "precision_macro": m.precision_macro,
+        "recall_macro": m.recall_macro,
+        "f1_macro": m.f1_macro,
+        "accuracy_delta": m.accuracy_delta,
+        "latency_p50_ms": m.latency_p50_ms,
+        "latency_p99_ms": m.latency_p99_ms,
+        "throughput_ips": m.throughput_ips,
+        "peak_memory_mb": m.peak_memory_mb,
     }
+    return VariantRow(**(values | measured))

@@ -58,21 +58,38 @@ def test_adapter_fit_and_evaluate(tiny_cnn, quantizer: str, tmp_path: Path) -> N
     assert rows is adapter.evaluate_results
     x = (x_test[:500].astype(np.float32) / 255.0)[..., None]
     keras_accuracy = float(np.mean(tiny_cnn.predict(x, verbose=0).argmax(1) == y_test[:500]))
-    by_id = {r["id"]: r for r in rows}
+    by_id = {r.id: r for r in rows}
     # The fp32 exports compute the Keras model's function: same predictions (+-1 on ties).
     for fp32 in ("onnx-fp32", "tflite-fp32"):
-        assert by_id[fp32]["accuracy"] == pytest.approx(keras_accuracy, abs=0.004)
+        assert by_id[fp32].accuracy == pytest.approx(keras_accuracy, abs=0.004)
     for variant in manifest.variants:
         path = tmp_path / "bundle" / variant.filename
         scores = run_plain(path, variant.format, x)
         row = by_id[variant.id]
-        assert row["accuracy"] == pytest.approx(float(np.mean(scores.argmax(1) == y_test[:500])))
-        assert row["size_bytes"] == path.stat().st_size
+        assert row.accuracy == pytest.approx(float(np.mean(scores.argmax(1) == y_test[:500])))
+        assert row.size_bytes == path.stat().st_size
+    # print(rows): a header and one aligned line per variant
+    lines = str(rows).splitlines()
+    assert lines[0].split()[:3] == ["variant", "status", "size"] and len(lines) == len(rows) + 1
+    assert len({len(line) for line in lines}) == 1
+    assert lines[1].startswith(rows[0].id) and f"{rows[0].accuracy:.4f}" in lines[1]
     static = manifest.variant("tflite-int8-static")
     assert static.inputs[0].dtype == "int8"
     expected = "tf_converter_int8_static" if quantizer == "tensorflow" else "static_wi8_ai8"
     assert static.scheme == expected
     assert manifest.variant("tflite-int8-dynamic").format is ModelFormat.TFLITE
+
+
+def test_adapter_default_folder_stays_and_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("INFO"):
+        adapter = HardwareAdapter()
+    assert adapter.bundle_dir == tmp_path / "lepton-bundle"  # not a temporary folder
+    assert str(tmp_path / "lepton-bundle") in caplog.text
+    monkeypatch.chdir("/")
+    assert HardwareAdapter("rel").bundle_dir == Path("/rel")  # made absolute where created
 
 
 def test_adapter_errors(tmp_path: Path) -> None:
