@@ -54,6 +54,12 @@ CONTROLLER_COMMANDS = (
         "controller",
     ),
     Subcommand(
+        "key",
+        "lepton_edge.controller.cli.key",
+        "export the public key agents pin to verify bundles",
+        "controller",
+    ),
+    Subcommand(
         "broker-config",
         "lepton_edge.controller.cli.broker_config",
         "write the broker's password and ACL files",

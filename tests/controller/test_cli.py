@@ -157,3 +157,26 @@ def test_serve_with_unreachable_database_is_one_line(
     )
     err = capsys.readouterr().err
     assert rc == 2 and "cannot open the database" in err and "Traceback" not in err, err
+
+
+def test_key_export_prints_the_key_agents_pin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lepton_edge.controller.config import ControllerSettings
+    from lepton_edge.shared.signing import load_private_key, load_public_key
+
+    state = tmp_path / "state"
+    assert controller_main(["key", "export", "--state-dir", str(state)]) == 0
+    printed = capsys.readouterr()
+    signing = ControllerSettings(state_dir=state).key_path()
+    private = load_private_key(signing.read_bytes())  # created on first use, as serve does
+    assert load_public_key(printed.out.encode()) == private.public_key()
+    assert "PRIVATE" not in printed.out and str(signing) in printed.err
+    out = tmp_path / "controller.pem"
+    assert controller_main(["key", "export", "--state-dir", str(state), "--out", str(out)]) == 0
+    assert out.read_text() == printed.out  # the same key every time
+    capsys.readouterr()
+    signing.write_text("not a key")
+    assert controller_main(["key", "export", "--state-dir", str(state)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot use the signing key" in err
