@@ -43,6 +43,7 @@ def main() -> int:
             model_name="fashion-mnist-cnn",
             labels=FASHION_MNIST_LABELS,
             threads=args.threads,
+            input_scale=1 / 255,
         )
         seconds = time.perf_counter() - start
     print(f"{'variant':26} {'status':8} {'KiB':>6} {'acc':>7} {'delta':>7} {'p50 ms':>7} "

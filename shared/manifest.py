@@ -98,6 +98,10 @@ class Variant(_Strict):
         return f"{self.sha256}.{self.format.value}"
 
 
+#: Manifest fields added after schema 1 shipped; out of the signed bytes while unset.
+_ADDED_FIELDS = ("not_built", "input_scale")
+
+
 class NotBuilt(_Strict):
     """A scheme the factory tried and did not ship: it `failed` (the whole first line of the
     error), or was `skipped` (e.g. nothing to quantize)."""
@@ -123,6 +127,12 @@ class Manifest(_Strict):
     not_built: list[NotBuilt] = Field(
         default_factory=list, description="schemes tried and not shipped, with the reason"
     )
+    input_scale: float | None = Field(
+        default=None,
+        gt=0,
+        description="what the factory multiplied input values by (e.g. 1/255 for pixels); "
+        "the agent feeds its frames the same way",
+    )
     key_id: str | None = Field(default=None, description="signer's public key id")
     signature: str | None = Field(default=None, description="base64 Ed25519 over canonical_bytes")
 
@@ -143,9 +153,9 @@ class Manifest(_Strict):
         return [v for v in self.variants if v.status == "accepted"]
 
     def canonical_bytes(self) -> bytes:
-        """The bytes the signature covers: everything but the signature, keys sorted (an empty
-        `not_built` is left out, so bundles signed before the field existed still verify)."""
-        exclude = {"signature"} | (set() if self.not_built else {"not_built"})
+        """The bytes the signature covers: everything but the signature, keys sorted (fields
+        added since schema 1 are left out while unset, so older signed bundles still verify)."""
+        exclude = {"signature"} | {f for f in _ADDED_FIELDS if not getattr(self, f)}
         data: dict[str, Any] = self.model_dump(mode="json", exclude=exclude)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 

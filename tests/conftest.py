@@ -139,5 +139,6 @@ def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> ReferenceBundl
         model_name="fashion-mnist-cnn",
         labels=FASHION_MNIST_LABELS,
         budget=SpeedBudget(min_runs=20, max_runs=200, seconds=0.2),
+        input_scale=1 / 255,
     )
     return ReferenceBundle(out, manifest, key, public_pem(key.public_key()))

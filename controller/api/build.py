@@ -96,6 +96,7 @@ def _build_and_store(
                 model_name=model_name,
                 version=version or time.strftime("%Y%m%d%H%M%S"),
                 tolerance_points=tolerance_points,
+                input_scale=1 / 255,  # the reference task's uint8 pixels; the models want [0, 1]
             )
         except Exception as exc:  # a bad model file is the uploader's problem, not a 500
             raise HTTPException(

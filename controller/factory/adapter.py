@@ -3,7 +3,8 @@
 A thin layer over `build_bundle` for notebook users:
 
     from lepton_edge import HardwareAdapter
-    adapter = HardwareAdapter(model_name="fashion").fit(keras_model, x_train, y_train)
+    adapter = HardwareAdapter(model_name="fashion", input_scale=1 / 255)  # uint8 pixels
+    adapter.fit(keras_model, x_train, y_train)
     rows = adapter.evaluate(x_test, y_test)   # typed rows; print(rows) is an aligned table
 
 Without `out_dir` the bundle goes to `./lepton-bundle/` (one log line says so). `fit` calibrates on a seeded random sample of `x_train` and scores the variants (for the
@@ -104,6 +105,7 @@ class HardwareAdapter:
         seed: int = 0,
         threads: int = 1,
         progress: Progress | None = None,
+        input_scale: float | None = None,
     ) -> None:
         if out_dir is None:
             out_dir = DEFAULT_OUT_DIR.absolute()
@@ -118,6 +120,7 @@ class HardwareAdapter:
         self.seed = seed
         self.threads = threads
         self.progress = progress
+        self.input_scale = input_scale  # e.g. 1/255 for uint8 pixels and a [0, 1] model
         self.manifest: Manifest | None = None
         self.evaluate_results = VariantTable()
 
@@ -155,6 +158,7 @@ class HardwareAdapter:
             threads=self.threads,
             overwrite=True,
             tflite_quantizer=tflite_quantizer,
+            input_scale=self.input_scale,
         )
         self.evaluate_results = VariantTable(_row(v) for v in self.manifest.variants)
         return self
@@ -166,7 +170,9 @@ class HardwareAdapter:
             raise UserError("call fit(model, x_train, y_train) before evaluate")
         manifest = self.manifest
         fp32 = manifest.variants[0]
-        x = data_mod.prepare_images(np.asarray(x_test), fp32.inputs[0].shape, "x_test")
+        x = data_mod.prepare_images(
+            np.asarray(x_test), fp32.inputs[0].shape, "x_test", manifest.input_scale
+        )
         y = data_mod.prepare_labels(np.asarray(y_test), manifest.num_classes, len(x))
         baseline: dict[str, float] = {}
         rows = []

@@ -117,12 +117,14 @@ def build_bundle(
     budget: evaluate.SpeedBudget | None = None,
     overwrite: bool = False,
     tflite_quantizer: str = "ai-edge-quantizer",
+    input_scale: float | None = None,
 ) -> Manifest:
     """Build, measure and sign every variant of one model into the bundle folder `out_dir`.
 
         `onnx` / `tflite`: fp32 model files (either or both); `keras`: a Keras model or a `.keras`
         file, converted to both with TensorFlow (the `keras` extra). Data: arrays or IDX / `.npy`
-        files; uint8 images are scaled to [0, 1]. `key`: the controller's Ed25519 key or its PEM
+        files; `input_scale` multiplies them (required for integer pixels, e.g. 1/255; recorded
+        in the manifest for the agent). `key`: the controller's Ed25519 key or its PEM
         path (created if missing). `skip`: variant ids to leave out. `threads`: runtime threads for
         the timings. `tflite_quantizer="tensorflow"` makes the TFLite fp16/int8 variants of a Keras
     model with TensorFlow's converter instead of ai-edge-quantizer (weight-only int8 and the
@@ -167,6 +169,7 @@ def build_bundle(
             threads=threads,
             budget=budget or evaluate.SpeedBudget(),
             tflite_quantizer=tflite_quantizer,
+            input_scale=input_scale,
         )
         _publish(staging, out_dir)
         return manifest
@@ -241,6 +244,7 @@ def _build(
     threads: int,
     budget: evaluate.SpeedBudget,
     tflite_quantizer: str,
+    input_scale: float | None,
 ) -> Manifest:
     from lepton_edge.controller.factory import onnx as onnx_mod
     from lepton_edge.controller.factory import tflite as tflite_mod
@@ -268,10 +272,13 @@ def _build(
         raise UserError(f"{len(labels)} labels given but the model has {num_classes} classes")
 
     calib = data_mod.prepare_images(
-        data_mod.load_array(calib_x, "calibration data"), input_shape, "calibration data"
+        data_mod.load_array(calib_x, "calibration data"),
+        input_shape,
+        "calibration data",
+        input_scale,
     )[:MAX_CALIBRATION_SAMPLES]
     ex = data_mod.prepare_images(
-        data_mod.load_array(eval_x, "evaluation data"), input_shape, "evaluation data"
+        data_mod.load_array(eval_x, "evaluation data"), input_shape, "evaluation data", input_scale
     )
     ey = data_mod.prepare_labels(
         data_mod.load_array(eval_y, "evaluation labels"), num_classes, len(ex)
@@ -316,6 +323,7 @@ def _build(
         baseline={v.format: v.id for v in job.variants if v.precision is Precision.FP32},
         variants=job.variants,
         not_built=job.not_built,
+        input_scale=input_scale,
     )
     signed = sign_manifest(manifest, key)
     (staging / MANIFEST_FILE).write_text(signed.model_dump_json(indent=2) + "\n")

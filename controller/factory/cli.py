@@ -72,8 +72,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="ai-edge-quantizer",
         help="who makes the TFLite fp16/int8 variants (tensorflow needs --keras)",
     )
+    parser.add_argument(
+        "--input-scale",
+        type=_scale,
+        default=None,
+        metavar="S",
+        help="multiply input values by S, e.g. 1/255 for a model trained on [0, 1] pixels; "
+        "required for integer data (IDX images): it cannot be guessed",
+    )
     parser.add_argument("--threads", type=int, default=1, help="runtime threads for timings")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def _scale(text: str) -> float:
+    """`1/255`, `0.00392` or `1`: a positive number, as a fraction or a decimal."""
+    num, _, den = text.partition("/")
+    try:
+        value = float(num) / (float(den) if den else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--input-scale: {text!r} is not a number like 1/255 or 1") from None
+    if not value > 0:
+        raise UserError(f"--input-scale: {text!r} must be positive")
+    return value
 
 
 def _labels_path(images: Path) -> Path:
@@ -129,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             overwrite=args.overwrite,
             tflite_quantizer=args.tflite_quantizer,
+            input_scale=args.input_scale,
         )
     if args.json:
         print(json.dumps(manifest.model_dump(mode="json"), indent=2))

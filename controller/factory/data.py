@@ -1,8 +1,10 @@
 """Calibration and evaluation data: NumPy arrays or IDX files, checked against the model.
 
-Images are brought to what the model takes: uint8 pixels become float32 in [0, 1], and a
-missing trailing channel axis is added, so `(N, 28, 28)` uint8 from an IDX file feeds a model
-whose input is `(N, 28, 28, 1)` float32. Every mismatch is a one-line `UserError`.
+Images are brought to what the model takes: a missing trailing channel axis is added, so
+`(N, 28, 28)` from an IDX file feeds a model whose input is `(N, 28, 28, 1)`, and values are
+multiplied by the `scale` the user states. Integer pixels without a stated scale are refused:
+whether a model wants 0..255 or 0..1 cannot be guessed, and a wrong guess scores as garbage.
+Every mismatch is a one-line `UserError`.
 """
 
 from __future__ import annotations
@@ -30,15 +32,24 @@ def load_array(source: np.ndarray | Path | str, what: str) -> np.ndarray:
     return read_idx(path)
 
 
-def prepare_images(x: np.ndarray, input_shape: list[int | None], what: str) -> np.ndarray:
+def prepare_images(
+    x: np.ndarray, input_shape: list[int | None], what: str, scale: float | None = None
+) -> np.ndarray:
     """Scale and reshape `x` to the model's input (`input_shape` includes the batch axis)."""
     x = np.asarray(x)
     if x.size == 0 or len(x) == 0:
         raise UserError(f"{what} is empty: give at least one sample")
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
+    if np.issubdtype(x.dtype, np.integer):
+        if scale is None:
+            raise UserError(
+                f"{what} is {x.dtype}: say how the model wants it scaled, --input-scale 1/255 "
+                "(input_scale=1/255) for a model trained on [0, 1], 1 for raw 0..255"
+            )
+        x = x.astype(np.float32) * np.float32(scale)
     elif not np.issubdtype(x.dtype, np.floating):
-        raise UserError(f"{what} has dtype {x.dtype}: give uint8 pixels or float32 values")
+        raise UserError(f"{what} has dtype {x.dtype}: give integer pixels or float32 values")
+    elif scale is not None:
+        x = x.astype(np.float32) * np.float32(scale)
     sample_shape = list(input_shape[1:])
     if x.ndim == len(sample_shape) and sample_shape and sample_shape[-1] == 1:
         x = x[..., None]  # (N, H, W) -> (N, H, W, 1)

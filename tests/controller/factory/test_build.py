@@ -231,7 +231,7 @@ def test_tflite_fallback_chain_ends_at_dynamic(tmp_path: Path) -> None:
         tmp_path / "b",
         tflite=reference / "model.tflite",
         calib_x=(x[:100].astype(np.float32) / 255.0) * 0.01,
-        eval_x=x_test[:300],
+        eval_x=x_test[:300].astype(np.float32) / 255.0,
         eval_y=y_test[:300],
         key=generate_key(),
         model_name="reference",

@@ -29,6 +29,7 @@ def test_build_json_from_idx_files(tmp_path: Path, capsys: pytest.CaptureFixture
             "--calib", str(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
             "--eval", str(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
             "--eval-samples", "300",
+            "--input-scale", "1/255",
             "--skip", "tflite-int8-weight-only",
             "--labels", "fashion-mnist",
             "--out", str(tmp_path / "bundle"),
@@ -100,6 +101,14 @@ def test_build_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
             ["--onnx", "m.onnx", "--calib", "x.npy", "--eval", "x.npy", "--eval-labels", "bad.npy"],
             "out of range",
         ),
+        (  # integer pixels: 0..1 or 0..255 cannot be guessed
+            ["--onnx", "m.onnx", "--calib", "u8.npy", "--eval", "x.npy", "--eval-labels", "y.npy"],
+            "calibration data is uint8: say how the model wants it scaled, --input-scale 1/255",
+        ),
+        (
+            ["--onnx", "m.onnx", "--calib", "x.npy", "--eval", "x.npy", "--input-scale", "0"],
+            "--input-scale: '0' must be positive",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -117,6 +126,7 @@ def test_bad_input_exits_2_with_one_line(
     np.save(tmp_path / "empty.npy", x[:0])
     np.save(tmp_path / "y.npy", y)
     np.save(tmp_path / "bad.npy", y + 10)
+    np.save(tmp_path / "u8.npy", (x * 255).astype(np.uint8))
     code = main(["build", *argv, "--out", "bundle", "--key", "k.pem"])
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -149,7 +159,7 @@ def test_relative_paths_work_from_any_directory(
     skip = ["tflite-fp16", "tflite-int8-static", "tflite-int8-dynamic", "tflite-int8-weight-only"]
     code = main(
         ["build", "--tflite", "model.tflite", "--calib", str(images), "--eval", str(images),
-         "--eval-samples", "200", "--labels", "fashion-mnist", "--out", "bundle/",
+         "--eval-samples", "200", "--input-scale", "1/255", "--labels", "fashion-mnist", "--out", "bundle/",
          "--key", "keys/signing.pem", *[a for v in skip for a in ("--skip", v)]]
     )  # fmt: skip
     assert code == 0

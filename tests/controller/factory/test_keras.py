@@ -42,7 +42,11 @@ def test_adapter_fit_and_evaluate(tiny_cnn, quantizer: str, tmp_path: Path) -> N
     x_train, y_train = fashion_mnist("train")
     x_test, y_test = fashion_mnist("t10k")
     adapter = HardwareAdapter(
-        tmp_path / "bundle", model_name="tiny-cnn", calibration_samples=200, holdout_samples=300
+        tmp_path / "bundle",
+        model_name="tiny-cnn",
+        calibration_samples=200,
+        holdout_samples=300,
+        input_scale=1 / 255,
     )
     adapter.fit(tiny_cnn, x_train[:2000], y_train[:2000], tflite_quantizer=quantizer)
     manifest = adapter.manifest
@@ -111,7 +115,16 @@ def test_cli_with_a_keras_file(
     tiny_cnn.save(tmp_path / "tiny.keras")
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     images = str(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")
-    common = ["--calib", images, "--eval", images, "--eval-samples", "200"]
+    common = [
+        "--calib",
+        images,
+        "--eval",
+        images,
+        "--eval-samples",
+        "200",
+        "--input-scale",
+        "1/255",
+    ]
     common += ["--key", str(tmp_path / "k.pem"), "--json"]
     skip = ["--skip", "onnx-fp16", "--skip", "tflite-fp16", "--skip", "tflite-int8-weight-only"]
     keras_file = ["--keras", str(tmp_path / "tiny.keras")]
