@@ -284,6 +284,8 @@ def _build(
         data_mod.load_array(eval_y, "evaluation labels"), num_classes, len(ex)
     )
 
+    if keras_model is not None:
+        _check_against_keras(keras_model, onnx, tflite, ex[:KERAS_CHECK_SAMPLES], threads)
     probe = _Probe(ex[:PROBE_SAMPLES], ey[:PROBE_SAMPLES], num_classes, tolerance_points)
     plans: list[_Plan] = []
     if onnx is not None:
@@ -357,6 +359,32 @@ def _from_keras(
             f"TensorFlow could not convert the Keras model: {_first_line(exc)}"
         ) from None
     return model, onnx, tflite
+
+
+#: Evaluation samples on which the fp32 files must agree with the Keras model they came from.
+KERAS_CHECK_SAMPLES = 256
+#: Least top-1 agreement with Keras; below it the file computes another function.
+KERAS_AGREEMENT = 0.99
+
+
+def _check_against_keras(
+    model: Any, onnx: Path | None, tflite: Path | None, x: np.ndarray, threads: int
+) -> None:
+    """The source model is the reference: each fp32 file must predict what the Keras model
+    predicts on the evaluation inputs (catches a wrong file passed beside it, or a conversion
+    that changed the function), else one line and nothing is built."""
+    reference = np.asarray(model.predict(x, verbose=0)).argmax(axis=-1)
+    for fmt, path in ((ModelFormat.ONNX, onnx), (ModelFormat.TFLITE, tflite)):
+        if path is None:
+            continue
+        scores = evaluate.Predictor(path, fmt, threads).predict_all(x)
+        agreement = float(np.mean(scores.argmax(axis=-1) == reference))
+        if agreement < KERAS_AGREEMENT:
+            raise UserError(
+                f"the fp32 {fmt.value} model {path.name} agrees with the Keras model on only "
+                f"{agreement:.1%} of {len(x)} evaluation inputs: it is not that model's export "
+                "(give only the Keras model, or files exported from it)"
+            )
 
 
 def _first_line(exc: BaseException) -> str:

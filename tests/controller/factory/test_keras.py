@@ -96,6 +96,30 @@ def test_adapter_default_folder_stays_and_is_said(
     assert HardwareAdapter("rel").bundle_dir == Path("/rel")  # made absolute where created
 
 
+def test_a_file_that_is_not_the_keras_models_export_is_refused(tiny_cnn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The source model is the reference: the committed Fashion-MNIST CNN handed in beside the
+    tiny Keras model (a user's mix-up) computes another function."""
+    from lepton_edge.controller.factory import build_bundle
+    from lepton_edge.shared.signing import generate_key
+    from tests.paths import FASHION_MNIST_MODELS
+
+    x, y = fashion_mnist("t10k")
+    with pytest.raises(UserError, match=r"model.onnx agrees with the Keras model on only") as info:
+        build_bundle(
+            tmp_path / "bundle",
+            keras=tiny_cnn,
+            onnx=FASHION_MNIST_MODELS / "model.onnx",
+            calib_x=x[:100],
+            eval_x=x[:300],
+            eval_y=y[:300],
+            key=generate_key(),
+            model_name="mixed-up",
+            input_scale=1 / 255,
+        )
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_adapter_errors(tmp_path: Path) -> None:
     adapter = HardwareAdapter(tmp_path / "b")
     with pytest.raises(UserError, match="before evaluate"):
