@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.manifest import ModelFormat, TensorSpec, VariantMetrics
 
 #: Batch sizes of the two speed figures in the manifest.
@@ -111,6 +112,14 @@ def tensor_specs(path: Path, fmt: ModelFormat) -> tuple[list[TensorSpec], list[T
         model = onnx.load(str(path), load_external_data=False)
 
         def spec(info: Any) -> TensorSpec:
+            kind = info.type.WhichOneof("value")
+            if kind != "tensor_type":
+                hint = (
+                    " (skl2onnx's ZipMap: export with options={id(model): {'zipmap': False}})"
+                    if kind == "sequence_type"
+                    else ""
+                )
+                raise UserError(f"{path}: output {info.name!r} is a {kind}, not a tensor{hint}")
             t = info.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name

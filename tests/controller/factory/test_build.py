@@ -118,6 +118,7 @@ def _no_leftovers(parent: Path) -> None:
         ("labels", "evaluation label 4 is out of range: the model has 4 classes"),
         ("empty_calibration", "calibration data is empty"),
         ("not_a_tflite", "is not a valid TFLite model"),
+        ("zipmap", "is a sequence_type, not a tensor (skl2onnx's ZipMap: export with"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(
@@ -139,6 +140,13 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     elif case == "labels":
         overrides["eval_y"] = np.where(np.arange(len(y)) == 7, 4, y)
         overrides["eval_x"] = x
+    elif case == "zipmap":  # skl2onnx's default classifier export: probabilities as maps
+        from skl2onnx import to_onnx
+        from sklearn.ensemble import RandomForestClassifier
+
+        forest = RandomForestClassifier(n_estimators=2, random_state=0).fit(x, y)
+        onnx.save(to_onnx(forest, x[:1]), str(inputs / "zipmap.onnx"))
+        overrides["onnx"] = inputs / "zipmap.onnx"
     elif case == "empty_calibration":
         overrides["calib_x"] = x[:0]
     if case in {"labels"}:
