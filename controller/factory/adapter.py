@@ -7,9 +7,10 @@ A thin layer over `build_bundle` for notebook users:
     adapter.fit(keras_model, x_train, y_train)
     rows = adapter.evaluate(x_test, y_test)   # typed rows; print(rows) is an aligned table
 
-Without `out_dir` the bundle goes to `./lepton-bundle/` (one log line says so). `fit` calibrates on a seeded random sample of `x_train` and scores the variants (for the
-tolerance check) on a disjoint held-out sample of it; `evaluate` re-scores every variant on
-the data you give it.
+Without `out_dir` the bundle goes to `./lepton-bundle/` (one log line says so). `fit`
+calibrates on a seeded random sample of `x_train` and scores the variants (for the tolerance
+check) on a disjoint held-out sample of it; `evaluate` re-scores every variant on the data
+you give it.
 """
 
 from __future__ import annotations
