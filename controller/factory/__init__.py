@@ -4,7 +4,8 @@
 
 `build_bundle(out_dir, *, onnx=None, tflite=None, keras=None, calib_x, eval_x, eval_y, key,
 model_name, version=None, tolerance_points=1.0, labels=None, progress=None, skip=(),
-threads=1, budget=None, overwrite=False) -> Manifest` builds, measures and signs every variant
+threads=1, budget=None, overwrite=False, tflite_quantizer="ai-edge-quantizer",
+input_scale=None) -> Manifest` builds, measures and signs every variant
 into `out_dir` (see `lepton_edge.controller.factory.build`). `load_bundle(dir, public_key)` reads one
 back, checking the signature and every file's sha256. `HardwareAdapter` is the seed's
 `fit` / `evaluate` API on top. Names are imported lazily so `--help` and the measuring child

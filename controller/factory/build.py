@@ -121,15 +121,16 @@ def build_bundle(
 ) -> Manifest:
     """Build, measure and sign every variant of one model into the bundle folder `out_dir`.
 
-        `onnx` / `tflite`: fp32 model files (either or both); `keras`: a Keras model or a `.keras`
-        file, converted to both with TensorFlow (the `keras` extra). Data: arrays or IDX / `.npy`
-        files; `input_scale` multiplies them (required for integer pixels, e.g. 1/255; recorded
-        in the manifest for the agent). `key`: the controller's Ed25519 key or its PEM
-        path (created if missing). `skip`: variant ids to leave out. `threads`: runtime threads for
-        the timings. `tflite_quantizer="tensorflow"` makes the TFLite fp16/int8 variants of a Keras
-    model with TensorFlow's converter instead of ai-edge-quantizer (weight-only int8 and the
-    sensitive-layer fallback stay with ai-edge-quantizer). Returns the signed manifest, which is
-    also written to `out_dir/manifest.json`."""
+    `onnx` / `tflite`: fp32 model files (either or both); `keras`: a Keras model or a `.keras`
+    file, converted to both with TensorFlow (the `keras` extra). Data: arrays or IDX / `.npy`
+    files; `input_scale` multiplies them (required for integer pixels, e.g. 1/255; recorded in
+    the manifest for the agent). `key`: the controller's Ed25519 key or its PEM path (created
+    if missing). `skip`: variant ids to leave out. `threads`: runtime threads for the timings.
+    `tflite_quantizer="tensorflow"` makes the TFLite fp16/int8 variants of a Keras model with
+    TensorFlow's converter instead of ai-edge-quantizer (weight-only int8 and the
+    sensitive-layer fallback stay with ai-edge-quantizer). Schemes that fail or change nothing
+    go to the manifest's `not_built`. Returns the signed manifest, which is also written to
+    `out_dir/manifest.json`."""
     out_dir = Path(out_dir).absolute()  # the measuring child runs elsewhere: no relative paths
     if tolerance_points < 0:
         raise UserError(f"tolerance {tolerance_points} must be >= 0 accuracy points")
