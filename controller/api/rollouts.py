@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
@@ -50,6 +52,8 @@ class WaveOut(BaseModel):
 
 
 class RolloutDeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read straight off a RolloutDevice row
+
     device_id: str
     wave: int
     state: str
@@ -81,12 +85,14 @@ def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
     rds = RolloutEngine.devices(session, rollout.id)
     waves = []
     for i, cumulative in enumerate(rollout.waves):
-        members = [r for r in rds if r.wave == i]
-        counts: dict[str, int] = {}
-        for r in members:
-            counts[r.state] = counts.get(r.state, 0) + 1
+        states = Counter(r.state for r in rds if r.wave == i)
         waves.append(
-            WaveOut(index=i, cumulative_devices=cumulative, devices=len(members), states=counts)
+            WaveOut(
+                index=i,
+                cumulative_devices=cumulative,
+                devices=states.total(),
+                states=dict(states),
+            )
         )
     return RolloutOut(
         id=rollout.id,
@@ -100,20 +106,7 @@ def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
         created_at=rollout.created_at,
         updated_at=rollout.updated_at,
         finished_at=rollout.finished_at,
-        devices=[
-            RolloutDeviceOut(
-                device_id=r.device_id,
-                wave=r.wave,
-                state=r.state,
-                detail=r.detail,
-                command_id=r.command_id,
-                previous_bundle=r.previous_bundle,
-                ladder=r.ladder,
-                sent_at=r.sent_at,
-                healthy_at=r.healthy_at,
-            )
-            for r in rds
-        ],
+        devices=[RolloutDeviceOut.model_validate(r) for r in rds],
     )
 
 

@@ -211,23 +211,9 @@ def _sources(model: Any) -> dict[str, Any]:
 
 def _row(variant: Variant, **measured: Any) -> VariantRow:
     """The variant's build-time figures, with `measured` (from `evaluate`) on top."""
-    m = variant.metrics
+    wanted = {f.name for f in fields(VariantRow)} - {"confusion"}
     values: dict[str, Any] = {
-        "id": variant.id,
-        "format": variant.format.value,
-        "precision": variant.precision.value,
-        "scheme": variant.scheme,
-        "status": variant.status,
-        "reason": variant.reason,
-        "size_bytes": variant.size_bytes,
-        "accuracy": m.accuracy,
-        "precision_macro": m.precision_macro,
-        "recall_macro": m.recall_macro,
-        "f1_macro": m.f1_macro,
-        "accuracy_delta": m.accuracy_delta,
-        "latency_p50_ms": m.latency_p50_ms,
-        "latency_p99_ms": m.latency_p99_ms,
-        "throughput_ips": m.throughput_ips,
-        "peak_memory_mb": m.peak_memory_mb,
+        **variant.model_dump(mode="json", include=wanted),
+        **variant.metrics.model_dump(include=wanted),
     }
     return VariantRow(**(values | measured))

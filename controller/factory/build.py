@@ -613,15 +613,22 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
 
 
 def _lowers_precision(path: Path, plan: _Plan) -> bool:
+    """Whether the variant holds more of its precision than the fp32 graph it was made from:
+    a quantizer that finds nothing it can touch (a tree ensemble, an SVM) hands the fp32 graph
+    back, and an fp32 model may already carry int8 tensors (a uint8 input) of its own."""
     if plan.precision is Precision.FP32:
         return True
-    if plan.format is ModelFormat.ONNX:
-        from lepton_edge.controller.factory import onnx as onnx_mod
-
-        return onnx_mod.lowers_precision(path, plan.precision.value)
+    from lepton_edge.controller.factory import onnx as onnx_mod
     from lepton_edge.controller.factory import tflite as tflite_mod
 
-    return tflite_mod.lowers_precision(path, plan.precision.value)
+    footprint: Callable[[Path, str], int] = (
+        onnx_mod.precision_footprint
+        if plan.format is ModelFormat.ONNX
+        else tflite_mod.precision_footprint
+    )
+    fp32 = path.with_name(f"{plan.format.value}-fp32{path.suffix}")
+    precision = plan.precision.value
+    return footprint(path, precision) > footprint(fp32, precision)
 
 
 def _failed(job: _Job, plan: _Plan, reason: str) -> None:

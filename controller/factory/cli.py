@@ -219,10 +219,7 @@ def _print_table(manifest: Any, out: Path) -> None:
             v.reason,
         )
     for n in manifest.not_built:  # tried, not shipped
-        fmt, _, precision = n.id.partition("-")
-        table.add_row(
-            n.id, fmt, precision.split("-")[0], "", "", "", "", f"[yellow]{n.status}", n.reason
-        )
+        table.add_row(n.id, "", "", "", "", "", "", f"[yellow]{n.status}", n.reason)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)

@@ -118,16 +118,18 @@ INT8_OPS = {
 }
 
 
-def lowers_precision(path: Path, precision: str) -> bool:
-    """Whether the graph at `path` really holds `precision` ("int8", "fp16") somewhere: an
-    int8 op, or float16 initializers. A quantizer that finds nothing it can touch (a tree
-    ensemble, an SVM) returns the fp32 graph, which must not ship under the int8 name."""
+def precision_footprint(path: Path, precision: str) -> int:
+    """How much of the graph at `path` is in `precision`: int8 ops for "int8", float16 weights
+    (initializers and Constant nodes) for "fp16"; a Cast at the edge computes nothing in fp16.
+    The factory compares a variant's count with its fp32 source's (see `build.py`)."""
     model = onnx.load(str(path))
     if precision == "int8":
-        return any(n.op_type in INT8_OPS for n in model.graph.node)
-    if precision == "fp16":  # fp16 weights; a Cast at the edge alone computes nothing in fp16
-        return any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    return True
+        return sum(n.op_type in INT8_OPS for n in model.graph.node)
+    half = onnx.TensorProto.FLOAT16
+    constants = [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.t.dims
+    ]
+    return sum(t.data_type == half for t in [*model.graph.initializer, *constants])
 
 
 def make_fp32(source: Path, out: Path) -> str:

@@ -37,17 +37,14 @@ def check(path: Path) -> None:
         raise UserError(f"{path} is not a valid TFLite model ({first})") from None
 
 
-def lowers_precision(path: Path, precision: str) -> bool:
-    """Whether the model at `path` holds an int8/uint8 (for "int8") or float16 (for "fp16")
-    tensor: a quantizer that found nothing to quantize returns the float graph unchanged."""
+def precision_footprint(path: Path, precision: str) -> int:
+    """How many tensors of the model at `path` are int8/uint8 (for "int8") or float16 (for
+    "fp16"); the factory compares a variant's count with its fp32 source's (see `build.py`)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    lowered: dict[str, set[type[Any]]] = {"int8": {np.int8, np.uint8}, "fp16": {np.float16}}
-    wanted = lowered.get(precision)
-    if wanted is None:
-        return True
+    wanted: set[type[Any]] = {np.float16} if precision == "fp16" else {np.int8, np.uint8}
     details = Interpreter(model_path=str(path)).get_tensor_details()
-    return any(t["dtype"] in wanted for t in details)
+    return sum(t["dtype"] in wanted for t in details)
 
 
 def make_fp32(source: Path, out: Path) -> str:
