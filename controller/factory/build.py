@@ -214,6 +214,11 @@ def _model_io(onnx_path: Path | None, tflite_path: Path | None) -> tuple[list[in
         out_shape = outputs[0].shape
         if len(out_shape) != 2 or out_shape[1] is None:
             raise UserError(f"{path} outputs shape {out_shape}, not (N, classes) scores")
+        if out_shape[1] < 2:  # top-1 of one score is always right: every check would pass
+            raise UserError(
+                f"{path} outputs one value per sample (a regression or single-logit head); "
+                "the factory measures classifiers with 2 or more class scores so far"
+            )
         shapes[str(path)] = (inputs[0].shape, int(out_shape[1]))
     (first_path, first), *rest = shapes.items()
     for other_path, other in rest:

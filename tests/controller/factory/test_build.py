@@ -119,6 +119,7 @@ def _no_leftovers(parent: Path) -> None:
         ("empty_calibration", "calibration data is empty"),
         ("not_a_tflite", "is not a valid TFLite model"),
         ("zipmap", "is a sequence_type, not a tensor (skl2onnx's ZipMap: export with"),
+        ("one_score", "outputs one value per sample (a regression or single-logit head)"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(
@@ -147,6 +148,19 @@ def test_bad_input_is_one_line_and_leaves_nothing(
         forest = RandomForestClassifier(n_estimators=2, random_state=0).fit(x, y)
         onnx.save(to_onnx(forest, x[:1]), str(inputs / "zipmap.onnx"))
         overrides["onnx"] = inputs / "zipmap.onnx"
+    elif case == "one_score":  # a regression head: "accuracy" of one score is always 100 %
+        w = onnx.numpy_helper.from_array(np.ones((tiny.FEATURES, 1), np.float32), "w")
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "regression",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", tiny.FEATURES])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 1])],
+            [w],
+        )
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(inputs / "regression.onnx"))
+        overrides["onnx"] = inputs / "regression.onnx"
     elif case == "empty_calibration":
         overrides["calib_x"] = x[:0]
     if case in {"labels"}:
