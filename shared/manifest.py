@@ -54,6 +54,122 @@ class TensorSpec(_Strict):
     dtype: str = Field(description="numpy dtype name as the runtime exposes it")
 
 
+class Task(StrEnum):
+    """What the model's outputs mean: how they are judged, decoded and published."""
+
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+    REGRESSION = "regression"
+    RAW = "raw"  # anything else: embeddings, audio frames, several heads
+
+
+class ImageInput(_Strict):
+    """How a frame becomes this input (the Frigate-detector fields): resized to `size`
+    (height, width) by `resize`, channels in `pixel_format`, laid out as `layout`, then
+    `value * scale`, minus `mean`, over `std` (per channel, after scaling)."""
+
+    layout: Literal["NHWC", "NCHW"] = "NHWC"
+    pixel_format: Literal["rgb", "bgr", "gray"] = "rgb"
+    size: tuple[int, int] = Field(description="(height, width) the model takes")
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    scale: float = Field(default=1.0, gt=0)
+    mean: list[float] = Field(default_factory=list)
+    std: list[float] = Field(default_factory=list)
+
+
+class ModelInput(TensorSpec):
+    """An input as the model file has it, the concrete shape it was built and timed at, and
+    for an image input how frames are turned into it."""
+
+    build_shape: list[int] = Field(default_factory=list, description="fed shape, no unknowns")
+    image: ImageInput | None = None
+
+
+class DetectionDecoding(_Strict):
+    """Which outputs hold the detections and how to read them.
+
+    `boxes_scores`: `boxes` (1, A, 4) and `scores` (1, A, classes) per anchor, boxes already
+    decoded (SSD post-box-decoder, most exported detectors). `yolo`: one output (1, 4 +
+    classes, A) or (1, A, 4 + classes), cx/cy/w/h, class scores after the box (YOLOv5u/v8).
+    Boxes are in `box_format`, normalized to [0, 1] or in input pixels."""
+
+    kind: Literal["boxes_scores", "yolo"] = "boxes_scores"
+    boxes: str = Field(description="output name holding boxes (for yolo: the one output)")
+    scores: str | None = Field(default=None, description="output name holding class scores")
+    box_format: Literal["xyxy", "yxyx", "cxcywh"] = "xyxy"
+    normalized: bool = True
+    score_threshold: float = Field(default=0.25, ge=0, le=1)
+    nms_iou: float = Field(default=0.45, gt=0, le=1)
+    max_detections: int = Field(default=100, ge=1)
+
+
+class SegmentationDecoding(_Strict):
+    """Which output holds the mask: per-pixel class scores along `class_axis`, or one
+    channel of foreground probability cut at `threshold`."""
+
+    output: str
+    class_axis: int = Field(default=-1, description="axis of the class scores in the output")
+    threshold: float = Field(default=0.5, description="for a one-channel mask")
+
+
+class ModelDescription(_Strict):
+    """What the model is, for the factory's judging and the agent's pre/post-processing;
+    nothing about it is guessed at run time."""
+
+    task: Task
+    inputs: list[ModelInput] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    output: str | None = Field(default=None, description="classification/regression output")
+    detection: DetectionDecoding | None = None
+    segmentation: SegmentationDecoding | None = None
+
+    @model_validator(mode="after")
+    def _decoding_names(self) -> ModelDescription:
+        names = {o.name for o in self.outputs}
+        named = [self.output]
+        if self.detection:
+            named += [self.detection.boxes, self.detection.scores]
+        if self.segmentation:
+            named.append(self.segmentation.output)
+        unknown = sorted({n for n in named if n is not None} - names)
+        if unknown:
+            raise ValueError(f"no output named {unknown}; the model has {sorted(names)}")
+        if self.task is Task.DETECTION and self.detection is None:
+            raise ValueError("a detection model needs its detection decoding")
+        if self.task is Task.SEGMENTATION and self.segmentation is None:
+            raise ValueError("a segmentation model needs its segmentation output")
+        return self
+
+    def index(self, name: str) -> int:
+        """Position of output `name` (outputs come in this order in every format)."""
+        return [o.name for o in self.outputs].index(name)
+
+
+class Tolerance(_Strict):
+    """How far a variant may be from fp32 and still ship. Always checked: every output's
+    cosine similarity to fp32 and the task agreement with fp32's answers; with labels, the
+    task metric's drop in points (accuracy, mAP@0.5, mIoU) or the RMSE's rise."""
+
+    points: float = Field(default=1.0, ge=0, description="metric drop vs fp32, 0-100 scale")
+    min_cosine: float = Field(default=0.98, ge=-1, le=1)
+    min_agreement: float = Field(
+        default=0.97,
+        ge=0,
+        le=1,
+        description="top-1 agreement, mAP@0.5 against fp32's detections, or mask IoU",
+    )
+    max_rmse_rise: float = Field(default=0.05, ge=0, description="relative, for regression")
+
+
+class OutputFidelity(_Strict):
+    """One output of a variant against the same format's fp32 on the same inputs."""
+
+    name: str
+    cosine: float
+    sqnr_db: float
+
+
 class VariantMetrics(_Strict):
     """Measured on the build host; device measurements live in the controller."""
 
@@ -70,6 +186,56 @@ class VariantMetrics(_Strict):
     latency_p99_ms: float | None = Field(default=None, ge=0)
     throughput_ips: float | None = Field(default=None, ge=0, description="inferences/s at batch 32")
     peak_memory_mb: float | None = Field(default=None, ge=0)
+    # Since the model description (schema 1 bundles without them still verify):
+    latency_spread: float | None = Field(
+        default=None, ge=1, description="max/min of the timing rounds' medians"
+    )
+    fidelity: list[OutputFidelity] | None = None
+    agreement: float | None = Field(
+        default=None, description="task agreement with fp32 (see Tolerance.min_agreement)"
+    )
+    map50: float | None = Field(default=None, ge=0, le=1)
+    map50_95: float | None = Field(default=None, ge=0, le=1)
+    miou: float | None = Field(default=None, ge=0, le=1)
+    mae: float | None = Field(default=None, ge=0)
+    rmse: float | None = Field(default=None, ge=0)
+    metric_delta: float | None = Field(
+        default=None, description="task metric minus fp32's, in points (mAP, mIoU) when labelled"
+    )
+
+    def quality(self) -> float | None:
+        """The figure selection ranks by: the labelled task metric, else agreement with fp32."""
+        for value in (self.accuracy, self.map50, self.miou, self.agreement):
+            if value is not None:
+                return value
+        return None
+
+
+#: VariantMetrics fields added after schema 1; out of the signed bytes while unset.
+_ADDED_METRICS = (
+    "latency_spread",
+    "fidelity",
+    "agreement",
+    "map50",
+    "map50_95",
+    "miou",
+    "mae",
+    "rmse",
+    "metric_delta",
+)
+
+
+class ProbeSet(_Strict):
+    """A few evaluation inputs and each format's fp32 outputs on them, in a bundle file
+    (`.npz`: `input{i}` and `{format}.output{j}`), for the on-device correctness check."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    samples: int = Field(ge=1)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.sha256}.npz"
 
 
 class Requirements(_Strict):
@@ -99,7 +265,7 @@ class Variant(_Strict):
 
 
 #: Manifest fields added after schema 1 shipped; out of the signed bytes while unset.
-_ADDED_FIELDS = ("not_built", "input_scale")
+_ADDED_FIELDS = ("not_built", "input_scale", "model", "tolerance", "probe")
 
 
 class NotBuilt(_Strict):
@@ -133,6 +299,9 @@ class Manifest(_Strict):
         description="what the factory multiplied input values by (e.g. 1/255 for pixels); "
         "the agent feeds its frames the same way",
     )
+    model: ModelDescription | None = Field(default=None, description="task, I/O, processing")
+    tolerance: Tolerance | None = None
+    probe: ProbeSet | None = None
     key_id: str | None = Field(default=None, description="signer's public key id")
     signature: str | None = Field(default=None, description="base64 Ed25519 over canonical_bytes")
 
@@ -157,6 +326,11 @@ class Manifest(_Strict):
         added since schema 1 are left out while unset, so older signed bundles still verify)."""
         exclude = {"signature"} | {f for f in _ADDED_FIELDS if not getattr(self, f)}
         data: dict[str, Any] = self.model_dump(mode="json", exclude=exclude)
+        for variant in data["variants"]:
+            metrics = variant["metrics"]
+            for name in _ADDED_METRICS:
+                if metrics.get(name) is None:
+                    metrics.pop(name, None)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 

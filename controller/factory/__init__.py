@@ -42,6 +42,7 @@ REQUIRED_MODULES = (
     "onnxconverter_common",
     "ai_edge_litert",
     "ai_edge_quantizer",
+    "pycocotools",
 )
 
 

@@ -24,10 +24,11 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lepton_edge.controller.factory import data as data_mod
-from lepton_edge.controller.factory import evaluate
+from lepton_edge.controller.factory import describe as describe_mod
+from lepton_edge.controller.factory import evaluate, quality
 from lepton_edge.controller.factory.build import Progress, build_bundle, variant_path
 from lepton_edge.shared.errors import UserError
-from lepton_edge.shared.manifest import Manifest, Variant
+from lepton_edge.shared.manifest import Manifest, Task, Variant
 from lepton_edge.shared.signing import generate_key
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class VariantRow:
     recall_macro: float | None
     f1_macro: float | None
     accuracy_delta: float | None
+    agreement: float | None
+    min_cosine: float | None
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     throughput_ips: float | None
@@ -67,6 +70,8 @@ class VariantTable(list[VariantRow]):
         ("size KiB", "size_bytes", "{:.0f}"),
         ("accuracy", "accuracy", "{:.4f}"),
         ("delta pt", "accuracy_delta", "{:+.2f}"),
+        ("agreement", "agreement", "{:.4f}"),
+        ("cosine", "min_cosine", "{:.4f}"),
         ("p50 ms", "latency_p50_ms", "{:.3f}"),
         ("images/s", "throughput_ips", "{:.0f}"),
     )
@@ -107,6 +112,8 @@ class HardwareAdapter:
         threads: int = 1,
         progress: Progress | None = None,
         input_scale: float | None = None,
+        task: str | None = None,
+        description: Any = None,
     ) -> None:
         if out_dir is None:
             out_dir = DEFAULT_OUT_DIR.absolute()
@@ -122,6 +129,8 @@ class HardwareAdapter:
         self.threads = threads
         self.progress = progress
         self.input_scale = input_scale  # e.g. 1/255 for uint8 pixels and a [0, 1] model
+        self.task = task
+        self.description = description  # see controller.factory.describe
         self.manifest: Manifest | None = None
         self.evaluate_results = VariantTable()
 
@@ -129,15 +138,16 @@ class HardwareAdapter:
         self,
         model: Any,
         x_train: np.ndarray,
-        y_train: np.ndarray,
+        y_train: np.ndarray | None = None,
         *,
         tflite_quantizer: str = "ai-edge-quantizer",
     ) -> HardwareAdapter:
         """Build the bundle from `model`: a Keras model, a `.keras` / `.onnx` / `.tflite`
-        path, or a pair `(onnx_path, tflite_path)` of the same network. `tflite_quantizer`:
-        see `build_bundle` ("tensorflow" for TensorFlow's converter, Keras models only)."""
-        x_train, y_train = np.asarray(x_train), np.asarray(y_train)
-        if len(x_train) != len(y_train):
+        path, or a pair `(onnx_path, tflite_path)` of the same network. Without `y_train`
+        the variants are judged by fidelity to fp32 only. `tflite_quantizer`: see
+        `build_bundle` ("tensorflow" for TensorFlow's converter, Keras models only)."""
+        x_train = np.asarray(x_train)
+        if y_train is not None and len(x_train) != len(y_train):
             raise UserError(f"x_train has {len(x_train)} samples but y_train {len(y_train)}")
         if len(x_train) < 2:
             raise UserError("x_train needs at least 2 samples (calibration and held-out)")
@@ -150,7 +160,7 @@ class HardwareAdapter:
             **sources,
             calib_x=x_train[np.sort(calib)],
             eval_x=x_train[np.sort(holdout)],
-            eval_y=y_train[np.sort(holdout)],
+            eval_y=None if y_train is None else np.asarray(y_train)[np.sort(holdout)],
             key=self.key,
             model_name=self.model_name,
             tolerance_points=self.tolerance_points,
@@ -160,37 +170,57 @@ class HardwareAdapter:
             overwrite=True,
             tflite_quantizer=tflite_quantizer,
             input_scale=self.input_scale,
+            task=self.task,
+            description=self.description,
         )
         self.evaluate_results = VariantTable(_row(v) for v in self.manifest.variants)
         return self
 
-    def evaluate(self, x_test: np.ndarray, y_test: np.ndarray) -> VariantTable:
-        """Score every variant on `(x_test, y_test)`; one row per variant (accuracy metrics
-        from this data, size and speed from the build)."""
-        if self.manifest is None:
+    def evaluate(self, x_test: np.ndarray, y_test: np.ndarray | None = None) -> VariantTable:
+        """Run every variant on `x_test`: fidelity and agreement with fp32, and with
+        `y_test` the task metric; one row per variant (size and speed from the build)."""
+        if self.manifest is None or self.manifest.model is None:
             raise UserError("call fit(model, x_train, y_train) before evaluate")
-        manifest = self.manifest
-        fp32 = manifest.variants[0]
-        x = data_mod.prepare_images(
-            np.asarray(x_test), fp32.inputs[0].shape, "x_test", manifest.input_scale
+        manifest, model = self.manifest, self.manifest.model
+        described = next((i.image for i in model.inputs if i.image is not None), None)
+        scaling = data_mod.Scaling(
+            manifest.input_scale,
+            tuple(described.mean) if described else (),
+            tuple(described.std) if described else (),
         )
-        y = data_mod.prepare_labels(np.asarray(y_test), manifest.num_classes, len(x))
-        baseline: dict[str, float] = {}
+        feeds = data_mod.prepare_feeds(x_test, list(model.inputs), "x_test", scaling)
+        size = describe_mod.image_size(model) if model.task in IMAGE_TASKS else (0, 0)
+        labels = (
+            None
+            if y_test is None
+            else data_mod.prepare_labels(y_test, model, len(feeds), manifest.num_classes, size)
+        )
+        reference: dict[str, quality.Outputs] = {}
+        baseline: dict[str, dict[str, Any]] = {}
         rows = []
         for variant in sorted(manifest.variants, key=lambda v: v.precision != "fp32"):
-            predictor = evaluate.Predictor(
-                variant_path(self.bundle_dir, variant), variant.format, self.threads
-            )
-            scores = evaluate.accuracy_metrics(predictor.predict_all(x), y, manifest.num_classes)
+            path = variant_path(self.bundle_dir, variant)
+            outputs = evaluate.Predictor(path, variant.format, self.threads).run_all(feeds)
             if variant.precision == "fp32":
-                baseline[variant.format] = scores["accuracy"]
-            base = baseline.get(variant.format)
-            scores["accuracy_delta"] = None if base is None else (scores["accuracy"] - base) * 100
-            measured = {f.name: scores[f.name] for f in fields(VariantRow) if f.name in scores}
-            rows.append(_row(variant, **measured))
+                reference[variant.format] = outputs
+            ref = reference[variant.format]
+            scores: dict[str, Any] = {
+                "agreement": quality.agreement(model, ref, outputs, size),
+                "min_cosine": min(f.cosine for f in quality.fidelity(model, ref, outputs)),
+            }
+            if labels is not None:
+                measured = quality.task_metrics(model, outputs, labels, manifest.num_classes, size)
+                if variant.precision == "fp32":
+                    baseline[variant.format] = measured
+                scores |= quality.with_deltas(measured, baseline.get(variant.format))
+            wanted = {f.name for f in fields(VariantRow)}
+            rows.append(_row(variant, **{k: v for k, v in scores.items() if k in wanted}))
         order = [v.id for v in manifest.variants]
         self.evaluate_results = VariantTable(sorted(rows, key=lambda r: order.index(r.id)))
         return self.evaluate_results
+
+
+IMAGE_TASKS = (Task.DETECTION, Task.SEGMENTATION)
 
 
 def _sources(model: Any) -> dict[str, Any]:
@@ -212,8 +242,10 @@ def _sources(model: Any) -> dict[str, Any]:
 def _row(variant: Variant, **measured: Any) -> VariantRow:
     """The variant's build-time figures, with `measured` (from `evaluate`) on top."""
     wanted = {f.name for f in fields(VariantRow)} - {"confusion"}
+    fidelity = variant.metrics.fidelity
     values: dict[str, Any] = {
         **variant.model_dump(mode="json", include=wanted),
         **variant.metrics.model_dump(include=wanted),
+        "min_cosine": min(f.cosine for f in fidelity) if fidelity else None,
     }
     return VariantRow(**(values | measured))

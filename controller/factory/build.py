@@ -1,11 +1,14 @@
 """The build: one fp32 model in (ONNX, TFLite, both, or Keras), a signed bundle out.
 
-Each variant is made, evaluated on the evaluation data, timed in a fresh process, and kept
-under its sha256. A variant that loses more accuracy than the tolerance is recorded as
-rejected with the reason, and the next scheme of its precision is tried (static int8 ->
-static int8 with the most sensitive layers kept float: layers are ranked by the harm each
-does when quantized alone, and the 1, 2, 4, ... worst are kept float until a slice of the
-evaluation data is within the tolerance; dynamic int8 is always built as well).
+Each variant is made, run on the evaluation data and judged against its format's fp32
+(fidelity always, the task metric when labels exist, see `quality`), then all variants of a
+format are timed together in interleaved rounds, and each is kept under its sha256. A variant
+outside the tolerance is recorded as rejected with the reason, and the next scheme of its
+precision is tried (static int8 -> static int8 with the most sensitive layers kept float:
+layers are ranked by the harm each does when quantized alone, and the 1, 2, 4, ... worst are
+kept float until a slice of the evaluation data is within the tolerance; dynamic int8 is
+always built as well). A few evaluation inputs and fp32's outputs on them go into the bundle
+as its probe set, for the on-device check.
 Everything is written to a temporary folder next to `out_dir` and renamed into place at the
 end, so a failed build never leaves a half-written bundle.
 """
@@ -28,18 +31,26 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lepton_edge.controller.factory import data as data_mod
-from lepton_edge.controller.factory import evaluate
+from lepton_edge.controller.factory import describe as describe_mod
+from lepton_edge.controller.factory import evaluate, quality
+from lepton_edge.controller.factory.data import Feeds
 from lepton_edge.shared.bundle import verify_bundle
 from lepton_edge.shared.errors import SignatureError, UserError
 from lepton_edge.shared.manifest import (
     MANIFEST_FILE,
     RUNTIME_FOR_FORMAT,
     Manifest,
+    ModelDescription,
     ModelFormat,
     NotBuilt,
     Precision,
+    ProbeSet,
     Requirements,
+    Task,
+    TensorSpec,
+    Tolerance,
     Variant,
+    VariantMetrics,
     sha256_file,
 )
 from lepton_edge.shared.signing import load_or_create_private_key, sign_manifest
@@ -75,26 +86,70 @@ class _Plan:
 
 
 @dataclass
+class _Made:
+    """A variant made and judged, waiting for its format's timing round."""
+
+    plan: _Plan
+    path: Path
+    scheme: str
+    metrics: dict[str, Any]
+    reason: str | None
+
+
+@dataclass
 class _Job:
     out_dir: Path
     staging: Path
-    calib_x: np.ndarray
-    eval_x: np.ndarray
-    eval_y: np.ndarray
+    model: ModelDescription
+    calib: Feeds
+    eval: Feeds
+    labels: data_mod.Labels | None
     num_classes: int
-    tolerance_points: float
+    size: tuple[int, int] | None
+    tolerance: Tolerance
     threads: int
     budget: evaluate.SpeedBudget
     progress: Progress | None
     total: int
     done: int = 0
-    variants: list[Variant] = field(default_factory=list)
+    made: list[_Made] = field(default_factory=list)
     not_built: list[NotBuilt] = field(default_factory=list)
-    baseline_accuracy: dict[ModelFormat, float] = field(default_factory=dict)
+    reference: dict[ModelFormat, quality.Outputs] = field(default_factory=dict)
+    baseline: dict[ModelFormat, VariantMetrics] = field(default_factory=dict)
 
     def step(self, what: str) -> None:
         if self.progress:
             self.progress(self.done, self.total, what)
+
+    def judge(
+        self, path: Path, fmt: ModelFormat, count: int | None = None
+    ) -> tuple[dict[str, Any], str | None]:
+        """Run the variant at `path` on the first `count` (default all) evaluation samples:
+        its metrics against fp32 (and the labels), and why it is outside the tolerance."""
+        feeds = self.eval if count is None else self.eval.head(count)
+        outputs = evaluate.Predictor(path, fmt, self.threads).run_all(feeds)
+        reference = self.reference[fmt][: len(feeds)]
+        size = self.size or (0, 0)
+        metrics: dict[str, Any] = {
+            "fidelity": quality.fidelity(self.model, reference, outputs),
+            "agreement": quality.agreement(self.model, reference, outputs, size),
+        }
+        baseline: dict[str, Any] | None = None
+        if self.labels is not None:
+            labels = self.labels[: len(feeds)]
+            metrics |= quality.task_metrics(self.model, outputs, labels, self.num_classes, size)
+            if count is None and fmt in self.baseline:
+                baseline = self.baseline[fmt].model_dump()
+            elif count is not None:
+                baseline = quality.task_metrics(
+                    self.model, reference, labels, self.num_classes, size
+                )
+        metrics = quality.with_deltas(metrics, baseline)
+        base = self.baseline.get(fmt) if count is None else None
+        checked = VariantMetrics(
+            **{k: v for k, v in metrics.items() if k in VariantMetrics.model_fields}
+        )
+        return metrics, quality.judge(checked, base, self.tolerance)
 
 
 def build_bundle(
@@ -103,14 +158,17 @@ def build_bundle(
     onnx: Path | str | None = None,
     tflite: Path | str | None = None,
     keras: Any = None,
-    calib_x: np.ndarray | Path | str,
-    eval_x: np.ndarray | Path | str,
-    eval_y: np.ndarray | Path | str,
+    calib_x: data_mod.DataSource,
+    eval_x: data_mod.DataSource,
+    eval_y: Any = None,
     key: Ed25519PrivateKey | Path | str,
     model_name: str,
     version: str | None = None,
     tolerance_points: float = 1.0,
+    tolerance: Tolerance | dict[str, float] | None = None,
     labels: list[str] | None = None,
+    description: describe_mod.DescriptionSource | None = None,
+    task: str | None = None,
     progress: Progress | None = None,
     skip: Collection[str] = (),
     threads: int = 1,
@@ -118,14 +176,20 @@ def build_bundle(
     overwrite: bool = False,
     tflite_quantizer: str = "ai-edge-quantizer",
     input_scale: float | None = None,
+    input_mean: list[float] | None = None,
+    input_std: list[float] | None = None,
 ) -> Manifest:
     """Build, measure and sign every variant of one model into the bundle folder `out_dir`.
 
     `onnx` / `tflite`: fp32 model files (either or both); `keras`: a Keras model or a `.keras`
-    file, converted to both with TensorFlow (the `keras` extra). Data: arrays or IDX / `.npy`
-    files; `input_scale` multiplies them (required for integer pixels, e.g. 1/255; recorded in
-    the manifest for the agent). `key`: the controller's Ed25519 key or its PEM path (created
-    if missing). `skip`: variant ids to leave out. `threads`: runtime threads for the timings.
+    file, converted to both with TensorFlow (the `keras` extra). Data: arrays, IDX / `.npy`
+    files, or for several inputs an `.npz` file / dict by input name (see `data`); `eval_y`
+    (optional) are labels of the task's kind. `description` (dict, TOML/JSON file) and
+    `task` say what the model is (see `describe`). `input_scale` (and `input_mean` /
+    `input_std`) apply to the image input: required for integer pixels, e.g. 1/255; recorded
+    in the manifest for the agent. `tolerance_points` / `tolerance`: see `Tolerance`.
+    `key`: the controller's Ed25519 key or its PEM path (created if missing). `skip`:
+    variant ids to leave out. `threads`: runtime threads for the timings.
     `tflite_quantizer="tensorflow"` makes the TFLite fp16/int8 variants of a Keras model with
     TensorFlow's converter instead of ai-edge-quantizer (weight-only int8 and the
     sensitive-layer fallback stay with ai-edge-quantizer). Schemes that fail or change nothing
@@ -133,7 +197,7 @@ def build_bundle(
     `out_dir/manifest.json`."""
     out_dir = Path(out_dir).absolute()  # the measuring child runs elsewhere: no relative paths
     if tolerance_points < 0:
-        raise UserError(f"tolerance {tolerance_points} must be >= 0 accuracy points")
+        raise UserError(f"tolerance {tolerance_points} must be >= 0 points")
     if tflite_quantizer not in {"ai-edge-quantizer", "tensorflow"}:
         raise UserError(
             f"tflite_quantizer {tflite_quantizer!r}: use ai-edge-quantizer or tensorflow"
@@ -147,9 +211,14 @@ def build_bundle(
         raise UserError(f"unknown variant ids to skip: {sorted(unknown)}; known: {ALL_VARIANTS}")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{out_dir} exists and is not empty: choose a new folder or overwrite it")
+    given = describe_mod.read_description(description)
+    tolerances = _tolerance(
+        tolerance if tolerance is not None else given.get("tolerance"), tolerance_points
+    )
     signing_key = key if isinstance(key, Ed25519PrivateKey) else _load_key(Path(key))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    scaling = data_mod.Scaling(input_scale, tuple(input_mean or ()), tuple(input_std or ()))
     try:
         manifest = _build(
             out_dir,
@@ -163,19 +232,34 @@ def build_bundle(
             key=signing_key,
             model_name=model_name,
             version=version,
-            tolerance_points=tolerance_points,
-            labels=labels,
+            tolerance=tolerances,
+            labels=labels if labels is not None else given.get("labels"),
+            given=given,
+            task=task,
             progress=progress,
             skip=set(skip),
             threads=threads,
             budget=budget or evaluate.SpeedBudget(),
             tflite_quantizer=tflite_quantizer,
-            input_scale=input_scale,
+            scaling=scaling,
         )
         _publish(staging, out_dir)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _tolerance(value: Tolerance | dict[str, float] | None, points: float) -> Tolerance:
+    if isinstance(value, Tolerance):
+        return value
+    fields: dict[str, float] = {"points": points, **(value or {})}
+    unknown = sorted(set(fields) - set(Tolerance.model_fields))
+    if unknown:
+        raise UserError(f"unknown tolerance {unknown}: known {sorted(Tolerance.model_fields)}")
+    try:
+        return Tolerance(**fields)
+    except ValueError as exc:
+        raise UserError(f"tolerance: {str(exc).splitlines()[-1].strip()}") from None
 
 
 def _load_key(path: Path) -> Ed25519PrivateKey:
@@ -197,37 +281,66 @@ def _publish(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _model_io(onnx_path: Path | None, tflite_path: Path | None) -> tuple[list[int | None], int]:
-    """(input shape, number of classes), checked to agree between the two files."""
-    shapes: dict[str, tuple[list[int | None], int]] = {}
+def _model_io(
+    onnx_path: Path | None, tflite_path: Path | None
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The first file's inputs and outputs, checked to agree with the other's by position
+    (names differ between formats; the order is what every format shares)."""
+    specs: dict[Path, tuple[list[TensorSpec], list[TensorSpec]]] = {}
     for fmt, path in ((ModelFormat.ONNX, onnx_path), (ModelFormat.TFLITE, tflite_path)):
-        if path is None:
-            continue
-        inputs, outputs = evaluate.tensor_specs(path, fmt)
-        if len(inputs) != 1 or len(outputs) != 1:
+        if path is not None:
+            specs[path] = evaluate.tensor_specs(path, fmt)
+    (first_path, first), *rest = specs.items()
+    for spec in first[0]:
+        if spec.shape and spec.shape[0] not in (None, 1) and len(spec.shape) > 1:
             raise UserError(
-                f"{path} has {len(inputs)} inputs and {len(outputs)} outputs: the factory takes "
-                "classifiers with one input and one output of class scores"
+                f"{first_path}: input {spec.name!r} has a fixed batch of {spec.shape[0]}: "
+                "export it with batch 1 or a dynamic batch"
             )
-        if inputs[0].dtype != "float32":
-            raise UserError(f"{path} takes {inputs[0].dtype} input: give the fp32 model")
-        out_shape = outputs[0].shape
-        if len(out_shape) != 2 or out_shape[1] is None:
-            raise UserError(f"{path} outputs shape {out_shape}, not (N, classes) scores")
-        if out_shape[1] < 2:  # top-1 of one score is always right: every check would pass
-            raise UserError(
-                f"{path} outputs one value per sample (a regression or single-logit head); "
-                "the factory measures classifiers with 2 or more class scores so far"
-            )
-        shapes[str(path)] = (inputs[0].shape, int(out_shape[1]))
-    (first_path, first), *rest = shapes.items()
     for other_path, other in rest:
-        if other[0][1:] != first[0][1:] or other[1] != first[1]:
+
+        def shapes(io: tuple[list[TensorSpec], list[TensorSpec]]) -> list[list[Any]]:
+            return [[s.dtype, len(s.shape), *s.shape[1:]] for s in [*io[0], *io[1]]]
+
+        if (
+            len(other[0]) != len(first[0])
+            or len(other[1]) != len(first[1])
+            or any(
+                a[:2] != b[:2]
+                or any(
+                    x is not None and y is not None and x != y
+                    for x, y in zip(a[2:], b[2:], strict=True)
+                )
+                for a, b in zip(shapes(first), shapes(other), strict=True)
+            )
+        ):
             raise UserError(
-                f"{first_path} and {other_path} are not the same network: inputs {first[0]} vs "
-                f"{other[0]}, {first[1]} vs {other[1]} classes"
+                f"{first_path} and {other_path} are not the same network: inputs/outputs "
+                f"{[s.shape for s in [*first[0], *first[1]]]} vs "
+                f"{[s.shape for s in [*other[0], *other[1]]]}"
             )
     return first
+
+
+def _num_classes(model: ModelDescription, labels: list[str] | None) -> int:
+    """Classes the task's answers range over (1 for regression and raw)."""
+    if model.task is Task.CLASSIFICATION:
+        return int(model.outputs[model.index(model.output or "")].shape[1] or 1)
+    if model.task is Task.DETECTION:
+        decoding = model.detection
+        assert decoding is not None
+        if decoding.kind == "yolo":
+            dims = [d for d in model.outputs[model.index(decoding.boxes)].shape[1:] if d]
+            return max(min(dims) - 4, 1) if dims else max(len(labels or []), 1)
+        scores = model.outputs[model.index(decoding.scores or "")].shape
+        return int(scores[-1] or len(labels or []) or 1) if len(scores) == 3 else 1
+    if model.task is Task.SEGMENTATION:
+        mask = model.segmentation
+        assert mask is not None
+        shape = model.outputs[model.index(mask.output)].shape
+        channels = shape[mask.class_axis] if shape else None
+        return 2 if channels in (None, 1) else int(channels)
+    return 1
 
 
 def _build(
@@ -237,20 +350,22 @@ def _build(
     onnx: Path | None,
     tflite: Path | None,
     keras: Any,
-    calib_x: np.ndarray | Path | str,
-    eval_x: np.ndarray | Path | str,
-    eval_y: np.ndarray | Path | str,
+    calib_x: data_mod.DataSource,
+    eval_x: data_mod.DataSource,
+    eval_y: Any,
     key: Ed25519PrivateKey,
     model_name: str,
     version: str | None,
-    tolerance_points: float,
+    tolerance: Tolerance,
     labels: list[str] | None,
+    given: dict[str, Any],
+    task: str | None,
     progress: Progress | None,
     skip: set[str],
     threads: int,
     budget: evaluate.SpeedBudget,
     tflite_quantizer: str,
-    input_scale: float | None,
+    scaling: data_mod.Scaling,
 ) -> Manifest:
     from lepton_edge.controller.factory import onnx as onnx_mod
     from lepton_edge.controller.factory import tflite as tflite_mod
@@ -273,48 +388,80 @@ def _build(
         onnx_mod.load(onnx)
     if tflite is not None:
         tflite_mod.check(tflite)
-    input_shape, num_classes = _model_io(onnx, tflite)
-    if labels and len(labels) != num_classes:
+    inputs, outputs = _model_io(onnx, tflite)
+    image_fields = {
+        k: v
+        for k, v in (
+            ("scale", scaling.scale),
+            ("mean", list(scaling.mean)),
+            ("std", list(scaling.std)),
+        )
+        if v
+    }
+    image = None
+    if image_fields and len(inputs[0].shape) == 4:
+        fields = {**(given.get("input") or {}), **image_fields}
+        image = describe_mod._image(inputs[0], fields)
+    model = describe_mod.describe(inputs, outputs, given, task, image)
+    described = next((i.image for i in model.inputs if i.image is not None), None)
+    if described is not None and not image_fields:  # the description's own scaling
+        scaling = data_mod.Scaling(
+            described.scale if "scale" in described.model_fields_set else None,
+            tuple(described.mean),
+            tuple(described.std),
+        )
+    num_classes = _num_classes(model, labels)
+    if (
+        labels
+        and model.task in (Task.CLASSIFICATION, Task.DETECTION)
+        and len(labels) != num_classes
+    ):
         raise UserError(f"{len(labels)} labels given but the model has {num_classes} classes")
 
-    calib = data_mod.prepare_images(
-        data_mod.load_array(calib_x, "calibration data"),
-        input_shape,
-        "calibration data",
-        input_scale,
-    )[:MAX_CALIBRATION_SAMPLES]
-    ex = data_mod.prepare_images(
-        data_mod.load_array(eval_x, "evaluation data"), input_shape, "evaluation data", input_scale
+    specs: list[TensorSpec] = list(model.inputs)
+    calib = data_mod.prepare_feeds(calib_x, specs, "calibration data", scaling)
+    calib = calib.head(MAX_CALIBRATION_SAMPLES)
+    ex = data_mod.prepare_feeds(eval_x, specs, "evaluation data", scaling)
+    model = describe_mod.with_build_shapes(model, ex.shapes())
+    size = (
+        describe_mod.image_size(model)
+        if model.task in (Task.DETECTION, Task.SEGMENTATION)
+        else None
     )
-    ey = data_mod.prepare_labels(
-        data_mod.load_array(eval_y, "evaluation labels"), num_classes, len(ex)
+    ey = (
+        None
+        if eval_y is None
+        else data_mod.prepare_labels(eval_y, model, len(ex), num_classes, size or (0, 0))
     )
 
     if keras_model is not None:
-        _check_against_keras(keras_model, onnx, tflite, ex[:KERAS_CHECK_SAMPLES], threads)
-    probe = _Probe(ex[:PROBE_SAMPLES], ey[:PROBE_SAMPLES], num_classes, tolerance_points)
-    plans: list[_Plan] = []
-    if onnx is not None:
-        plans += _onnx_plans(onnx, work, calib, probe)
-    if tflite is not None:
-        by_tensorflow = keras_model if tflite_quantizer == "tensorflow" else None
-        plans += _tflite_plans(tflite, work, calib, probe, by_tensorflow)
-    plans = [p for p in plans if p.id not in skip]
+        _check_against_keras(keras_model, onnx, tflite, ex.head(KERAS_CHECK_SAMPLES), threads)
     job = _Job(
         out_dir=out_dir,
         staging=staging,
-        calib_x=calib,
-        eval_x=ex,
-        eval_y=ey,
+        model=model,
+        calib=calib,
+        eval=ex,
+        labels=ey,
         num_classes=num_classes,
-        tolerance_points=tolerance_points,
+        size=size,
+        tolerance=tolerance,
         threads=threads,
         budget=budget,
         progress=progress,
-        total=len(plans) + 1,
+        total=0,
     )
+    plans: list[_Plan] = []
+    if onnx is not None:
+        plans += _onnx_plans(onnx, work, job)
+    if tflite is not None:
+        by_tensorflow = keras_model if tflite_quantizer == "tensorflow" else None
+        plans += _tflite_plans(tflite, work, job, by_tensorflow)
+    plans = [p for p in plans if p.id not in skip]
+    job.total = len(plans) + 2
     for plan in plans:
         _run_plan(job, plan)
+    variants = _timed_variants(job)
 
     job.step("signing the manifest")
     sources = [p.read_bytes() for p in (onnx, tflite) if p is not None]
@@ -327,17 +474,40 @@ def _build(
         created_at=time.time(),
         num_classes=num_classes,
         labels=list(labels or []),
-        tolerance_points=tolerance_points,
-        baseline={v.format: v.id for v in job.variants if v.precision is Precision.FP32},
-        variants=job.variants,
+        tolerance_points=tolerance.points,
+        baseline={v.format: v.id for v in variants if v.precision is Precision.FP32},
+        variants=variants,
         not_built=job.not_built,
-        input_scale=input_scale,
+        input_scale=scaling.scale,
+        model=model,
+        tolerance=tolerance,
+        probe=_write_probe(job),
     )
     signed = sign_manifest(manifest, key)
     (staging / MANIFEST_FILE).write_text(signed.model_dump_json(indent=2) + "\n")
     job.done += 1
     job.step("done")
     return signed
+
+
+#: Evaluation samples that travel in the bundle, with fp32's outputs, for the device check.
+PROBE_SET_SAMPLES = 16
+
+
+def _write_probe(job: _Job) -> ProbeSet:
+    """The probe set: the first evaluation inputs and each format's fp32 outputs on them."""
+    count = min(PROBE_SET_SAMPLES, len(job.eval))
+    feeds = job.eval.head(count)
+    arrays = {f"input{i}": a for i, a in enumerate(feeds.arrays)}
+    for fmt, outputs in job.reference.items():
+        for j in range(len(job.model.outputs)):
+            arrays[f"{fmt.value}.output{j}"] = np.stack([o[j] for o in outputs[:count]])
+    path = job.staging / "work" / "probe.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    digest = sha256_file(path)
+    probe = ProbeSet(sha256=digest, size_bytes=path.stat().st_size, samples=count)
+    shutil.copyfile(path, job.staging / probe.filename)
+    return probe
 
 
 def _from_keras(
@@ -369,26 +539,35 @@ def _from_keras(
 
 #: Evaluation samples on which the fp32 files must agree with the Keras model they came from.
 KERAS_CHECK_SAMPLES = 256
-#: Least top-1 agreement with Keras; below it the file computes another function.
+#: Least top-1 agreement (classifiers) or output cosine (other tasks) with Keras; below it
+#: the file computes another function.
 KERAS_AGREEMENT = 0.99
 
 
 def _check_against_keras(
-    model: Any, onnx: Path | None, tflite: Path | None, x: np.ndarray, threads: int
+    model: Any, onnx: Path | None, tflite: Path | None, feeds: Feeds, threads: int
 ) -> None:
-    """The source model is the reference: each fp32 file must predict what the Keras model
-    predicts on the evaluation inputs (catches a wrong file passed beside it, or a conversion
+    """The source model is the reference: each fp32 file must compute what the Keras model
+    computes on the evaluation inputs (catches a wrong file passed beside it, or a conversion
     that changed the function), else one line and nothing is built."""
-    reference = np.asarray(model.predict(x, verbose=0)).argmax(axis=-1)
+    given = feeds.arrays if len(feeds.arrays) > 1 else feeds.arrays[0]
+    predicted = model.predict(given, verbose=0)
+    reference = np.asarray(predicted[0] if isinstance(predicted, (list, tuple)) else predicted)
     for fmt, path in ((ModelFormat.ONNX, onnx), (ModelFormat.TFLITE, tflite)):
         if path is None:
             continue
-        scores = evaluate.Predictor(path, fmt, threads).predict_all(x)
-        agreement = float(np.mean(scores.argmax(axis=-1) == reference))
-        if agreement < KERAS_AGREEMENT:
+        runs = evaluate.Predictor(path, fmt, threads).run_all(feeds)
+        got = np.concatenate([r[0] for r in runs]).reshape(reference.shape)
+        if reference.ndim == 2 and reference.shape[1] > 1:
+            score, what = float(np.mean(got.argmax(-1) == reference.argmax(-1))), "agrees"
+        else:
+            a, b = reference.ravel().astype(np.float64), got.ravel().astype(np.float64)
+            score = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+            what = "has output cosine"
+        if score < KERAS_AGREEMENT:
             raise UserError(
-                f"the fp32 {fmt.value} model {path.name} agrees with the Keras model on only "
-                f"{agreement:.1%} of {len(x)} evaluation inputs: it is not that model's export "
+                f"the fp32 {fmt.value} model {path.name} {what} with the Keras model on only "
+                f"{score:.1%} of {len(feeds)} evaluation inputs: it is not that model's export "
                 "(give only the Keras model, or files exported from it)"
             )
 
@@ -413,17 +592,7 @@ def _op_named_in(message: str) -> str | None:
     return None
 
 
-@dataclass
-class _Probe:
-    """A labelled slice of the evaluation data that steers the sensitive-layer fallback."""
-
-    x: np.ndarray
-    y: np.ndarray
-    num_classes: int
-    tolerance_points: float
-
-
-#: Evaluation samples the fallback's search scores each candidate on.
+#: Evaluation samples the fallback's search judges each candidate on.
 PROBE_SAMPLES = 500
 
 
@@ -431,25 +600,18 @@ def _make_mixed(
     out: Path,
     ranked: list[tuple[str, float]],
     make: Callable[[Path, list[str]], str],
-    probe: _Probe,
-    fp32: Path,
+    job: _Job,
     fmt: ModelFormat,
 ) -> str:
     """Keep the 1, 2, 4, ... most harmful layers float (at most half of them) until the
-    probe's accuracy drop is within the tolerance; write that model to `out`."""
-
-    def probe_accuracy(path: Path) -> float:
-        scores = evaluate.Predictor(path, fmt).predict_all(probe.x)
-        return float(evaluate.accuracy_metrics(scores, probe.y, probe.num_classes)["accuracy"])
-
-    baseline = probe_accuracy(fp32)
+    variant is within the tolerance on a slice of the evaluation data; write it to `out`."""
     limit = max(1, len(ranked) // 2)
     count, scheme, keep = 1, "", []
     while True:
         keep = [name for name, _ in ranked[:count]]
         scheme = make(out, keep)
-        drop = (baseline - probe_accuracy(out)) * 100
-        if not _exceeds(drop, probe.tolerance_points) or count >= limit:
+        _, why = job.judge(out, fmt, PROBE_SAMPLES)
+        if why is None or count >= limit:
             break
         count = min(count * 2, limit)
     names = ", ".join(name if len(name) <= 40 else name[:37] + "..." for name in keep)
@@ -459,19 +621,20 @@ def _make_mixed(
     )
 
 
-def _onnx_plans(source: Path, work: Path, calib: np.ndarray, probe: _Probe) -> list[_Plan]:
+def _onnx_plans(source: Path, work: Path, job: _Job) -> list[_Plan]:
     from lepton_edge.controller.factory import onnx as m
 
     fp32 = work / "onnx-fp32.onnx"
+    calib = job.calib
 
     def keep_sensitive(out: Path) -> str:
-        ranked = m.sensitivity(fp32, calib, probe.x, work)
+        ranked = m.sensitivity(fp32, calib, job.eval.head(64), work)
         cache = m.calibration_cache(work)
 
         def make(path: Path, keep: list[str]) -> str:
             return m.make_int8_static(fp32, path, calib, keep_float=keep, calibration_cache=cache)
 
-        return _make_mixed(out, ranked, make, probe, fp32, ModelFormat.ONNX)
+        return _make_mixed(out, ranked, make, job, ModelFormat.ONNX)
 
     mixed = _Plan("onnx-int8-static-mixed", ModelFormat.ONNX, Precision.INT8, keep_sensitive)
     return [
@@ -493,18 +656,17 @@ def _onnx_plans(source: Path, work: Path, calib: np.ndarray, probe: _Probe) -> l
     ]
 
 
-def _tflite_plans(
-    source: Path, work: Path, calib: np.ndarray, probe: _Probe, keras_model: Any = None
-) -> list[_Plan]:
+def _tflite_plans(source: Path, work: Path, job: _Job, keras_model: Any = None) -> list[_Plan]:
     """ai-edge-quantizer's variants; with `keras_model`, TensorFlow's converter makes the
     fp16 and int8 dynamic/static ones from the Keras model instead."""
     from lepton_edge.controller.factory import tflite as t
 
+    calib = job.calib
     if keras_model is not None:
         from lepton_edge.controller.factory import keras as k
 
         def by_tf(kind: str) -> Callable[[Path], str]:
-            return lambda o: k.to_tflite_quantized(keras_model, o, kind, calib)
+            return lambda o: k.to_tflite_quantized(keras_model, o, kind, calib.arrays[0])
 
         fp16, dynamic, static = by_tf("fp16"), by_tf("int8-dynamic"), by_tf("int8-static")
     else:
@@ -514,12 +676,12 @@ def _tflite_plans(
 
     def keep_sensitive(out: Path) -> str:
         qsvs = t.calibrate(source, calib)
-        ranked = t.sensitivity(source, qsvs, probe.x, work)
+        ranked = t.sensitivity(source, qsvs, job.eval.head(64), work)
 
         def make(path: Path, keep: list[str]) -> str:
             return t.make_int8_static(source, path, calib, keep_float=keep, qsvs=qsvs)
 
-        return _make_mixed(out, ranked, make, probe, source, ModelFormat.TFLITE)
+        return _make_mixed(out, ranked, make, job, ModelFormat.TFLITE)
 
     mixed = _Plan("tflite-int8-static-mixed", ModelFormat.TFLITE, Precision.INT8, keep_sensitive)
     return [
@@ -537,11 +699,10 @@ def _tflite_plans(
 
 
 def _run_plan(job: _Job, plan: _Plan) -> None:
-    """Make, evaluate and time one variant. A scheme that fails is recorded in `not_built`
-    and the build goes on; only an fp32 variant (the baseline) failing stops it."""
+    """Make and judge one variant. A scheme that fails is recorded in `not_built` and the
+    build goes on; only an fp32 variant (the baseline) failing stops it."""
     job.step(f"{plan.id}: quantizing" if plan.precision is not Precision.FP32 else plan.id)
-    ext = plan.format.value
-    path = job.staging / "work" / f"{plan.id}.{ext}"
+    path = job.staging / "work" / f"{plan.id}.{plan.format.value}"
     try:
         scheme = plan.make(path)
         if not _lowers_precision(path, plan):
@@ -555,7 +716,7 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
             )
             job.done += 1
             return
-        predictor = evaluate.Predictor(path, plan.format, job.threads)
+        evaluate.Predictor(path, plan.format, job.threads)
     except UserError:
         raise
     except Exception as exc:
@@ -565,56 +726,87 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
         return
     job.step(f"{plan.id}: evaluating")
     try:
-        scores = predictor.predict_all(job.eval_x)
+        if plan.precision is Precision.FP32:
+            outputs = evaluate.Predictor(path, plan.format, job.threads).run_all(job.eval)
+            job.reference[plan.format] = outputs
+        metrics, why = job.judge(path, plan.format)
+    except UserError:
+        raise
     except Exception as exc:
         _failed(job, plan, f"running it on the evaluation data failed: {_first_line(exc)}")
         return
-    del predictor
-    accuracy = evaluate.accuracy_metrics(scores, job.eval_y, job.num_classes)
     if plan.precision is Precision.FP32:
-        job.baseline_accuracy[plan.format] = accuracy["accuracy"]
-    job.step(f"{plan.id}: timing")
-    try:
-        speed = evaluate.measure_speed_isolated(
-            path, plan.format, job.eval_x, job.threads, job.budget
+        why, metrics = None, quality.with_deltas(metrics, metrics)  # deltas of 0, not unknown
+        job.baseline[plan.format] = VariantMetrics(
+            **{k: v for k, v in metrics.items() if k in VariantMetrics.model_fields}
         )
-    except RuntimeError as exc:
-        _failed(job, plan, _first_line(exc))
-        return
-    metrics = evaluate.variant_metrics(accuracy, speed, job.baseline_accuracy.get(plan.format))
-    digest = sha256_file(path)
-    final = job.staging / f"{digest}.{ext}"
-    shutil.copyfile(path, final)  # the work copy stays: other variants are made from it
-    inputs, outputs = evaluate.tensor_specs(final, plan.format)
-    status, reason = "accepted", f"scheme {scheme}"
-    drop = -(metrics.accuracy_delta or 0.0)
-    if plan.precision is not Precision.FP32 and _exceeds(drop, job.tolerance_points):
-        status = "rejected"
-        reason = f"accuracy drop {drop:.2f} pt > tolerance {job.tolerance_points:g} pt; {reason}"
-    job.variants.append(
-        Variant(
-            id=plan.id,
-            format=plan.format,
-            precision=plan.precision,
-            scheme=scheme.split(" (")[0],
-            sha256=digest,
-            size_bytes=final.stat().st_size,
-            inputs=inputs,
-            outputs=outputs,
-            metrics=metrics,
-            requirements=Requirements(
-                runtime=RUNTIME_FOR_FORMAT[plan.format],
-                cpu_features=["fp16"] if plan.precision is Precision.FP16 else [],
-                min_memory_mb=math.ceil(speed["process_peak_mb"]),
-            ),
-            status=status,  # type: ignore[arg-type]
-            reason=reason,
-        )
-    )
+    job.made.append(_Made(plan, path, scheme, metrics, why))
     job.done += 1
-    if status == "rejected" and plan.fallback is not None:
+    if why is not None and plan.fallback is not None:
         job.total += 1
         _run_plan(job, plan.fallback)
+
+
+def _timed_variants(job: _Job) -> list[Variant]:
+    """Time every made variant (all of a format in one interleaved run, one alone when the
+    run fails), measure its memory, and file it under its sha256."""
+    job.step("timing")
+    speed: dict[str, dict[str, float]] = {}
+    for fmt in ModelFormat:
+        paths = {m.plan.id: m.path for m in job.made if m.plan.format is fmt}
+        if not paths:
+            continue
+        try:
+            speed |= evaluate.measure_speed_isolated(paths, fmt, job.eval, job.threads, job.budget)
+        except RuntimeError:
+            for variant_id, path in paths.items():
+                with contextlib.suppress(RuntimeError):
+                    speed |= evaluate.measure_speed_isolated(
+                        {variant_id: path}, fmt, job.eval, job.threads, job.budget
+                    )
+    variants = []
+    for made in job.made:
+        plan = made.plan
+        try:
+            if plan.id not in speed:
+                raise RuntimeError("timing it failed")
+            memory = evaluate.measure_memory_isolated(made.path, plan.format, job.eval, job.threads)
+        except RuntimeError as exc:
+            _failed(job, plan, _first_line(exc))
+            continue
+        measured = {**made.metrics, **speed[plan.id], **memory}
+        metrics = VariantMetrics(
+            **{k: v for k, v in measured.items() if k in VariantMetrics.model_fields}
+        )
+        digest = sha256_file(made.path)
+        final = job.staging / f"{digest}.{plan.format.value}"
+        shutil.copyfile(made.path, final)  # the work copy stays: other variants are made from it
+        inputs, outputs = evaluate.tensor_specs(final, plan.format)
+        status, reason = "accepted", f"scheme {made.scheme}"
+        if made.reason is not None:
+            status, reason = "rejected", f"{made.reason}; {reason}"
+        variants.append(
+            Variant(
+                id=plan.id,
+                format=plan.format,
+                precision=plan.precision,
+                scheme=made.scheme.split(" (")[0],
+                sha256=digest,
+                size_bytes=final.stat().st_size,
+                inputs=inputs,
+                outputs=outputs,
+                metrics=metrics,
+                requirements=Requirements(
+                    runtime=RUNTIME_FOR_FORMAT[plan.format],
+                    cpu_features=["fp16"] if plan.precision is Precision.FP16 else [],
+                    min_memory_mb=math.ceil(memory["process_peak_mb"]),
+                ),
+                status=status,  # type: ignore[arg-type]
+                reason=reason,
+            )
+        )
+    job.done += 1
+    return variants
 
 
 def _lowers_precision(path: Path, plan: _Plan) -> bool:
@@ -653,8 +845,3 @@ def load_bundle(bundle_dir: Path, public_key: Ed25519PublicKey | None = None) ->
 
 def variant_path(bundle_dir: Path, variant: Variant) -> Path:
     return Path(bundle_dir) / variant.filename
-
-
-def _exceeds(drop_points: float, tolerance_points: float) -> bool:
-    """A drop of exactly the tolerance is within it: (1.0 - 0.98) * 100 is 2.0000000000000018."""
-    return round(drop_points, 9) > tolerance_points

@@ -30,14 +30,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     models.add_argument(
         "--keras", type=Path, metavar="M.keras", help="Keras model (needs the keras extra)"
     )
-    data = parser.add_argument_group("data (IDX files, optionally .gz, or .npy arrays)")
-    data.add_argument("--calib", type=Path, required=True, help="calibration images")
-    data.add_argument("--eval", type=Path, required=True, help="evaluation images")
+    models.add_argument(
+        "--task",
+        default=None,
+        help="classification, detection, segmentation, regression or raw (default: "
+        "classification for one (N, classes) output, else raw: judged by fidelity only)",
+    )
+    models.add_argument(
+        "--describe",
+        type=Path,
+        metavar="MODEL.toml",
+        help="model description: task, labels, image input, detection/segmentation decoding",
+    )
+    data = parser.add_argument_group(
+        "data (IDX files, optionally .gz, .npy arrays, or .npz by input name)"
+    )
+    data.add_argument("--calib", type=Path, required=True, help="calibration inputs")
+    data.add_argument("--eval", type=Path, required=True, help="evaluation inputs")
     data.add_argument(
         "--eval-labels",
         type=Path,
-        help="evaluation labels (default: the IDX labels file next to --eval, "
-        "'images-idx3' -> 'labels-idx1')",
+        help="evaluation labels of the task's kind (default: the IDX labels file next to "
+        "--eval, 'images-idx3' -> 'labels-idx1'; none: fidelity to fp32 only)",
     )
     data.add_argument(
         "--eval-samples", type=int, default=None, help="evaluate on the first N samples only"
@@ -56,7 +70,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--tolerance",
         type=float,
         default=1.0,
-        help="largest accepted accuracy drop vs fp32, in points (default 1.0)",
+        help="largest accepted drop of the labelled task metric vs fp32 (accuracy, mAP@0.5, "
+        "mIoU), in points (default 1.0)",
+    )
+    parser.add_argument(
+        "--min-cosine",
+        type=float,
+        default=None,
+        help="least cosine similarity of every output to fp32 (default 0.98)",
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=None,
+        help="least agreement with fp32's answers: top-1, detection mAP, mask IoU (default 0.97)",
     )
     parser.add_argument(
         "--labels",
@@ -80,6 +107,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="multiply input values by S, e.g. 1/255 for a model trained on [0, 1] pixels; "
         "required for integer data (IDX images): it cannot be guessed",
     )
+    parser.add_argument(
+        "--input-mean",
+        type=_floats,
+        default=None,
+        metavar="M[,M,M]",
+        help="subtract per channel after scaling (e.g. 0.485,0.456,0.406)",
+    )
+    parser.add_argument(
+        "--input-std",
+        type=_floats,
+        default=None,
+        metavar="S[,S,S]",
+        help="divide per channel after the mean (e.g. 0.229,0.224,0.225)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="runtime threads for timings")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
@@ -96,11 +137,19 @@ def _scale(text: str) -> float:
     return value
 
 
-def _labels_path(images: Path) -> Path:
-    name = images.name
-    if "images-idx3" not in name:
-        raise UserError(f"cannot tell where the labels of {images} are: pass --eval-labels")
-    return images.with_name(name.replace("images-idx3", "labels-idx1"))
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _labels_path(images: Path) -> Path | None:
+    """The IDX labels file beside IDX images, if there is one."""
+    if "images-idx3" not in images.name:
+        return None
+    path = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
+    return path if path.exists() else None
 
 
 def _labels(value: str | None) -> list[str] | None:
@@ -120,14 +169,24 @@ def run(args: argparse.Namespace) -> int:
             "pip install 'lepton-edge[factory]'"
         )
     from lepton_edge.controller.factory.build import build_bundle
-    from lepton_edge.controller.factory.data import load_array
+    from lepton_edge.controller.factory.data import load_source
 
     if not (args.onnx or args.tflite or args.keras):
         raise UserError("give a model: --onnx M.onnx, --tflite M.tflite and/or --keras M.keras")
-    eval_x = load_array(args.eval, "evaluation data")
-    eval_y = load_array(args.eval_labels or _labels_path(args.eval), "evaluation labels")
+    eval_x: Any = load_source(args.eval, "evaluation data")
+    labels_path = args.eval_labels or _labels_path(args.eval)
+    eval_y: Any = None
+    if labels_path is not None:
+        eval_y = (
+            labels_path
+            if labels_path.suffix == ".json"
+            else load_source(labels_path, "evaluation labels")
+        )
     if args.eval_samples:
-        eval_x, eval_y = eval_x[: args.eval_samples], eval_y[: args.eval_samples]
+        n = args.eval_samples
+        eval_x = {k: v[:n] for k, v in eval_x.items()} if isinstance(eval_x, dict) else eval_x[:n]
+        eval_y = eval_y[:n] if eval_y is not None and not isinstance(eval_y, Path) else eval_y
+    gates = {"min_cosine": args.min_cosine, "min_agreement": args.min_agreement}
     first = args.onnx or args.tflite or args.keras
     quiet = args.json or not sys.stderr.isatty()
     with _progress(quiet) as report:
@@ -143,13 +202,18 @@ def run(args: argparse.Namespace) -> int:
             model_name=args.name or first.stem,
             version=args.version,
             tolerance_points=args.tolerance,
+            tolerance={k: v for k, v in gates.items() if v is not None} or None,
             labels=_labels(args.labels),
+            description=args.describe,
+            task=args.task,
             progress=report,
             skip=args.skip,
             threads=args.threads,
             overwrite=args.overwrite,
             tflite_quantizer=args.tflite_quantizer,
             input_scale=args.input_scale,
+            input_mean=args.input_mean,
+            input_std=args.input_std,
         )
     if args.json:
         print(json.dumps(manifest.model_dump(mode="json"), indent=2))
@@ -193,6 +257,16 @@ class _progress:
             self._bar.stop()
 
 
+_METRIC_FIELD = {"accuracy": "accuracy", "mAP@0.5": "map50", "mIoU": "miou", "RMSE": "rmse"}
+
+
+def _metric_name(manifest: Any) -> str:
+    task = manifest.model.task.value if manifest.model else "classification"
+    return {"detection": "mAP@0.5", "segmentation": "mIoU", "regression": "RMSE"}.get(
+        task, "accuracy"
+    )
+
+
 def _print_table(manifest: Any, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -201,25 +275,34 @@ def _print_table(manifest: Any, out: Path) -> None:
     table.add_column("variant", no_wrap=True)
     table.add_column("format")
     table.add_column("precision")
-    for column in ("size KiB", "accuracy", "delta pt", "p50 ms"):
+    metric = _metric_name(manifest)
+    for column in ("size KiB", metric, "delta pt", "agreement", "cosine", "p50 ms", "spread"):
         table.add_column(column, justify="right")
     table.add_column("status", no_wrap=True)
     table.add_column("why")
+
+    def num(value: float | None, fmt: str) -> str:
+        return "" if value is None else fmt.format(value)
+
     for v in manifest.variants:
         m = v.metrics
+        delta = m.accuracy_delta if m.accuracy_delta is not None else m.metric_delta
         table.add_row(
             v.id,
             v.format.value,
             v.precision.value,
             f"{v.size_bytes / 1024:.0f}",
-            "" if m.accuracy is None else f"{m.accuracy:.4f}",
-            "" if m.accuracy_delta is None else f"{m.accuracy_delta:+.2f}",
-            "" if m.latency_p50_ms is None else f"{m.latency_p50_ms:.3f}",
+            num(getattr(m, _METRIC_FIELD[metric]), "{:.4f}"),
+            num(delta, "{:+.2f}"),
+            num(m.agreement, "{:.4f}"),
+            num(min(f.cosine for f in m.fidelity) if m.fidelity else None, "{:.4f}"),
+            num(m.latency_p50_ms, "{:.3f}"),
+            num(m.latency_spread, "{:.2f}"),
             "[green]accepted" if v.status == "accepted" else "[red]rejected",
             v.reason,
         )
     for n in manifest.not_built:  # tried, not shipped
-        table.add_row(n.id, "", "", "", "", "", "", f"[yellow]{n.status}", n.reason)
+        table.add_row(n.id, "", "", "", "", "", "", "", "", "", f"[yellow]{n.status}", n.reason)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)

@@ -1,9 +1,10 @@
-"""Measuring a variant on the build host: accuracy metrics, latency, throughput, memory.
+"""Running a variant on the build host: its outputs, latency, throughput and memory.
 
-Every variant is called the same way (float32 in, float32 scores out): a full-integer TFLite
-model gets its input quantized and its output dequantized here, as the agent's runtime does.
-Speed and memory are measured in a fresh child process per variant, so one variant's arenas and
-caches never count against the next (peak RSS only ever grows within a process).
+Every variant is called the same way (float32 in, float32 out): a full-integer TFLite model
+gets its inputs quantized and its outputs dequantized here, as the agent's runtime does.
+Speed is measured in interleaved rounds, all variants of a format in one fresh process (one
+short run per variant was off by up to 2.8x); memory in a fresh process per variant, so one
+variant's arenas never count against the next.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from lepton_edge.controller.factory.data import Feeds
 from lepton_edge.shared.errors import UserError
-from lepton_edge.shared.manifest import ModelFormat, TensorSpec, VariantMetrics
+from lepton_edge.shared.manifest import ModelFormat, TensorSpec
 
 #: Batch sizes of the two speed figures in the manifest.
 LATENCY_BATCH = 1
@@ -33,7 +35,8 @@ EVAL_BATCH = 1
 
 
 class Predictor:
-    """One loaded variant: `predict(x float32) -> float32 scores`, whatever its I/O types."""
+    """One loaded variant: `run(feed) -> outputs`, float32 in and out whatever its I/O types
+    (integer inputs such as token ids pass through as the model's dtype)."""
 
     def __init__(self, path: Path, fmt: ModelFormat, threads: int = 1) -> None:
         self.path = Path(path)
@@ -50,57 +53,67 @@ class Predictor:
             self._session = ort.InferenceSession(
                 str(self.path), options, providers=["CPUExecutionProvider"]
             )
-            self._input = self._session.get_inputs()[0].name
+            self._inputs = [i.name for i in self._session.get_inputs()]
         else:
             from ai_edge_litert.interpreter import Interpreter
 
             self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-            self._in = self._interpreter.get_input_details()[0]
-            self._out = self._interpreter.get_output_details()[0]
-            self._batch: int | None = None
+            self._in = self._interpreter.get_input_details()
+            self._out = self._interpreter.get_output_details()
+            self._shapes: list[tuple[int, ...]] = [tuple(d["shape"]) for d in self._in]
+            self._allocated = False
 
-    @property
-    def fixed_batch(self) -> int | None:
-        """The input's batch size when the model fixes it, None when it is dynamic."""
+    def run(self, feed: list[np.ndarray]) -> list[np.ndarray]:
+        """The outputs (float32) for one feed: an array per input, in the model's order."""
         if self.format is ModelFormat.ONNX:
-            dim = self._session.get_inputs()[0].shape[0]
-            return dim if isinstance(dim, int) and dim > 0 else None
-        signature = self._in.get("shape_signature", self._in["shape"])
-        return None if int(signature[0]) < 0 else int(signature[0])
+            outputs = self._session.run(None, dict(zip(self._inputs, feed, strict=True)))
+            return [np.asarray(o, dtype=np.float32) for o in outputs]
+        it = self._interpreter
+        shapes = [tuple(x.shape) for x in feed]
+        if shapes != self._shapes or not self._allocated:
+            for detail, old, new in zip(self._in, self._shapes, shapes, strict=True):
+                if old != new:
+                    it.resize_tensor_input(detail["index"], list(new))
+            it.allocate_tensors()
+            self._shapes, self._allocated = shapes, True
+        for detail, x in zip(self._in, feed, strict=True):
+            it.set_tensor(detail["index"], quantize(x, detail))
+        it.invoke()
+        return [dequantize(it.get_tensor(d["index"]), d) for d in self._out]
+
+    def run_all(self, feeds: Feeds) -> list[list[np.ndarray]]:
+        """Outputs per sample, one sample at a time (as a device runs it)."""
+        return [self.run(feeds.feed(i)) for i in range(len(feeds))]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        if self.format is ModelFormat.ONNX:
-            return np.asarray(self._session.run(None, {self._input: x})[0], dtype=np.float32)
-        it = self._interpreter
-        if self._batch != len(x):
-            it.resize_tensor_input(self._in["index"], [len(x), *self._in["shape"][1:]])
-            it.allocate_tensors()
-            self._batch = len(x)
-        it.set_tensor(self._in["index"], quantize(x, self._in))
-        it.invoke()
-        return dequantize(it.get_tensor(self._out["index"]), self._out)
+        """A one-input model's first output for the batch `x`."""
+        return self.run([np.ascontiguousarray(x)])[0]
 
     def predict_all(self, x: np.ndarray) -> np.ndarray:
-        step = self.fixed_batch or EVAL_BATCH
-        if self.fixed_batch and len(x) % step:
-            raise ValueError(f"{len(x)} samples do not split into batches of {step}")
-        return np.concatenate([self.predict(x[i : i + step]) for i in range(0, len(x), step)])
+        """`predict` sample by sample over `x`, concatenated."""
+        return np.concatenate([self.predict(x[i : i + EVAL_BATCH]) for i in range(len(x))])
+
+
+def outputs_flat(path: Path, fmt: ModelFormat, probe: Feeds) -> np.ndarray:
+    """Every output of the model at `path` on `probe`, flattened into one vector."""
+    runs = Predictor(path, fmt).run_all(probe)
+    return np.concatenate([o.ravel() for outputs in runs for o in outputs])
 
 
 def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return np.ascontiguousarray(x, dtype=np.float32)
     scale, zero_point = detail["quantization"]
+    if dtype.kind == "f" or x.dtype.kind in "iub" or not scale:  # float, or ids as they are
+        return np.ascontiguousarray(x, dtype=dtype)
     info = np.iinfo(dtype)
     quantized: np.ndarray = np.clip(np.round(x / scale + zero_point), info.min, info.max)
     return quantized.astype(dtype)
 
 
 def dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    if np.dtype(detail["dtype"]) == np.float32:
-        return np.asarray(y, dtype=np.float32)
     scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or not scale:
+        return np.asarray(y, dtype=np.float32)
     return np.asarray((y.astype(np.float32) - zero_point) * scale, dtype=np.float32)
 
 
@@ -140,49 +153,20 @@ def tensor_specs(path: Path, fmt: ModelFormat) -> tuple[list[TensorSpec], list[T
     return [lite(d) for d in it.get_input_details()], [lite(d) for d in it.get_output_details()]
 
 
-# -- accuracy metrics ---------------------------------------------------------------------------
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[true, predicted]."""
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)
-    return counts
-
-
-def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """Accuracy, macro precision/recall/F1 (a class never predicted counts 0 precision) and the
-    confusion matrix, from the scores' argmax."""
-    predicted = scores.argmax(axis=1)
-    confusion = confusion_matrix(labels, predicted, num_classes)
-    true_positive = np.diag(confusion).astype(np.float64)
-    predicted_count = confusion.sum(axis=0)
-    actual_count = confusion.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted_count > 0, true_positive / predicted_count, 0.0)
-        recall = np.where(actual_count > 0, true_positive / actual_count, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    present = actual_count > 0  # macro average over the classes the evaluation data has
-    return {
-        "accuracy": float(true_positive.sum() / max(len(labels), 1)),
-        "precision_macro": float(precision[present].mean()),
-        "recall_macro": float(recall[present].mean()),
-        "f1_macro": float(f1[present].mean()),
-        "confusion": confusion.tolist(),
-    }
-
-
-# -- speed and memory (child process) -----------------------------------------------------------
+# -- speed and memory (child processes) --------------------------------------------------------
 
 
 @dataclass
 class SpeedBudget:
-    """How long to time each variant: at least `min_runs`, and up to `seconds` per figure."""
+    """How long to time each variant: `rounds` interleaved rounds (every variant once per
+    round, so a noisy moment hits all of them), at least `min_runs` runs per variant in all,
+    and up to `seconds` per variant and figure."""
 
     min_runs: int = 30
     max_runs: int = 500
     seconds: float = 0.5
     warmup: int = 5
+    rounds: int = 5
 
 
 def _rss_mb() -> tuple[float, float]:
@@ -199,26 +183,74 @@ def _rss_mb() -> tuple[float, float]:
         return peak, peak
 
 
-def _timed_runs(predictor: Predictor, x: np.ndarray, budget: SpeedBudget) -> np.ndarray:
-    for _ in range(budget.warmup):
-        predictor.predict(x)
+def _round(predictor: Predictor, feed: list[np.ndarray], runs: int, seconds: float) -> list[float]:
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < budget.max_runs and (
-        len(times) < budget.min_runs or time.perf_counter() - start < budget.seconds
-    ):
+    while len(times) < runs or (time.perf_counter() - start < seconds and len(times) < 10 * runs):
         t0 = time.perf_counter()
-        predictor.predict(x)
+        predictor.run(feed)
         times.append(time.perf_counter() - t0)
-    return np.asarray(times)
+    return times
+
+
+def _interleaved(
+    predictors: dict[str, Predictor], feed: list[np.ndarray], budget: SpeedBudget, warmup: int
+) -> dict[str, tuple[np.ndarray, list[float]]]:
+    """Per variant: all run times and the median of each round; the order rotates per round."""
+    for predictor in predictors.values():
+        for _ in range(warmup):
+            predictor.run(feed)
+    rounds = max(budget.rounds, 1)
+    runs = max(budget.min_runs // rounds, 1)
+    seconds = budget.seconds / rounds
+    times: dict[str, list[float]] = {k: [] for k in predictors}
+    medians: dict[str, list[float]] = {k: [] for k in predictors}
+    ids = list(predictors)
+    for r in range(rounds):
+        for k in ids[r % len(ids) :] + ids[: r % len(ids)]:
+            t = _round(predictors[k], feed, runs, seconds)[: max(budget.max_runs // rounds, 1)]
+            times[k] += t
+            medians[k].append(float(np.median(t)))
+    return {k: (np.asarray(times[k]), medians[k]) for k in ids}
 
 
 def measure_speed(
-    path: Path, fmt: ModelFormat, sample: np.ndarray, threads: int, budget: SpeedBudget
-) -> dict[str, float]:
-    """Latency percentiles at batch 1, throughput at batch 32 and peak memory, in this process.
+    paths: dict[str, Path], fmt: ModelFormat, feeds: Feeds, threads: int, budget: SpeedBudget
+) -> dict[str, dict[str, float]]:
+    """Latency percentiles (batch 1) and the spread of the round medians, and throughput (at
+    batch 32 when every input has a batch axis, else one sample at a time), for all `paths`
+    of one format in interleaved rounds in this process."""
+    predictors = {k: Predictor(p, fmt, threads) for k, p in paths.items()}
+    one = feeds.feed(0)
+    latency = _interleaved(predictors, one, budget, budget.warmup)
+    batch_feed = feeds.batch_of(THROUGHPUT_BATCH)
+    batched = None
+    if batch_feed is not None:
+        with contextlib.suppress(Exception):  # a fixed-batch model: throughput at batch 1
+            for predictor in predictors.values():
+                predictor.run(batch_feed)
+            small = SpeedBudget(10, 200, budget.seconds, 2, budget.rounds)
+            batched = _interleaved(predictors, batch_feed, small, 2)
+    result = {}
+    for k, (times, medians) in latency.items():
+        ms = times * 1000
+        if batched is not None:
+            throughput = THROUGHPUT_BATCH / float(np.median(batched[k][0]))
+        else:
+            throughput = 1.0 / float(np.median(times))
+        result[k] = {
+            "latency_p50_ms": float(np.percentile(ms, 50)),
+            "latency_p95_ms": float(np.percentile(ms, 95)),
+            "latency_p99_ms": float(np.percentile(ms, 99)),
+            "latency_spread": float(max(medians) / min(medians)) if min(medians) > 0 else 1.0,
+            "throughput_ips": throughput,
+            "runs": float(len(times)),
+        }
+    return result
 
-    Memory: the rise of peak RSS from loading and running the variant, over the runtime's own
+
+def measure_memory(path: Path, fmt: ModelFormat, feeds: Feeds, threads: int) -> dict[str, float]:
+    """The rise of peak RSS from loading and running the variant over the runtimes' own
     baseline (`peak_memory_mb`), and the whole process's peak (`process_peak_mb`)."""
     import onnxruntime  # noqa: F401  (both runtimes imported first: the baseline includes them)
 
@@ -226,72 +258,85 @@ def measure_speed(
         import ai_edge_litert.interpreter  # noqa: F401
     baseline, _ = _rss_mb()
     predictor = Predictor(path, fmt, threads)
-    one = sample[:LATENCY_BATCH]
-    latencies = _timed_runs(predictor, one, budget) * 1000
-    batch = predictor.fixed_batch or THROUGHPUT_BATCH
-    x = np.resize(sample, (batch, *sample.shape[1:])).astype(np.float32)
-    batch_times = _timed_runs(predictor, x, SpeedBudget(10, 200, budget.seconds, 2))
+    for _ in range(3):
+        predictor.run(feeds.feed(0))
+    batch_feed = feeds.batch_of(THROUGHPUT_BATCH)
+    if batch_feed is not None:
+        with contextlib.suppress(Exception):
+            predictor.run(batch_feed)
     _, peak = _rss_mb()
-    return {
-        "latency_p50_ms": float(np.percentile(latencies, 50)),
-        "latency_p95_ms": float(np.percentile(latencies, 95)),
-        "latency_p99_ms": float(np.percentile(latencies, 99)),
-        "throughput_ips": float(batch / np.median(batch_times)),
-        "peak_memory_mb": max(peak - baseline, 0.0),
-        "process_peak_mb": peak,
-        "runs": float(len(latencies)),
-    }
+    return {"peak_memory_mb": max(peak - baseline, 0.0), "process_peak_mb": peak}
 
 
-def measure_speed_isolated(
-    path: Path, fmt: ModelFormat, sample: np.ndarray, threads: int, budget: SpeedBudget
-) -> dict[str, float]:
-    """`measure_speed` in a fresh Python process (see the module docstring for why)."""
+def _in_child(request: dict[str, Any], feeds: Feeds) -> Any:
+    """Run `request` in a fresh Python process: speed in one process per format, so each
+    figure is measured warm beside its rivals; memory in one per variant, because peak RSS
+    only ever grows within a process."""
     with tempfile.TemporaryDirectory(prefix="lepton-measure-") as tmp:
-        sample_path = Path(tmp) / "sample.npy"
-        np.save(sample_path, np.ascontiguousarray(sample[:THROUGHPUT_BATCH], dtype=np.float32))
-        request = {
-            "path": str(path.absolute()),
-            "format": str(fmt),
-            "sample": str(sample_path),
-            "threads": threads,
-            "budget": budget.__dict__,
+        sample = Path(tmp) / "sample.npz"
+        head = feeds.head(THROUGHPUT_BATCH)
+        arrays = {f"input{i}": a for i, a in enumerate(head.arrays)}
+        np.savez(sample, **arrays)  # type: ignore[arg-type]
+        request = {**request, "sample": str(sample), "batched": list(feeds.batched)}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(request["threads"]),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
         }
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
         done = subprocess.run(
             [sys.executable, "-m", "lepton_edge.controller.factory.evaluate", json.dumps(request)],
             capture_output=True,
             text=True,
             env=env,
             cwd=Path(__file__).resolve().parents[2],
-            timeout=600,
+            timeout=900,
         )
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]  # the exception line
-            raise RuntimeError(f"measuring {path.name} failed: {last}")
-        result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-        return result
+            raise RuntimeError(f"measuring failed: {last}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def variant_metrics(
-    accuracy: dict[str, Any], speed: dict[str, float], baseline_accuracy: float | None
-) -> VariantMetrics:
-    delta = None if baseline_accuracy is None else (accuracy["accuracy"] - baseline_accuracy) * 100
-    fields: dict[str, Any] = {**accuracy, "accuracy_delta": delta}
-    fields.update({k: v for k, v in speed.items() if k in VariantMetrics.model_fields})
-    return VariantMetrics(**fields)
+def measure_speed_isolated(
+    paths: dict[str, Path], fmt: ModelFormat, feeds: Feeds, threads: int, budget: SpeedBudget
+) -> dict[str, dict[str, float]]:
+    """`measure_speed` in a fresh Python process."""
+    request = {
+        "kind": "speed",
+        "paths": {k: str(p.absolute()) for k, p in paths.items()},
+        "format": str(fmt),
+        "threads": threads,
+        "budget": budget.__dict__,
+    }
+    result: dict[str, dict[str, float]] = _in_child(request, feeds)
+    return result
+
+
+def measure_memory_isolated(
+    path: Path, fmt: ModelFormat, feeds: Feeds, threads: int
+) -> dict[str, float]:
+    """`measure_memory` in a fresh Python process."""
+    request = {
+        "kind": "memory",
+        "path": str(path.absolute()),
+        "format": str(fmt),
+        "threads": threads,
+    }
+    result: dict[str, float] = _in_child(request, feeds)
+    return result
 
 
 def _child(request_json: str) -> None:
     request = json.loads(request_json)
-    sample = np.load(request["sample"])
-    result = measure_speed(
-        Path(request["path"]),
-        ModelFormat(request["format"]),
-        sample,
-        int(request["threads"]),
-        SpeedBudget(**request["budget"]),
-    )
+    with np.load(request["sample"]) as npz:
+        arrays = tuple(npz[f"input{i}"] for i in range(len(npz.files)))
+    feeds = Feeds(arrays, tuple(request["batched"]))
+    fmt, threads = ModelFormat(request["format"]), int(request["threads"])
+    if request["kind"] == "memory":
+        result: Any = measure_memory(Path(request["path"]), fmt, feeds, threads)
+    else:
+        paths = {k: Path(v) for k, v in request["paths"].items()}
+        result = measure_speed(paths, fmt, feeds, threads, SpeedBudget(**request["budget"]))
     print(json.dumps(result))
 
 

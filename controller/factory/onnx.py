@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from lepton_edge.controller.factory.data import Feeds
 from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.manifest import ModelFormat
 
 
 def load(path: Path) -> onnx.ModelProto:
@@ -84,20 +86,32 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def _batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
-    return [np.ascontiguousarray(x[i : i + batch]) for i in range(0, len(x), batch)]
-
-
-def input_name(model: onnx.ModelProto) -> str:
+def input_names(model: onnx.ModelProto) -> list[str]:
     inits = {i.name for i in model.graph.initializer}
-    return str(next(i.name for i in model.graph.input if i.name not in inits))
+    return [i.name for i in model.graph.input if i.name not in inits]
 
 
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    name = input_name(model)
-    info = next(i for i in model.graph.input if i.name == name)
-    dim = info.type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+def _calibration_feeds(model: onnx.ModelProto, calib: Feeds) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds: batches of 32 when every input has a dynamic batch axis, else one
+    sample at a time."""
+    names = input_names(model)
+    infos = {i.name: i for i in model.graph.input}
+    dynamic = all(
+        not infos[n].type.tensor_type.shape.dim[0].HasField("dim_value")
+        for n in names
+        if infos[n].type.tensor_type.shape.dim
+    )
+    step = 32 if calib.all_batched and dynamic else 1
+    return [
+        dict(
+            zip(
+                names,
+                calib.feed(i, min(step, len(calib) - i)) if step > 1 else calib.feed(i),
+                strict=True,
+            )
+        )
+        for i in range(0, len(calib), step)
+    ]
 
 
 #: The oldest opset the int8 schemes can write: per-channel DequantizeLinear needs `axis` (13).
@@ -194,14 +208,14 @@ def layer(model: onnx.ModelProto, node_name: str) -> list[str]:
 def make_int8_static(
     fp32: Path,
     out: Path,
-    calib_x: np.ndarray,
+    calib: Feeds,
     keep_float: list[str] | None = None,
     *,
     only: list[str] | None = None,
     calibration_cache: Path | None = None,
 ) -> str:
     """QDQ, int8 weights per channel and uint8 activations (U8S8), MinMax-calibrated on
-    `calib_x`. U8S8 rather than S8S8: on the x86 (AVX512-VNNI) build host ONNX Runtime ran
+    `calib`. U8S8 rather than S8S8: on the x86 (AVX512-VNNI) build host ONNX Runtime ran
     a U8S8 MobileNetV2 faster than fp32 and an S8S8 one slower (one-off check, 1 thread).
     Weights use 7 bits (`reduce_range`): without VNNI (AVX2-only x86, e.g. an AMD EPYC build
     host) U8S8 products saturate, and the tiny test model lost 5.5 points instead of 2.0; one
@@ -218,16 +232,14 @@ def make_int8_static(
     )
 
     model = onnx.load(str(fp32))
-    name = input_name(model)
-    batches = _batches(calib_x.astype(np.float32), fixed_batch(model) or 32)
+    feeds = _calibration_feeds(model, calib)
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self._it = iter(batches)
+            self._it = iter(feeds)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._it, None)
-            return None if batch is None else {name: batch}
+            return next(self._it, None)
 
     with _quiet_tmp() as tmp:
         quantize_static(
@@ -251,24 +263,20 @@ def make_int8_static(
     return "static_qdq_per_channel"
 
 
-def sensitivity(
-    fp32: Path, calib_x: np.ndarray, probe_x: np.ndarray, work: Path
-) -> list[tuple[str, float]]:
+def sensitivity(fp32: Path, calib: Feeds, probe: Feeds, work: Path) -> list[tuple[str, float]]:
     """Each weighted node's harm when it alone is quantized: the mean absolute change of the
-    scores on (up to 64 of) the unlabelled `probe_x` samples. Most harmful first. Calibrates
-    once into `calibration_cache(work)`, which later `make_int8_static` calls can reuse."""
-    from lepton_edge.controller.factory.evaluate import Predictor
-    from lepton_edge.shared.manifest import ModelFormat
+    outputs on the unlabelled `probe` samples. Most harmful first. Calibrates once into
+    `calibration_cache(work)`, which later `make_int8_static` calls can reuse."""
+    from lepton_edge.controller.factory.evaluate import outputs_flat
 
-    probe = probe_x[:64].astype(np.float32)
-    reference = Predictor(fp32, ModelFormat.ONNX).predict_all(probe)
+    reference = outputs_flat(fp32, ModelFormat.ONNX, probe)
     harm: list[tuple[str, float]] = []
     for node in weighted_nodes(load(fp32)):
         candidate = work / "onnx-probe.onnx"
         cache = calibration_cache(work)
-        make_int8_static(fp32, candidate, calib_x, only=[node], calibration_cache=cache)
-        scores = Predictor(candidate, ModelFormat.ONNX).predict_all(probe)
-        harm.append((node, float(np.abs(scores - reference).mean())))
+        make_int8_static(fp32, candidate, calib, only=[node], calibration_cache=cache)
+        got = outputs_flat(candidate, ModelFormat.ONNX, probe)
+        harm.append((node, float(np.abs(got - reference).mean())))
     return sorted(harm, key=lambda item: -item[1])
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from lepton_edge.controller.factory.data import Feeds
 from lepton_edge.shared.errors import UserError
+from lepton_edge.shared.manifest import ModelFormat
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the quantizer's calibration progress bar
 
@@ -103,18 +105,23 @@ def make_fp16(source: Path, out: Path) -> str:
     return "weight_only_fp16"
 
 
-def _signature(source: Path) -> tuple[str, str, int | None]:
-    """(signature key, input name, fixed batch or None) of the model's first signature."""
+def _signature(source: Path) -> tuple[str, list[str]]:
+    """(signature key, its input names in the model's input order) of the first signature;
+    the calibrator feeds inputs by these names."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(source))
     signatures = it.get_signature_list()
     if not signatures:
-        raise UserError(f"{source} has no signature: export it with a serving signature")
-    key, spec = next(iter(signatures.items()))
-    detail = it.get_input_details()[0]
-    batch = int(detail.get("shape_signature", detail["shape"])[0])
-    return key, spec["inputs"][0], None if batch < 0 else batch
+        raise ValueError(
+            "the model has no signature, which static int8 calibration needs: export it "
+            "with a serving signature"
+        )
+    key = next(iter(signatures))
+    by_index = {
+        d["index"]: name for name, d in it.get_signature_runner(key).get_input_details().items()
+    }
+    return key, [by_index[d["index"]] for d in it.get_input_details()]
 
 
 def weighted_tensors(source: Path) -> list[str]:
@@ -139,11 +146,10 @@ def _scope(name: str) -> str:
     return f"(^|;){re.escape(name)};"
 
 
-def _calibration(source: Path, calib_x: np.ndarray) -> dict[str, list[dict[str, np.ndarray]]]:
-    key, name, batch = _signature(source)
-    x = calib_x.astype(np.float32)
-    step = batch or 1  # the calibrator runs the signature at the model's own shape
-    return {key: [{name: x[i : i + step]} for i in range(0, len(x) - step + 1, step)]}
+def _calibration(source: Path, calib: Feeds) -> dict[str, list[dict[str, np.ndarray]]]:
+    """One feed per sample, by signature input name (the calibrator runs the model's shape)."""
+    key, names = _signature(source)
+    return {key: [dict(zip(names, calib.feed(i), strict=True)) for i in range(len(calib))]}
 
 
 def layer(source: Path, tensor: str) -> list[str]:
@@ -170,12 +176,12 @@ def layer(source: Path, tensor: str) -> list[str]:
 def make_int8_static(
     source: Path,
     out: Path,
-    calib_x: np.ndarray,
+    calib: Feeds,
     keep_float: list[str] | None = None,
     qsvs: Any = None,
 ) -> str:
     """Full integer: int8 weights (per channel) and activations, int8 input/output tensors,
-    MinMax-calibrated on `calib_x` (or ranges `qsvs` from `calibrate`). `keep_float` names
+    MinMax-calibrated on `calib` (or ranges `qsvs` from `calibrate`). `keep_float` names
     op output tensors left in float."""
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -189,40 +195,37 @@ def make_int8_static(
             qtyping.TFLOperationName.ALL_SUPPORTED,
             algorithm_key=AlgorithmName.NO_QUANTIZE,
         )
-    _quantize(source, out, manager.get_quantization_recipe(), _calibration(source, calib_x), qsvs)
+    calibration = None if qsvs is not None else _calibration(source, calib)
+    _quantize(source, out, manager.get_quantization_recipe(), calibration, qsvs)
     return "static_wi8_ai8_mixed" if keep_float else "static_wi8_ai8"
 
 
-def calibrate(source: Path, calib_x: np.ndarray) -> Any:
+def calibrate(source: Path, calib: Feeds) -> Any:
     """Tensor ranges of a full static-int8 calibration, reusable by `make_int8_static`."""
     from ai_edge_quantizer import recipe
 
     with tempfile.TemporaryDirectory(prefix="lepton-tflite-") as tmp:
         return _quantize(
-            source, Path(tmp) / "q.tflite", recipe.static_wi8_ai8(), _calibration(source, calib_x)
+            source, Path(tmp) / "q.tflite", recipe.static_wi8_ai8(), _calibration(source, calib)
         )
 
 
-def sensitivity(
-    source: Path, qsvs: Any, probe_x: np.ndarray, work: Path
-) -> list[tuple[str, float]]:
+def sensitivity(source: Path, qsvs: Any, probe: Feeds, work: Path) -> list[tuple[str, float]]:
     """Each weighted op's harm when it alone is quantized (static int8, ranges `qsvs` from
-    `calibrate`): the mean absolute change of the scores on (up to 64 of) the unlabelled
-    `probe_x` samples. Most harmful first."""
+    `calibrate`): the mean absolute change of the outputs on the unlabelled `probe` samples.
+    Most harmful first."""
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.recipe_manager import RecipeManager
 
-    from lepton_edge.controller.factory.evaluate import Predictor
-    from lepton_edge.shared.manifest import ModelFormat
+    from lepton_edge.controller.factory.evaluate import outputs_flat
 
-    probe = probe_x[:64].astype(np.float32)
-    reference = Predictor(source, ModelFormat.TFLITE).predict_all(probe)
+    reference = outputs_flat(source, ModelFormat.TFLITE, probe)
     candidate = work / "tflite-probe.tflite"
     harm: list[tuple[str, float]] = []
     for name in weighted_tensors(source):
         manager = RecipeManager()
         manager.add_static_config(_scope(name), qtyping.TFLOperationName.ALL_SUPPORTED, 8, 8)
         _quantize(source, candidate, manager.get_quantization_recipe(), qsvs=qsvs)
-        scores = Predictor(candidate, ModelFormat.TFLITE).predict_all(probe)
-        harm.append((name, float(np.abs(scores - reference).mean())))
+        got = outputs_flat(candidate, ModelFormat.TFLITE, probe)
+        harm.append((name, float(np.abs(got - reference).mean())))
     return sorted(harm, key=lambda item: -item[1])

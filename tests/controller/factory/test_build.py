@@ -100,8 +100,12 @@ def test_the_measured_most_sensitive_layer_is_kept_float(tmp_path: Path) -> None
 
 def test_tolerance_is_configurable(tiny_model: Path, tmp_path: Path) -> None:
     x, _ = tiny.data(200, seed=1)
-    manifest = build(tmp_path / "b", tiny_model, calib_x=x * 0.01, tolerance_points=100.0)
+    loose = {"min_cosine": -1.0, "min_agreement": 0.0}  # every gate, not only accuracy
+    manifest = build(
+        tmp_path / "b", tiny_model, calib_x=x * 0.01, tolerance_points=100.0, tolerance=loose
+    )
     assert manifest.tolerance_points == 100.0
+    assert manifest.tolerance is not None and manifest.tolerance.min_cosine == -1.0
     assert manifest.variant("onnx-int8-static").status == "accepted"
     assert "onnx-int8-static-mixed" not in {v.id for v in manifest.variants}
 
@@ -120,6 +124,12 @@ def _no_leftovers(parent: Path) -> None:
         ("not_a_tflite", "is not a valid TFLite model"),
         ("zipmap", "is a sequence_type, not a tensor (skl2onnx's ZipMap: export with"),
         ("one_score", "outputs one value per sample (a regression or single-logit head)"),
+        ("raw_labels", "a raw model has no labels to score"),
+        ("unknown_task", "unknown task 'captioning': use one of classification, detection"),
+        ("unknown_output", "no output named ['logits']; the model has ['scores']"),
+        ("float_labels", "classification labels must be integer class indices"),
+        ("npz_names", "evaluation data names inputs ['pixels'] but the model takes ['x']"),
+        ("token_floats", "calibration data is float32 but the input takes int64 (token ids?)"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(
@@ -161,6 +171,21 @@ def test_bad_input_is_one_line_and_leaves_nothing(
         model.ir_version = 8
         onnx.save(model, str(inputs / "regression.onnx"))
         overrides["onnx"] = inputs / "regression.onnx"
+        overrides["task"] = "classification"
+    elif case == "raw_labels":
+        overrides["task"] = "raw"
+    elif case == "unknown_task":
+        overrides["task"] = "captioning"
+    elif case == "unknown_output":
+        overrides["description"] = {"task": "classification", "output": "logits"}
+    elif case == "float_labels":
+        overrides["eval_y"] = y.astype(np.float32) + 0.5
+        overrides["eval_x"] = x
+    elif case == "npz_names":
+        overrides["eval_x"] = {"pixels": x}
+    elif case == "token_floats":
+        overrides["onnx"] = tiny.make_token_onnx(inputs / "tokens.onnx")
+        overrides["calib_x"] = {"tokens": np.zeros((4, 6), np.float32)}
     elif case == "empty_calibration":
         overrides["calib_x"] = x[:0]
     if case in {"labels"}:
@@ -279,3 +304,20 @@ def test_tflite_fallback_chain_ends_at_dynamic(tmp_path: Path) -> None:
     kept = [dtypes[op["inputs"][1]] == np.float32 for op in weighted]
     # The conv reads the badly calibrated input: quantized alone it does the most harm.
     assert kept == [True, False, False]
+
+
+def test_a_token_id_input_is_passed_through_and_never_quantized(tmp_path: Path) -> None:
+    model = tiny.make_token_onnx(tmp_path / "tokens.onnx")
+    ids, y = tiny.token_data(300)
+    manifest = build(
+        tmp_path / "b", model, calib_x=ids[:100], eval_x={"tokens": ids[100:]}, eval_y=y[100:]
+    )
+    assert manifest.model is not None
+    assert manifest.model.inputs[0].dtype == "int64"
+    assert manifest.model.inputs[0].build_shape == [1, tiny.SEQ]
+    assert manifest.variant("onnx-fp32").metrics.accuracy == 1.0
+    for variant in manifest.variants:
+        assert variant.inputs[0].dtype == "int64", variant.id  # the ids reach the model as ids
+        fidelity = variant.metrics.fidelity
+        assert fidelity is not None and fidelity[0].name == "scores"
+    assert manifest.variant("onnx-int8-dynamic").metrics.agreement is not None

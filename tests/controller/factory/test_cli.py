@@ -83,7 +83,14 @@ def test_build_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
             ],
             "is not a valid ONNX model",
         ),
-        (["--onnx", "m.onnx", "--calib", "x.npy", "--eval", "x.npy"], "pass --eval-labels"),
+        (
+            ["--onnx", "m.onnx", "--calib", "x.npy", "--eval", "x.npy", "--task", "captioning"],
+            "unknown task 'captioning'",
+        ),
+        (
+            ["--onnx", "m.onnx", "--calib", "x.npy", "--eval", "x.npy", "--describe", "d.toml"],
+            "model description d.toml is not valid TOML/JSON",
+        ),
         (
             [
                 "--onnx",
@@ -120,6 +127,7 @@ def test_bad_input_exits_2_with_one_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "README.md").write_text("# not a model\n")
+    (tmp_path / "d.toml").write_text("task = \n")
     tiny.make_onnx(tmp_path / "m.onnx")
     x, y = tiny.data(20)
     np.save(tmp_path / "x.npy", x)

@@ -62,7 +62,10 @@ def test_variants_and_files(reference_bundle) -> None:
     assert manifest.baseline == {ModelFormat.ONNX: "onnx-fp32", ModelFormat.TFLITE: "tflite-fp32"}
     assert manifest.num_classes == 10 and len(manifest.labels) == 10
     files = sorted(p.name for p in reference_bundle.dir.iterdir())
-    assert files == sorted([MANIFEST_FILE] + [v.filename for v in manifest.variants])
+    assert manifest.probe is not None
+    assert files == sorted(
+        [MANIFEST_FILE, manifest.probe.filename] + [v.filename for v in manifest.variants]
+    )
     on_disk = Manifest.model_validate_json((reference_bundle.dir / MANIFEST_FILE).read_bytes())
     assert on_disk == manifest
     for v in manifest.variants:

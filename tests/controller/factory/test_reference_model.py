@@ -16,6 +16,7 @@ import pytest
 
 from lepton_edge.controller.factory import onnx as onnx_variants
 from lepton_edge.controller.factory import tflite as tflite_variants
+from lepton_edge.controller.factory.data import Feeds
 from lepton_edge.controller.factory.evaluate import Predictor
 from lepton_edge.shared.idx import fashion_mnist
 from lepton_edge.shared.manifest import ModelFormat
@@ -84,7 +85,7 @@ def test_committed_models_are_the_seed_cnn() -> None:
 
 def test_quantizers_are_deterministic(tmp_path: Path) -> None:
     x, _ = fashion_mnist("train")
-    calib = (x[:200].astype(np.float32) / 255.0)[..., None]
+    calib = Feeds(((x[:200].astype(np.float32) / 255.0)[..., None],), (True,))
     source = REFERENCE / "model.tflite"
     makers = {
         "fp16": lambda out: tflite_variants.make_fp16(source, out),

@@ -65,3 +65,43 @@ def make_onnx(path: Path, extra_op: str | None = None, offset: float = 0.0) -> P
     onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+VOCAB, EMBED, SEQ = 50, 16, 6
+
+
+def token_weights() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return (
+        rng.normal(0, 1, (VOCAB, EMBED)).astype(np.float32),
+        rng.normal(0, 1, (EMBED, CLASSES)).astype(np.float32),
+    )
+
+
+def token_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences of SEQ int64 token ids, labelled by the token model's own weights."""
+    ids = np.random.default_rng(seed).integers(0, VOCAB, (n, SEQ), dtype=np.int64)
+    embedding, head = token_weights()
+    return ids, (embedding[ids].mean(axis=1) @ head).argmax(1)
+
+
+def make_token_onnx(path: Path) -> Path:
+    """A text classifier: int64 token ids -> embedding (Gather) -> mean -> dense -> softmax."""
+    embedding, head = token_weights()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["embedding", "tokens"], ["e"], name="embed"),
+            helper.make_node("ReduceMean", ["e"], ["m"], name="mean", axes=[1], keepdims=0),
+            helper.make_node("MatMul", ["m", "head"], ["z"], name="dense"),
+            helper.make_node("Softmax", ["z"], ["scores"], name="softmax", axis=-1),
+        ],
+        "tokens",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", SEQ])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", CLASSES])],
+        [numpy_helper.from_array(embedding, "embedding"), numpy_helper.from_array(head, "head")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
