@@ -291,12 +291,6 @@ def _model_io(
         if path is not None:
             specs[path] = evaluate.tensor_specs(path, fmt)
     (first_path, first), *rest = specs.items()
-    for spec in first[0]:
-        if spec.shape and spec.shape[0] not in (None, 1) and len(spec.shape) > 1:
-            raise UserError(
-                f"{first_path}: input {spec.name!r} has a fixed batch of {spec.shape[0]}: "
-                "export it with batch 1 or a dynamic batch"
-            )
     for other_path, other in rest:
 
         def shapes(io: tuple[list[TensorSpec], list[TensorSpec]]) -> list[list[Any]]:
@@ -389,27 +383,24 @@ def _build(
     if tflite is not None:
         tflite_mod.check(tflite)
     inputs, outputs = _model_io(onnx, tflite)
-    image_fields = {
-        k: v
-        for k, v in (
-            ("scale", scaling.scale),
-            ("mean", list(scaling.mean)),
-            ("std", list(scaling.std)),
-        )
-        if v
-    }
+    # The image input's scaling: the flags over the description's [input] table.
+    flags = {"scale": scaling.scale, "mean": list(scaling.mean), "std": list(scaling.std)}
+    image_fields = {**(given.get("input") or {}), **{k: v for k, v in flags.items() if v}}
+    scaling = data_mod.Scaling(
+        image_fields.get("scale"),
+        tuple(image_fields.get("mean", ())),
+        tuple(image_fields.get("std", ())),
+    )
+    specs: list[TensorSpec] = list(inputs)
+    calib = data_mod.prepare_feeds(calib_x, specs, "calibration data", scaling)
+    calib = calib.head(MAX_CALIBRATION_SAMPLES)
+    ex = data_mod.prepare_feeds(eval_x, specs, "evaluation data", scaling)
     image = None
-    if image_fields and len(inputs[0].shape) == 4:
-        fields = {**(given.get("input") or {}), **image_fields}
-        image = describe_mod._image(inputs[0], fields)
+    if image_fields and len(inputs[0].shape) == 4:  # sized by the data where it is dynamic
+        image = describe_mod.image_input(inputs[0], image_fields, ex.shapes()[0])
+    given = {k: v for k, v in given.items() if k != "input"}
     model = describe_mod.describe(inputs, outputs, given, task, image)
-    described = next((i.image for i in model.inputs if i.image is not None), None)
-    if described is not None and not image_fields:  # the description's own scaling
-        scaling = data_mod.Scaling(
-            described.scale if "scale" in described.model_fields_set else None,
-            tuple(described.mean),
-            tuple(described.std),
-        )
+    model = describe_mod.with_build_shapes(model, ex.shapes())
     num_classes = _num_classes(model, labels)
     if (
         labels
@@ -417,12 +408,6 @@ def _build(
         and len(labels) != num_classes
     ):
         raise UserError(f"{len(labels)} labels given but the model has {num_classes} classes")
-
-    specs: list[TensorSpec] = list(model.inputs)
-    calib = data_mod.prepare_feeds(calib_x, specs, "calibration data", scaling)
-    calib = calib.head(MAX_CALIBRATION_SAMPLES)
-    ex = data_mod.prepare_feeds(eval_x, specs, "evaluation data", scaling)
-    model = describe_mod.with_build_shapes(model, ex.shapes())
     size = (
         describe_mod.image_size(model)
         if model.task in (Task.DETECTION, Task.SEGMENTATION)

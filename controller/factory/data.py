@@ -56,8 +56,8 @@ class Feeds:
 
     def feed(self, i: int, count: int = 1) -> list[np.ndarray]:
         """The inputs for samples i..i+count (count > 1 only when every input is batched)."""
-        return [
-            np.ascontiguousarray(a[i : i + count] if b else a[i])
+        return [  # np.array, not ascontiguousarray: that makes a scalar input (a rate) 1-D
+            np.array(a[i : i + count] if b else a[i], order="C")
             for a, b in zip(self.arrays, self.batched, strict=True)
         ]
 

@@ -78,10 +78,7 @@ def describe(
     if "input" in given:
         per_input[inputs[0].name] = given.pop("input")
     if image is not None:
-        per_input[inputs[0].name] = {
-            **per_input.get(inputs[0].name, {}),
-            **image.model_dump(exclude_unset=True),
-        }
+        per_input[inputs[0].name] = image.model_dump()
     unknown = sorted(set(per_input) - {i.name for i in inputs})
     if unknown:
         raise UserError(
@@ -94,7 +91,7 @@ def describe(
         described.append(
             ModelInput(
                 **spec.model_dump(),
-                image=_image(spec, fields) if fields is not None else None,
+                image=image_input(spec, fields) if fields is not None else None,
             )
         )
     if chosen in (Task.CLASSIFICATION, Task.REGRESSION) and "output" not in given:
@@ -132,12 +129,19 @@ def _default_task(outputs: list[TensorSpec]) -> Task:
     return Task.RAW
 
 
-def _image(spec: TensorSpec, fields: dict[str, Any]) -> ImageInput:
-    """An image input's processing; its size comes from the model's shape when fixed."""
+def image_input(
+    spec: TensorSpec, fields: dict[str, Any], fed: list[int] | None = None
+) -> ImageInput:
+    """An image input's processing; its size comes from the model's shape, or where that is
+    dynamic from the `fed` shape (the evaluation data's)."""
     if len(spec.shape) != 4:
         raise UserError(f"input {spec.name!r} has shape {spec.shape}: an image input is 4-D")
-    layout = fields.get("layout", "NHWC")
-    h, w = (spec.shape[1], spec.shape[2]) if layout == "NHWC" else (spec.shape[2], spec.shape[3])
+    layout = fields.get("layout") or ("NCHW" if spec.shape[1] in (1, 3) else "NHWC")
+    fields = {**fields, "layout": layout}
+    dims = [d if d is not None else (fed[i] if fed else None) for i, d in enumerate(spec.shape)]
+    h, w = (dims[1], dims[2]) if layout == "NHWC" else (dims[2], dims[3])
+    if (dims[3] if layout == "NHWC" else dims[1]) == 1:
+        fields.setdefault("pixel_format", "gray")
     if "size" not in fields and (h is None or w is None):
         raise UserError(f"input {spec.name!r} has a dynamic size: give size = [height, width]")
     try:

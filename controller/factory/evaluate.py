@@ -58,8 +58,7 @@ class Predictor:
             from ai_edge_litert.interpreter import Interpreter
 
             self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-            self._in = self._interpreter.get_input_details()
-            self._out = self._interpreter.get_output_details()
+            self._in, self._out = lite_io(self._interpreter)
             self._shapes: list[tuple[int, ...]] = [tuple(d["shape"]) for d in self._in]
             self._allocated = False
 
@@ -92,6 +91,24 @@ class Predictor:
     def predict_all(self, x: np.ndarray) -> np.ndarray:
         """`predict` sample by sample over `x`, concatenated."""
         return np.concatenate([self.predict(x[i : i + EVAL_BATCH]) for i in range(len(x))])
+
+
+def lite_io(interpreter: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A TFLite model's input and output details in its signature's order (the order of the
+    source model, as ONNX has them); the tensor order of the flatbuffer can differ."""
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    signatures = interpreter._get_full_signature_list()
+    if not signatures:
+        return inputs, outputs
+    signature = next(iter(signatures.values()))
+
+    def ordered(details: list[dict[str, Any]], names: dict[str, int]) -> list[dict[str, Any]]:
+        by_index = {d["index"]: d for d in details}
+        if sorted(names.values()) != sorted(by_index):
+            return details
+        return [by_index[i] for i in names.values()]
+
+    return ordered(inputs, signature["inputs"]), ordered(outputs, signature["outputs"])
 
 
 def outputs_flat(path: Path, fmt: ModelFormat, probe: Feeds) -> np.ndarray:
@@ -134,7 +151,7 @@ def tensor_specs(path: Path, fmt: ModelFormat) -> tuple[list[TensorSpec], list[T
                 )
                 raise UserError(f"{path}: output {info.name!r} is a {kind}, not a tensor{hint}")
             t = info.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            dims = [d.dim_value if d.dim_value > 0 else None for d in t.shape.dim]
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
             return TensorSpec(name=info.name, shape=dims, dtype=dtype)
 
@@ -143,14 +160,14 @@ def tensor_specs(path: Path, fmt: ModelFormat) -> tuple[list[TensorSpec], list[T
         return inputs, [spec(o) for o in model.graph.output]
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(path))
+    inputs, outputs = lite_io(Interpreter(model_path=str(path)))
 
     def lite(detail: dict[str, Any]) -> TensorSpec:
         signature = detail.get("shape_signature", detail["shape"])
         dims = [None if int(d) < 0 else int(d) for d in signature]
         return TensorSpec(name=detail["name"], shape=dims, dtype=np.dtype(detail["dtype"]).name)
 
-    return [lite(d) for d in it.get_input_details()], [lite(d) for d in it.get_output_details()]
+    return [lite(d) for d in inputs], [lite(d) for d in outputs]
 
 
 # -- speed and memory (child processes) --------------------------------------------------------

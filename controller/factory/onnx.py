@@ -39,8 +39,15 @@ def _first_line(exc: BaseException) -> str:
 def canonicalize(model: onnx.ModelProto, output_names: Iterable[str] = ()) -> onnx.ModelProto:
     """Rename internal tensors and nodes by topological position so equal graphs give equal
     bytes (tf2onnx's names depend on Python's hash seed). Graph inputs keep their names;
-    outputs take `output_names` when given. Initializers are sorted by their new name."""
+    outputs take `output_names` when given. Initializers are sorted by their new name.
+    A graph with control flow (If, Loop, Scan) keeps its names: its subgraphs refer to outer
+    tensors by name."""
     graph = model.graph
+    subgraphs = any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    )
     keep = {i.name for i in graph.input}
     renames: dict[str, str] = {}
     for new, old in zip(output_names, [o.name for o in graph.output], strict=False):
@@ -56,13 +63,13 @@ def canonicalize(model: onnx.ModelProto, output_names: Iterable[str] = ()) -> on
             counter += 1
         return renames[name]
 
-    for index, node in enumerate(graph.node):
+    for index, node in enumerate([] if subgraphs else graph.node):
         node.name = f"{node.op_type}_{index}"
         node.input[:] = [rename(n) for n in node.input]
         node.output[:] = [rename(n) for n in node.output]
-    for tensor in graph.initializer:
+    for tensor in [] if subgraphs else graph.initializer:
         tensor.name = rename(tensor.name)
-    for info in [*graph.output, *graph.value_info]:
+    for info in [] if subgraphs else [*graph.output, *graph.value_info]:
         info.name = rename(info.name)
     initializers = sorted(graph.initializer, key=lambda t: t.name)
     del graph.initializer[:]

@@ -121,7 +121,9 @@ def _signature(source: Path) -> tuple[str, list[str]]:
     by_index = {
         d["index"]: name for name, d in it.get_signature_runner(key).get_input_details().items()
     }
-    return key, [by_index[d["index"]] for d in it.get_input_details()]
+    from lepton_edge.controller.factory.evaluate import lite_io
+
+    return key, [by_index[d["index"]] for d in lite_io(it)[0]]
 
 
 def weighted_tensors(source: Path) -> list[str]:
