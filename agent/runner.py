@@ -42,6 +42,7 @@ from lepton_edge.shared.messages import (
     ThermalSample,
     VariantTiming,
 )
+from lepton_edge.shared.probe import load_probe, wrong_answers
 
 if TYPE_CHECKING:
     from lepton_edge.agent.config import AgentSettings
@@ -200,12 +201,20 @@ class InferenceRunner:
     def benchmark(
         self, bundle_dir: Path, manifest: Manifest, variant_ids: list[str], iterations: int
     ) -> dict[str, Any]:
-        """Time each variant at batch 1 on this device (alongside the running engine)."""
+        """Time each variant at batch 1 on this device (alongside the running engine), and
+        check its answers on the bundle's probe set: a variant that computes something else
+        on this hardware is reported with the error `wrong answers on this device: ...`."""
         timings: dict[str, VariantTiming] = {}
+        probe = load_probe(bundle_dir, manifest)
         for vid in variant_ids:
             try:
                 spec = self._spec(bundle_dir, manifest, vid)
                 timings[vid] = self._time(spec, iterations)
+                wrong = None if probe is None else self._check(spec, manifest, probe)
+                if wrong is not None:
+                    timings[vid] = timings[vid].model_copy(
+                        update={"error": f"wrong answers on this device: {wrong}"}
+                    )
             except (KeyError, VariantLoadError) as exc:
                 timings[vid] = VariantTiming(error=str(exc).strip("'\""))
             except Exception as exc:
@@ -326,6 +335,21 @@ class InferenceRunner:
         if spec is None or shape is None:
             return None
         return ModelInfo(spec.id, shape, list(bundle[1].labels) if bundle else [])
+
+    def _check(
+        self, spec: VariantSpec, manifest: Manifest, probe: dict[str, np.ndarray]
+    ) -> str | None:
+        """The variant's outputs on the probe inputs against fp32's (one-input models: what
+        this engine runs)."""
+        if "input0" not in probe or "input1" in probe:
+            return None
+        rt = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)
+        try:
+            x = probe["input0"].astype(np.float32)
+            got = np.concatenate([rt.run(x[i : i + 1]) for i in range(len(x))])
+        finally:
+            rt.close()
+        return wrong_answers(manifest, spec.variant.format, [got], probe)
 
     def _time(self, spec: VariantSpec, iterations: int) -> VariantTiming:
         rt = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)

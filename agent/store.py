@@ -34,7 +34,7 @@ from pydantic import TypeAdapter, ValidationError
 from lepton_edge.agent.config import StoreSettings
 from lepton_edge.shared.bundle import verify_bundle
 from lepton_edge.shared.errors import BundleInvalid, SignatureError
-from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, Variant, sha256_file
+from lepton_edge.shared.manifest import MANIFEST_FILE, Manifest, ProbeSet, Variant, sha256_file
 from lepton_edge.shared.messages import PowerLevel
 from lepton_edge.shared.signing import load_public_key, verify_manifest
 
@@ -235,6 +235,8 @@ class ArtifactStore:
                 else:
                     part = self._download(v, artifact_base_url.rstrip("/") + "/" + v.sha256)
                     os.replace(part, dest)
+            if manifest.probe is not None:  # small: the on-device correctness check's inputs
+                self._fetch_probe(manifest.probe, artifact_base_url, stage, have)
             (stage / MANIFEST_FILE).write_bytes(raw)
             (stage / LADDER_FILE).write_bytes(_LADDER.dump_json(ladder))
             for f in stage.iterdir():
@@ -249,6 +251,24 @@ class ArtifactStore:
             shutil.rmtree(stage, ignore_errors=True)
             raise
         return Bundle(final, manifest, ladder)
+
+    def _fetch_probe(
+        self, probe: ProbeSet, artifact_base_url: str, stage: Path, have: dict[str, Path]
+    ) -> None:
+        """The probe set next to the variants; without it (a controller that does not serve
+        it) the bundle still deploys, and `benchmark` times without checking answers."""
+        dest = stage / probe.filename
+        if probe.sha256 in have:
+            self._copy_verified(have[probe.sha256], dest)
+            return
+        try:
+            part = self._download(
+                probe, artifact_base_url.rstrip("/") + "/" + probe.sha256, "probe set"
+            )
+        except StoreError as exc:
+            log.warning("no probe set for the on-device check: %s", exc)
+            return
+        os.replace(part, dest)
 
     def _verified_files(self) -> dict[str, Path]:
         """sha256 -> a file already inside a verified bundle (reused instead of downloaded)."""
@@ -293,8 +313,9 @@ class ArtifactStore:
             raise StoreError(f"GET {url}: larger than {limit} bytes")
         return data
 
-    def _download(self, variant: Variant, url: str) -> Path:
+    def _download(self, variant: Variant | ProbeSet, url: str, what: str = "") -> Path:
         """Download to downloads/{sha}.part, resuming what is there; return the verified part."""
+        label = what or getattr(variant, "id", "file")
         part = self.downloads / f"{variant.sha256}.part"
         last_error = ""
         for attempt in range(1, self.settings.download_attempts + 1):
@@ -305,18 +326,18 @@ class ArtifactStore:
                 raise
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 last_error = _why(exc)
-                log.warning("download of %s, attempt %d: %s", variant.id, attempt, last_error)
+                log.warning("download of %s, attempt %d: %s", label, attempt, last_error)
                 time.sleep(min(2.0, 0.2 * attempt))
         else:
             raise StoreError(
-                f"download of variant {variant.id} from {url} failed after "
+                f"download of variant {label} from {url} failed after "
                 f"{self.settings.download_attempts} attempts: {last_error}"
             )
         digest = sha256_file(part)
         if digest != variant.sha256:
             part.unlink(missing_ok=True)
             raise StoreError(
-                f"variant {variant.id}: sha256 of the download is {digest[:16]}…, the signed "
+                f"variant {label}: sha256 of the download is {digest[:16]}…, the signed "
                 f"manifest says {variant.sha256[:16]}…; artifact rejected"
             )
         _fsync_file(part)

@@ -88,9 +88,12 @@ class BundleStore:
             if existing.manifest.get("signature") == manifest.signature:
                 return manifest, False
             raise BundleError(409, f"bundle {manifest.bundle_id} exists with different content")
-        for variant in manifest.variants:
-            path = src / variant.filename
-            target = self.artifact_path(variant.sha256)
+        files = [(v.filename, v.sha256) for v in manifest.variants]
+        if manifest.probe is not None:
+            files.append((manifest.probe.filename, manifest.probe.sha256))
+        for filename, sha256 in files:
+            path = src / filename
+            target = self.artifact_path(sha256)
             if path.exists() and not target.exists():
                 tmp = target.with_suffix(".part")
                 shutil.copyfile(path, tmp)

@@ -52,7 +52,8 @@ class Candidate:
     def describe(self) -> str:
         lat = f"{self.latency_ms:.3f} ms ({self.source})" if self.latency_ms is not None else "?"
         acc = f"{self.accuracy * 100:.2f} %" if self.accuracy is not None else "?"
-        return f"{self.variant.id}: p50 {lat}, accuracy {acc}"
+        what = "accuracy" if self.variant.metrics.accuracy is not None else "quality"
+        return f"{self.variant.id}: p50 {lat}, {what} {acc}"
 
 
 @dataclass
@@ -106,12 +107,19 @@ def _eligibility(
 
 def _candidate(variant: Variant, measured: Measured | None) -> Candidate:
     if measured is not None and measured.p50_ms is not None:
-        return Candidate(variant, measured.p50_ms, "device", variant.metrics.accuracy)
+        return Candidate(variant, measured.p50_ms, "device", variant.metrics.quality())
     if variant.metrics.latency_p50_ms is not None:
         return Candidate(
-            variant, variant.metrics.latency_p50_ms, "build-host", variant.metrics.accuracy
+            variant, variant.metrics.latency_p50_ms, "build-host", variant.metrics.quality()
         )
-    return Candidate(variant, None, "none", variant.metrics.accuracy)
+    return Candidate(variant, None, "none", variant.metrics.quality())
+
+
+def _noise(c: Candidate) -> float:
+    """How far apart two timings of it can be by noise alone: the spread of the factory's
+    round medians (on-device timings have none recorded)."""
+    spread = c.variant.metrics.latency_spread if c.source == "build-host" else None
+    return spread or 1.0
 
 
 def _cost_key(c: Candidate) -> tuple[float, int]:
@@ -183,10 +191,10 @@ def select(
     timed = [c for c in eligible if c.latency_ms is not None]
     if timed:
         fastest = min(c.latency_ms for c in timed if c.latency_ms is not None)
+        # Within the timing noise is a tie, even past `cheap_margin`.
+        margin = max(1 + cheap_margin, *(_noise(c) for c in timed))
         near_fastest = [
-            c
-            for c in timed
-            if c.latency_ms is not None and c.latency_ms <= fastest * (1 + cheap_margin)
+            c for c in timed if c.latency_ms is not None and c.latency_ms <= fastest * margin
         ]
         critical = min(near_fastest, key=lambda c: (c.variant.size_bytes, c.latency_ms or 0.0))
         fast = [

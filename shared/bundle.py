@@ -76,4 +76,13 @@ def verify_bundle(
                 f"bundle {manifest.bundle_id}: {path.name} of variant {variant.id} does not match "
                 "its sha256"
             )
+    probe = manifest.probe
+    if probe is not None and (bundle_dir / probe.filename).is_file():
+        path = bundle_dir / probe.filename
+        size_ok = path.stat().st_size == probe.size_bytes
+        if not size_ok or (rehash and sha256_file(path) != probe.sha256):
+            raise SignatureError(
+                f"bundle {manifest.bundle_id}: probe set {path.name} does not match the signed "
+                "manifest"
+            )
     return manifest

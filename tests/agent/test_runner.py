@@ -177,3 +177,61 @@ def test_broken_variant_falls_back_and_all_broken_refuses(
     with pytest.raises(VariantLoadError, match="lacks"):
         other.activate(copy, fm_bundle.manifest, {PowerLevel.PERFORMANCE: "nope"})
     other.close()
+
+
+def test_benchmark_reports_a_signed_variant_that_computes_wrong_answers(
+    runner: Any,
+    fm_bundle: Bundle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A variant that loads, runs and is signed, but whose last layer is negated: timing alone
+    would rank it like any other; the probe check on the device reports it, and selection
+    drops it with the reason."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lepton_edge.controller.selection import Measured, select
+    from lepton_edge.shared.bundle import verify_bundle
+    from lepton_edge.shared.manifest import sha256_file
+    from lepton_edge.shared.signing import generate_key, sign_manifest
+    from tests.controller.helpers import profile
+
+    r, _, _ = runner
+    manifest = fm_bundle.manifest
+    assert manifest.probe is not None  # every factory bundle carries its probe set
+    copy = tmp_path / "bundle"
+    shutil.copytree(fm_bundle.dir, copy)
+    fp32, victim = fm_bundle.ids("onnx", "fp32")[0], fm_bundle.ids("onnx", "int8")[0]
+    model = onnx.load(str(fm_bundle.path(fp32)))
+    inits = {t.name: t for t in model.graph.initializer}
+    last = next(n for n in reversed(model.graph.node) if n.op_type in ("MatMul", "Gemm"))
+    weight = inits[last.input[1]]
+    weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
+    wrong = copy / "wrong.onnx"
+    onnx.save(model, str(wrong))
+    digest = sha256_file(wrong)
+    wrong.rename(copy / f"{digest}.onnx")
+    variants = [
+        v.model_copy(
+            update={"sha256": digest, "size_bytes": (copy / f"{digest}.onnx").stat().st_size}
+        )
+        if v.id == victim
+        else v
+        for v in manifest.variants
+    ]
+    key = generate_key()
+    signed = sign_manifest(manifest.model_copy(update={"variants": variants}), key)
+    (copy / "manifest.json").write_text(signed.model_dump_json())
+    assert verify_bundle(copy, key.public_key()) == signed  # signed and intact: only wrong
+
+    timings = r.benchmark(copy, signed, [fp32, victim], 10)
+    assert timings[fp32].error is None
+    error = timings[victim].error
+    assert error is not None and error.startswith("wrong answers on this device: "), error
+    assert timings[victim].p50_ms is not None  # it ran fine: timing alone would keep it
+
+    measured = {k: Measured(p50_ms=t.p50_ms, error=t.error) for k, t in timings.items()}
+    hw = profile(runtimes={"onnxruntime": "1.20", "litert": "1.2"}, features=["avx2"])
+    ladder = select(signed, hw, measured).ladder
+    assert victim not in ladder.mapping().values()
+    assert "wrong answers on this device" in ladder.rejected[victim]
