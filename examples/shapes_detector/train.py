@@ -81,7 +81,9 @@ def loss(keras: Any) -> Any:
 
     def detector_loss(y: Any, raw: Any) -> Any:
         positive = y[..., 7]
-        bce = keras.losses.binary_crossentropy(y[..., 0:3, None], raw[..., 4:7, None], from_logits=True)
+        bce = keras.losses.binary_crossentropy(
+            y[..., 0:3, None], raw[..., 4:7, None], from_logits=True
+        )
         p = ops.sigmoid(raw[..., 4:7])
         focal = ops.mean(bce * ops.square(ops.abs(y[..., 0:3] - p)), axis=-1) * 20
         centre = ops.sum(ops.abs(ops.sigmoid(raw[..., 0:2]) - y[..., 3:5]), axis=-1)
