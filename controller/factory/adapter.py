@@ -137,7 +137,7 @@ class HardwareAdapter:
     def fit(
         self,
         model: Any,
-        x_train: np.ndarray,
+        x_train: np.ndarray | dict[str, np.ndarray],
         y_train: np.ndarray | None = None,
         *,
         tflite_quantizer: str = "ai-edge-quantizer",
@@ -146,20 +146,30 @@ class HardwareAdapter:
         path, or a pair `(onnx_path, tflite_path)` of the same network. Without `y_train`
         the variants are judged by fidelity to fp32 only. `tflite_quantizer`: see
         `build_bundle` ("tensorflow" for TensorFlow's converter, Keras models only)."""
-        x_train = np.asarray(x_train)
-        if y_train is not None and len(x_train) != len(y_train):
-            raise UserError(f"x_train has {len(x_train)} samples but y_train {len(y_train)}")
-        if len(x_train) < 2:
+        arrays = (
+            {k: np.asarray(v) for k, v in x_train.items()}
+            if isinstance(x_train, dict)
+            else {"": np.asarray(x_train)}
+        )
+        samples = min(len(a) for a in arrays.values())
+        if y_train is not None and samples != len(y_train):
+            raise UserError(f"x_train has {samples} samples but y_train {len(y_train)}")
+        if samples < 2:
             raise UserError("x_train needs at least 2 samples (calibration and held-out)")
-        order = np.random.default_rng(self.seed).permutation(len(x_train))
+
+        def take(rows: np.ndarray) -> Any:
+            picked = {k: a[np.sort(rows)] for k, a in arrays.items()}
+            return picked[""] if "" in picked else picked
+
+        order = np.random.default_rng(self.seed).permutation(samples)
         holdout = order[: min(self.holdout_samples, len(order) // 2)]
         calib = order[len(holdout) : len(holdout) + self.calibration_samples]
         sources = _sources(model)
         self.manifest = build_bundle(
             self.bundle_dir,
             **sources,
-            calib_x=x_train[np.sort(calib)],
-            eval_x=x_train[np.sort(holdout)],
+            calib_x=take(calib),
+            eval_x=take(holdout),
             eval_y=None if y_train is None else np.asarray(y_train)[np.sort(holdout)],
             key=self.key,
             model_name=self.model_name,

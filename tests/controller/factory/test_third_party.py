@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lepton_edge.controller.demo import shapes
-from lepton_edge.controller.factory import build_bundle, load_bundle
+from lepton_edge.controller.factory import HardwareAdapter, build_bundle, load_bundle
 from lepton_edge.controller.factory.evaluate import SpeedBudget
 from lepton_edge.shared.manifest import Manifest, Task, Tolerance
 from lepton_edge.shared.signing import generate_key
@@ -51,19 +51,20 @@ def _images(n: int, seed: int, size: int) -> np.ndarray:
     return np.repeat(np.repeat(x, reps, axis=1), reps, axis=2)[:, :size, :size]
 
 
-def test_silero_vad_three_inputs_one_int64_two_outputs(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
+def audio(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Chunks of 512 samples at 16 kHz (tones in noise), silero-vad's three inputs."""
+    rng = np.random.default_rng(seed)
     t = np.arange(512) / 16000
+    tone = np.sin(2 * np.pi * rng.uniform(100, 800, (n, 1)) * t) * rng.uniform(0, 0.5, (n, 1))
+    noise = rng.normal(0, 0.05, (n, 512))
+    return {
+        "input": (tone + noise).astype(np.float32),
+        "state": np.zeros((n, 2, 1, 128), np.float32),  # one whole feed per sample
+        "sr": np.full(n, 16000, np.int64),
+    }
 
-    def audio(n: int) -> dict[str, np.ndarray]:
-        tone = np.sin(2 * np.pi * rng.uniform(100, 800, (n, 1)) * t) * rng.uniform(0, 0.5, (n, 1))
-        noise = rng.normal(0, 0.05, (n, 512))
-        return {
-            "input": (tone + noise).astype(np.float32),
-            "state": np.zeros((n, 2, 1, 128), np.float32),  # one whole feed per sample
-            "sr": np.full(n, 16000, np.int64),
-        }
 
+def test_silero_vad_three_inputs_one_int64_two_outputs(tmp_path: Path) -> None:
     manifest = _build(
         tmp_path / "vad",
         onnx=model_file("silero_vad"),
@@ -142,3 +143,16 @@ def test_selfie_segmenter_mask_iou_against_fp32(tmp_path: Path) -> None:
         assert v.metrics.agreement is not None and 0 <= v.metrics.agreement <= 1, v.id
     assert manifest.variants[0].metrics.agreement == 1.0
     _gate_is_consistent(manifest)
+
+
+def test_adapter_takes_a_multi_input_model_without_labels(tmp_path: Path) -> None:
+    adapter = HardwareAdapter(
+        tmp_path / "vad", model_name="vad", calibration_samples=16, holdout_samples=24
+    )
+    adapter.fit(model_file("silero_vad"), audio(48, seed=1))
+    rows = adapter.evaluate(audio(16, seed=2))
+    assert adapter.manifest is not None
+    assert [r.id for r in rows] == [v.id for v in adapter.manifest.variants]
+    assert rows[0].min_cosine == 1.0 and rows[0].accuracy is None  # fp32 against itself
+    assert all(r.min_cosine is not None for r in rows)
+    assert "cosine" in str(rows).splitlines()[0]
