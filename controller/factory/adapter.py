@@ -159,7 +159,7 @@ class HardwareAdapter:
 
         def take(rows: np.ndarray) -> Any:
             picked = {k: a[np.sort(rows)] for k, a in arrays.items()}
-            return picked[""] if "" in picked else picked
+            return picked.get("", picked)  # one unnamed array, or the dict by input name
 
         order = np.random.default_rng(self.seed).permutation(samples)
         holdout = order[: min(self.holdout_samples, len(order) // 2)]
