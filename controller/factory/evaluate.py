@@ -27,7 +27,6 @@ from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.manifest import ModelFormat, TensorSpec
 
 #: Batch sizes of the two speed figures in the manifest.
-LATENCY_BATCH = 1
 THROUGHPUT_BATCH = 32
 #: The accuracy pass runs one sample at a time, as a device does: dynamic quantization picks
 #: its activation ranges per batch, so a bigger batch would score a different model.
