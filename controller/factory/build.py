@@ -510,16 +510,41 @@ def _from_keras(
             f"{type(model).__name__} is not a Keras model: pass a keras.Model, a .keras file, "
             "or ONNX/TFLite files"
         )
-    try:
-        onnx = onnx or keras_mod.to_onnx(model, work / "keras.onnx")
-        tflite = tflite or keras_mod.to_tflite(model, work / "keras.tflite")
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(
-            f"TensorFlow could not convert the Keras model: {_first_line(exc)}"
-        ) from None
+    for target in ("ONNX", "TFLite"):
+        try:
+            if target == "ONNX":
+                onnx = onnx or keras_mod.to_onnx(model, work / "keras.onnx")
+            else:
+                tflite = tflite or keras_mod.to_tflite(model, work / "keras.tflite")
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(_conversion_error(model, exc, target)) from None
+    assert onnx is not None and tflite is not None
     return model, onnx, tflite
+
+
+def _conversion_error(model: Any, exc: BaseException, target: str) -> str:
+    """One line naming the Keras layer the converter choked on and what to try."""
+    text = str(exc)
+    layers = {layer.name: layer for layer in getattr(model, "layers", [])}
+    scopes = re.findall(r"/([A-Za-z][\w]*?)(?:_\d+)?/", text)
+    layer = next((layers[n] for n in scopes if n in layers), None)
+    problem = re.search(r"'(tf\.\w+)' op ([^;\n\]]+)", text)
+    why = f"{problem.group(1)} {problem.group(2).strip()}" if problem else _first_line(exc)
+    if layer is None:
+        return f"TensorFlow could not convert the Keras model to {target}: {why[:300]}"
+    kind = type(layer).__name__
+    hint = (
+        "give it a fixed batch (keras.Input(shape, batch_size=1)) or unroll=True, or pass "
+        "--onnx/--tflite files you exported yourself"
+        if kind in {"LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional"}
+        else "replace that layer, or pass --onnx/--tflite files you exported yourself"
+    )
+    return (
+        f"TensorFlow could not convert the Keras model to {target}: layer {layer.name!r} "
+        f"({kind}): {why[:200]}; {hint}"
+    )
 
 
 #: Evaluation samples on which the fp32 files must agree with the Keras model they came from.

@@ -173,3 +173,20 @@ def test_cli_with_a_keras_file(
     )  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and "needs the Keras model" in err
+
+
+def test_a_keras_model_that_will_not_convert_names_the_layer(tmp_path: Path) -> None:
+    """An LSTM with a dynamic batch: TFLite's converter cannot lower its tensor lists."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((20, 8)), keras.layers.LSTM(16), keras.layers.Dense(4, activation="softmax")]
+    )
+    x = np.random.default_rng(0).random((40, 20, 8), dtype=np.float32)
+    adapter = HardwareAdapter(tmp_path / "bundle", model_name="lstm")
+    with pytest.raises(UserError) as caught:
+        adapter.fit(model, x)
+    text = str(caught.value)
+    assert "could not convert the Keras model to TFLite: layer 'lstm' (LSTM)" in text, text
+    assert "fixed batch" in text and "\n" not in text
+    assert not (tmp_path / "bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
