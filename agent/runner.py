@@ -349,7 +349,7 @@ class InferenceRunner:
             got = np.concatenate([rt.run(x[i : i + 1]) for i in range(len(x))])
         finally:
             rt.close()
-        return wrong_answers(manifest, spec.variant.format, [got], probe)
+        return wrong_answers(manifest, manifest.variant(spec.id).format, [got], probe)
 
     def _time(self, spec: VariantSpec, iterations: int) -> VariantTiming:
         rt = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)

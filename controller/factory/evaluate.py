@@ -159,14 +159,14 @@ def tensor_specs(path: Path, fmt: ModelFormat) -> tuple[list[TensorSpec], list[T
         return inputs, [spec(o) for o in model.graph.output]
     from ai_edge_litert.interpreter import Interpreter
 
-    inputs, outputs = lite_io(Interpreter(model_path=str(path)))
+    lite_inputs, lite_outputs = lite_io(Interpreter(model_path=str(path)))
 
     def lite(detail: dict[str, Any]) -> TensorSpec:
         signature = detail.get("shape_signature", detail["shape"])
         dims = [None if int(d) < 0 else int(d) for d in signature]
         return TensorSpec(name=detail["name"], shape=dims, dtype=np.dtype(detail["dtype"]).name)
 
-    return [lite(d) for d in inputs], [lite(d) for d in outputs]
+    return [lite(d) for d in lite_inputs], [lite(d) for d in lite_outputs]
 
 
 # -- speed and memory (child processes) --------------------------------------------------------
