@@ -292,28 +292,26 @@ def _model_io(
             specs[path] = evaluate.tensor_specs(path, fmt)
     (first_path, first), *rest = specs.items()
     for other_path, other in rest:
-
-        def shapes(io: tuple[list[TensorSpec], list[TensorSpec]]) -> list[list[Any]]:
-            return [[s.dtype, len(s.shape), *s.shape[1:]] for s in [*io[0], *io[1]]]
-
-        if (
-            len(other[0]) != len(first[0])
-            or len(other[1]) != len(first[1])
-            or any(
-                a[:2] != b[:2]
-                or any(
-                    x is not None and y is not None and x != y
-                    for x, y in zip(a[2:], b[2:], strict=True)
-                )
-                for a, b in zip(shapes(first), shapes(other), strict=True)
-            )
-        ):
+        if not _same_tensors([*first[0], *first[1]], [*other[0], *other[1]]) or len(
+            first[0]
+        ) != len(other[0]):
             raise UserError(
                 f"{first_path} and {other_path} are not the same network: inputs/outputs "
                 f"{[s.shape for s in [*first[0], *first[1]]]} vs "
                 f"{[s.shape for s in [*other[0], *other[1]]]}"
             )
     return first
+
+
+def _same_tensors(a: list[TensorSpec], b: list[TensorSpec]) -> bool:
+    """Same count, dtypes and ranks, and no known dimension that differs (batch aside)."""
+
+    def fits(x: TensorSpec, y: TensorSpec) -> bool:
+        dims = zip(x.shape[1:], y.shape[1:], strict=False)
+        known = all(p is None or q is None or p == q for p, q in dims)
+        return x.dtype == y.dtype and len(x.shape) == len(y.shape) and known
+
+    return len(a) == len(b) and all(fits(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _num_classes(model: ModelDescription, labels: list[str] | None) -> int:
