@@ -125,6 +125,7 @@ def _no_leftovers(parent: Path) -> None:
         ("zipmap", "is a sequence_type, not a tensor (skl2onnx's ZipMap: export with"),
         ("one_score", "outputs one value per sample (a regression or single-logit head)"),
         ("raw_labels", "a raw model has no labels to score"),
+        ("two_networks", "are not the same network: inputs/outputs"),
         ("unknown_task", "unknown task 'captioning': use one of classification, detection"),
         ("unknown_output", "no output named ['logits']; the model has ['scores']"),
         ("float_labels", "classification labels must be integer class indices"),
@@ -172,6 +173,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(
         onnx.save(model, str(inputs / "regression.onnx"))
         overrides["onnx"] = inputs / "regression.onnx"
         overrides["task"] = "classification"
+    elif case == "two_networks":  # an ONNX and a TFLite file of different models
+        overrides["tflite"] = FASHION_MNIST_MODELS / "model.tflite"
     elif case == "raw_labels":
         overrides["task"] = "raw"
     elif case == "unknown_task":
