@@ -49,7 +49,7 @@ def main() -> int:
     model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
     rng = np.random.default_rng(0)
     calib = Feeds((rng.random((args.calibration, 224, 224, 3), dtype=np.float32) * 2 - 1,), (True,))
-    budget = SpeedBudget(min_runs=100, max_runs=500, seconds=3.0, warmup=5, rounds=args.rounds)
+    budget = SpeedBudget(min_runs=300, max_runs=3000, seconds=10.0, warmup=5, rounds=args.rounds)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         t0 = time.perf_counter()
