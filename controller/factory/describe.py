@@ -104,11 +104,7 @@ def describe(
     try:
         model = ModelDescription(task=chosen, inputs=described, outputs=outputs, **given)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(
-            f"model description: {where + ': ' if where else ''}{first['msg']}"
-        ) from None
+        raise UserError(f"model description: {_first_error(exc)}") from None
     if chosen is Task.CLASSIFICATION:
         shape = outputs[model.index(model.output or "")].shape
         if len(shape) != 2 or shape[1] is None:
@@ -147,9 +143,13 @@ def image_input(
     try:
         return ImageInput(**{"size": (h, w), **fields})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"input {spec.name!r}: {where}: {first['msg']}") from None
+        raise UserError(f"input {spec.name!r}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where + ': ' if where else ''}{first['msg']}"
 
 
 def with_build_shapes(model: ModelDescription, shapes: list[list[int]]) -> ModelDescription:
@@ -162,16 +162,12 @@ def with_build_shapes(model: ModelDescription, shapes: list[list[int]]) -> Model
 
 
 def image_size(model: ModelDescription) -> tuple[int, int]:
-    """(height, width) of the image input: the space detections and masks are in."""
+    """(height, width) of the image input: the space detections and masks are in. Never
+    guessed from the shape (NCHW or NHWC?): the description says it."""
     for spec in model.inputs:
         if spec.image is not None:
             return spec.image.size
-    first = model.inputs[0]
-    shape = first.build_shape or [d or 0 for d in first.shape]
-    if len(shape) == 4:
-        channels_first = shape[1] in (1, 3) and shape[3] not in (1, 3)
-        return (shape[2], shape[3]) if channels_first else (shape[1], shape[2])
     raise UserError(
-        f"cannot tell the image size of input {first.name!r} {first.shape}: describe it "
-        "([input] size = [height, width])"
+        f"a {model.task.value} model needs its image input described: [input] layout = "
+        '"NHWC" or "NCHW" in the description (or --input-scale)'
     )

@@ -153,3 +153,22 @@ def test_yolo_head_decodes_like_boxes_and_scores() -> None:
     assert found.classes.tolist() == [0, 1]
     np.testing.assert_allclose(found.boxes, [[20, 20, 40, 40], [85, 45, 95, 75]])
     np.testing.assert_allclose(found.scores, [0.9, 0.7])
+
+
+def test_a_detector_without_its_image_input_described_is_refused(tmp_path: Path) -> None:
+    """Box pixels depend on the image size: NCHW or NHWC is said, never guessed."""
+    images, boxes = shapes.render(8, seed=9)
+    with pytest.raises(UserError) as caught:
+        build_bundle(
+            tmp_path / "bundle",
+            onnx=REFERENCE / "detector.onnx",
+            description={"task": "detection", "detection": {"boxes": "boxes", "scores": "scores"}},
+            calib_x=images.astype(np.float32) / 255,
+            eval_x=images.astype(np.float32) / 255,
+            eval_y=boxes,
+            key=generate_key(),
+            model_name="shapes-detector",
+            budget=FAST,
+        )
+    assert "needs its image input described" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
