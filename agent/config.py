@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from lepton_edge.agent.engine import EngineSettings
 from lepton_edge.agent.power import PolicySettings
+from lepton_edge.agent.results import ResultSettings
 from lepton_edge.shared.hardware import INFERENCE_FEATURES, GpuInfo
 from lepton_edge.shared.settings import LayeredSettings, load_layered
 
@@ -143,6 +144,7 @@ class AgentSettings(LayeredSettings):
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    results: ResultSettings = Field(default_factory=ResultSettings)
 
     def controller_key_path(self) -> Path:
         return self.controller_key_file or self.state_dir / "controller.pem"

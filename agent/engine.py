@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lepton_edge.agent import runtimes
+from lepton_edge.agent.pipeline import BadFrame, Geometry, Pipeline
 from lepton_edge.agent.runtimes import Runtime, RuntimeOptions
 from lepton_edge.agent.sources import Frame, Result, Source
 from lepton_edge.shared.manifest import Variant
@@ -39,11 +40,20 @@ class EngineSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["none", "idx", "images", "synthetic", "local"] = Field(
+    source: Literal["none", "idx", "images", "synthetic", "local", "video"] = Field(
         default="none", description="where frames come from; none = no inference runner"
     )
     source_path: Path | None = Field(
         default=None, description="IDX images file or image folder (idx: Fashion-MNIST t10k)"
+    )
+    video: str | None = Field(
+        default=None,
+        description="for source = video: a file, a V4L2 camera (/dev/video0) or a stream "
+        "URL (rtsp://…, http://… MJPEG or HLS)",
+    )
+    video_loop: bool = Field(default=False, description="play a video file again at its end")
+    video_pace: bool = Field(
+        default=True, description="play a video file at its own frame rate; false = flat out"
     )
     labels_path: Path | None = Field(default=None, description="IDX labels for source_path")
     fps: float | None = Field(default=10, gt=0, description="target frame rate; null = flat out")
@@ -73,6 +83,8 @@ class VariantSpec:
     id: str
     path: Path
     variant: Variant | None = None
+    pipeline: Pipeline | None = None
+    """how its bundle is fed and read; the same object for every variant of one bundle"""
 
     @property
     def precision(self) -> str:
@@ -164,6 +176,9 @@ class Engine:
         self.dropped = 0
         self.deadline_misses = 0
         self.cpu_s = 0.0
+        #: seconds spent per stage since start, for benches: prepare, infer, read, deliver
+        self.stage_s = dict.fromkeys(("prepare", "infer", "read", "deliver"), 0.0)
+        self._skipped_seen: tuple[Source | None, int] = (None, 0)  # (source, its count then)
 
     # --- control ------------------------------------------------------------------------------
 
@@ -411,14 +426,20 @@ class Engine:
                     break
                 next_t = perf()
                 continue
-            rt = self._rt
-            if rt is None:
+            rt, spec = self._rt, self._spec
+            if rt is None or spec is None:
                 self._fail(frame, "no model is active", None)
+                continue
+            p0 = perf()
+            try:
+                x, geometry = self._input(frame, spec.pipeline)
+            except BadFrame as exc:
+                self._fail(frame, f"frame rejected: {exc}", spec.id)
                 continue
             c0 = cpu()
             t0 = perf()
             try:
-                scores = rt.run(frame.data)
+                outputs = rt.run_all(x) if len(rt.outputs) > 1 else [rt.run(x)]
             except Exception as exc:
                 self._run_failed(rt, frame, exc)
                 continue
@@ -426,6 +447,7 @@ class Engine:
             c1 = cpu()
             latency = t1 - t0
             late = period and t1 > deadline
+            scores = self._scores(outputs, spec.pipeline)
             with self._lock:
                 iv = self._interval
                 iv.latencies.append(latency)
@@ -434,7 +456,7 @@ class Engine:
                 iv.cpu_s += c1 - c0
                 if late:
                     iv.misses += 1
-                if frame.label is not None:
+                if frame.label is not None and scores.ndim == 2:
                     iv.correct += int((scores.argmax(1) == frame.label).sum())
                     iv.labeled += len(frame.label)
             self.frames += 1
@@ -444,12 +466,52 @@ class Engine:
             self._failures = 0
             if self._trial is not None:
                 self._confirm(t0, t1)
-            if frame.reply is not None or self.on_result is not None:
-                result = Result(self._spec.id if self._spec else None, scores, None, latency)
-                if frame.reply is not None:
-                    frame.reply(result)
-                if self.on_result is not None:
-                    self.on_result(frame, result)
+            self._deliver(frame, Result(spec.id, scores, None, latency, outputs), spec, geometry)
+            stage = self.stage_s
+            stage["prepare"] += t0 - p0
+            stage["infer"] += latency
+
+    @staticmethod
+    def _input(frame: Frame, pipeline: Pipeline | None) -> tuple[np.ndarray, Geometry | None]:
+        """The model's input for `frame`: its pixels pre-processed, or its tensor checked."""
+        if frame.image is not None:
+            if pipeline is None:
+                raise BadFrame("this variant has no pipeline to turn images into its input")
+            return pipeline.prepare(frame.image)
+        if frame.data is None:
+            raise BadFrame("the frame holds neither pixels nor a tensor")
+        if pipeline is None:
+            return frame.data, None
+        return pipeline.check_tensor(frame.data), None
+
+    @staticmethod
+    def _scores(outputs: list[np.ndarray], pipeline: Pipeline | None) -> np.ndarray:
+        index = pipeline.postprocess.index if pipeline is not None else 0
+        return outputs[index] if index < len(outputs) else outputs[0]
+
+    def _deliver(
+        self, frame: Frame, result: Result, spec: VariantSpec, geometry: Geometry | None
+    ) -> None:
+        """The task's answers, for whoever waits on this frame or listens to every one."""
+        if frame.reply is None and self.on_result is None:
+            return
+        t0 = time.perf_counter()
+        result.pipeline = spec.pipeline
+        if spec.pipeline is not None:
+            try:
+                result.answers = spec.pipeline.postprocess(result.outputs, geometry)
+            except Exception as exc:  # a description that does not fit these outputs
+                result.error = f"outputs not readable as {spec.pipeline.task.value}: {exc}"
+        t1 = time.perf_counter()
+        if frame.reply is not None:
+            frame.reply(result)
+        if self.on_result is not None:
+            try:
+                self.on_result(frame, result)
+            except Exception:
+                log.exception("result listener failed")
+        self.stage_s["read"] += t1 - t0
+        self.stage_s["deliver"] += time.perf_counter() - t1
 
     def _confirm(self, started: float, when: float) -> None:
         """The new variant ran its first frame: close the old one, report the switch."""
@@ -481,12 +543,17 @@ class Engine:
                 "run_failed", {"variant": rt.variant_id, "error": str(exc), "fallback": old_spec.id}
             )
             try:
-                scores = old.run(frame.data)
+                x, geometry = self._input(frame, old_spec.pipeline)
+                t0 = time.perf_counter()
+                outputs = old.run_all(x) if len(old.outputs) > 1 else [old.run(x)]
+                latency = time.perf_counter() - t0
             except Exception as again:
                 self._fail(frame, f"frame rejected: {again}", rt.variant_id)
                 return
-            if frame.reply is not None:
-                frame.reply(Result(old_spec.id, scores))
+            scores = self._scores(outputs, old_spec.pipeline)
+            self._deliver(
+                frame, Result(old_spec.id, scores, None, latency, outputs), old_spec, geometry
+            )
             self.frames += 1
             return
         self._fail(frame, message, rt.variant_id)
@@ -512,7 +579,10 @@ class Engine:
             iv, self._interval = self._interval, _Interval(started=now)
         n = len(iv.latencies)
         elapsed = max(now - iv.started, 1e-9)
+        source, seen = self._skipped_seen
+        skipped = self.source.skipped
         stats = InferenceStats(
+            frames_skipped=skipped - seen if source is self.source else skipped,
             variant=self._spec.id if self._spec else None,
             frames=n,
             fps=n / elapsed,
@@ -521,6 +591,7 @@ class Engine:
             accuracy=iv.correct / iv.labeled if iv.labeled else None,
             cpu_s_per_inference=iv.cpu_s / n if n else None,
         )
+        self._skipped_seen = (self.source, skipped)
         if n:
             ms = np.percentile(np.asarray(iv.latencies) * 1e3, [50, 95, 99])
             stats.latency_p50_ms, stats.latency_p95_ms, stats.latency_p99_ms = map(float, ms)

@@ -9,6 +9,7 @@ and resends every unacknowledged row, oldest first.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import ssl
@@ -27,6 +28,9 @@ from lepton_edge.agent.outbox import Outbox
 from lepton_edge.shared.topics import Kind, topic
 
 log = logging.getLogger(__name__)
+
+#: QoS 0 messages held for the link thread at most (about 3 s of results at 30/s).
+LIVE_QUEUE = 100
 
 
 class MqttLink:
@@ -68,9 +72,12 @@ class MqttLink:
         self._state_dirty = False
         self._state_mid: int | None = None
         self.last_error: str | None = None
+        # QoS 0 messages (results) waiting for the link thread: newest kept, oldest dropped
+        self._live: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=LIVE_QUEUE)
         #: figures for benches and `lepton-agent probe`
         self.connects = 0
         self.published = 0
+        self.live_dropped = 0
 
     # -- public ---------------------------------------------------------------------------
 
@@ -87,6 +94,16 @@ class MqttLink:
         if self._thread is not None:
             self._thread.join(flush_timeout + 10)
             self._thread = None
+
+    def publish_live(self, kind: Kind, payload: bytes) -> bool:
+        """Queue a QoS 0 message for the link thread (from any thread); False while offline,
+        when it is not kept: a stream such as results is worth nothing late."""
+        if not self.connected.is_set():
+            return False
+        if len(self._live) == self._live.maxlen:
+            self.live_dropped += 1
+        self._live.append((topic(self.device_id, kind), payload))
+        return True
 
     def republish_state(self) -> None:
         """Publish a fresh birth (e.g. a new active bundle) on the link thread."""
@@ -170,6 +187,7 @@ class MqttLink:
                 if self._state_dirty:
                     self._publish_birth(client)
                 self._pump(client)
+                self._pump_live(client)
             elif time.monotonic() > connack_deadline:
                 self._note_error("no CONNACK from the broker")
                 client.disconnect()
@@ -211,6 +229,11 @@ class MqttLink:
             self._inflight[info.mid] = row.id
             self._cursor = row.id
             self.published += 1
+
+    def _pump_live(self, client: mqtt.Client) -> None:
+        while self._live:
+            name, payload = self._live.popleft()
+            client.publish(name, payload, qos=0)
 
     def _commit_acks(self) -> None:
         if self._acked:

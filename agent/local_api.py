@@ -1,10 +1,12 @@
-"""The local endpoint: applications on the box POST inputs over HTTP and get scores back.
+"""The local endpoint: applications on the box POST inputs over HTTP and get the model's
+answer back, typed as on the `result` topic (top-k labels, detections, areas, ...).
 
-Bound to 127.0.0.1 by default. Bodies are JSON (`{"inputs": [...]}`) or a NumPy `.npy` array
-(`Content-Type: application/x-npy`). A bad input gets a 4xx with one clear line and never
-reaches the engine, so it cannot stop the frame loop.
+Bound to 127.0.0.1 by default. Bodies are an image (`image/jpeg`, `image/png`: pre-processed
+as the bundle's description says), JSON (`{"inputs": [...]}`, the model's tensor) or a NumPy
+`.npy` array (`application/x-npy`: uint8 = pixels, float = the tensor). A bad input gets a
+4xx with one clear line and never reaches the engine, so it cannot stop the frame loop.
 
-    curl -s localhost:8765/v1/infer -d '{"inputs": [[0.0, ...]]}'
+    curl -s localhost:8765/v1/infer -H 'Content-Type: image/jpeg' --data-binary @frame.jpg
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lepton_edge.agent.results import answer_fields
 from lepton_edge.agent.sources import QueueSource
 
 log = logging.getLogger(__name__)
@@ -34,10 +37,57 @@ class ModelInfo:
     variant: str
     input_shape: tuple[int, ...]
     labels: list[str]
+    task: str = "classification"
+    takes_images: bool = False
+
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/webp")
 
 
 class BadInput(ValueError):
     """The request's input cannot be fed to the model; the message says why."""
+
+
+def parse_image(body: bytes, content_type: str) -> np.ndarray:
+    """An image body (or a uint8 .npy) -> pixels (N, H, W, C); raise `BadInput`."""
+    if content_type.startswith("application/x-npy"):
+        try:
+            arr = np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise BadInput(f"body is not a .npy array: {exc}") from None
+    else:
+        try:
+            from PIL import Image, UnidentifiedImageError
+        except ImportError:
+            raise BadInput("image bodies need Pillow on the box: pip install pillow") from None
+        try:
+            with Image.open(io.BytesIO(body)) as img:
+                arr = np.asarray(img.convert("L" if img.mode in ("L", "I;16") else "RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise BadInput(f"body is not a readable {content_type} image: {exc}") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[3] not in (1, 3) or 0 in arr.shape:
+        raise BadInput(
+            f"image of shape {'x'.join(map(str, arr.shape))} not accepted: send height x "
+            "width x 3 (RGB) or height x width (grey) pixels"
+        )
+    if not 1 <= len(arr) <= MAX_BATCH:
+        raise BadInput(f"batch of {len(arr)} not accepted: send 1 to {MAX_BATCH} images")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _is_pixels(body: bytes, content_type: str) -> bool:
+    if content_type.startswith(IMAGE_TYPES):
+        return True
+    if content_type.startswith("application/x-npy"):
+        try:
+            return bool(np.load(io.BytesIO(body), allow_pickle=False).dtype == np.uint8)
+        except (ValueError, OSError, EOFError):
+            return False
+    return False
 
 
 def parse_inputs(body: bytes, content_type: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -48,7 +98,9 @@ def parse_inputs(body: bytes, content_type: str, shape: tuple[int, ...]) -> np.n
         except (ValueError, OSError, EOFError) as exc:
             raise BadInput(f"body is not a .npy array: {exc}") from None
         if arr.dtype.kind != "f":
-            raise BadInput(f"dtype {arr.dtype} not accepted: send float32 values in [0, 1]")
+            raise BadInput(
+                f"dtype {arr.dtype} not accepted: send uint8 pixels or the model's float tensor"
+            )
     elif content_type.startswith("application/json") or not content_type:
         try:
             doc = json.loads(body)
@@ -130,26 +182,41 @@ class LocalEndpoint:
         if info is None:
             return 503, {"error": "no model is active yet: deploy a bundle first"}
         try:
-            batch = parse_inputs(body, content_type, info.input_shape)
+            if _is_pixels(body, content_type):
+                if not info.takes_images:
+                    raise BadInput(
+                        f"this {info.task} model takes a tensor, not an image: send its input "
+                        f"{'x'.join(map(str, info.input_shape))} as JSON or float .npy"
+                    )
+                batch, image = None, parse_image(body, content_type)
+            else:
+                batch, image = parse_inputs(body, content_type, info.input_shape), None
         except BadInput as exc:
             return 400, {"error": str(exc)}
         try:
-            result = self.source.submit(batch, self.timeout_s)
+            result = self.source.submit(batch, self.timeout_s, image=image)
         except queue.Full:
             return 503, {"error": "engine busy: too many requests queued, retry shortly"}
         except TimeoutError as exc:
             return 504, {"error": str(exc)}
         if result.error is not None or result.scores is None:
             return 422, {"error": result.error, "variant": result.variant}
-        top1 = result.scores.argmax(1).tolist()
         doc: dict[str, Any] = {
             "variant": result.variant,
-            "scores": result.scores.tolist(),
-            "top1": top1,
+            "task": info.task,
             "latency_ms": round(result.latency_s * 1e3, 4),
         }
-        if info.labels:
-            doc["labels"] = [info.labels[i] if i < len(info.labels) else str(i) for i in top1]
+        if result.pipeline is not None:
+            doc["results"] = [
+                {k: _plain(v) for k, v in answer_fields(a, result.pipeline).items()}
+                for a in result.answers
+            ]
+        if info.task == "classification" and result.scores.ndim == 2:
+            top1 = result.scores.argmax(1).tolist()
+            doc["scores"] = result.scores.tolist()
+            doc["top1"] = top1
+            if info.labels:
+                doc["labels"] = [info.labels[i] if i < len(info.labels) else str(i) for i in top1]
         return 200, doc
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -184,6 +251,8 @@ class LocalEndpoint:
                                 "input_shape": list(info.input_shape),
                                 "input_dtype": "float32",
                                 "labels": info.labels,
+                                "task": info.task,
+                                "takes_images": info.takes_images,
                             },
                         )
                 else:
@@ -212,3 +281,10 @@ class LocalEndpoint:
                 self._send(status, doc)
 
         return Handler
+
+
+def _plain(value: Any) -> Any:
+    """Pydantic pieces of a result as JSON-ready data."""
+    if isinstance(value, list):
+        return [v.model_dump() if hasattr(v, "model_dump") else v for v in value]
+    return value

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lepton_edge.agent import runtimes
-from lepton_edge.agent.engine import Engine, EngineSettings, VariantSpec
+from lepton_edge.agent.engine import Engine, EngineSettings, OnResult, VariantSpec
 from lepton_edge.agent.local_api import LocalEndpoint, ModelInfo
+from lepton_edge.agent.pipeline import Pipeline
 from lepton_edge.agent.power import PolicySettings, PowerPolicy
 from lepton_edge.agent.runtimes import RuntimeOptions, VariantLoadError
 from lepton_edge.agent.sources import (
@@ -30,6 +31,7 @@ from lepton_edge.agent.sources import (
     idx_source,
     image_dir_source,
 )
+from lepton_edge.agent.sources.video import SourceEvent, VideoSource
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.hardware import HardwareProfile
 from lepton_edge.shared.manifest import Manifest
@@ -52,27 +54,72 @@ log = logging.getLogger(__name__)
 EmitEvent = Callable[[EventKind, str, dict[str, Any]], None]
 
 
+#: Sources of pixels: the bundle's pipeline fits their frames to any model.
+IMAGE_SOURCES = ("idx", "images", "video", "local")
+
+
 def make_source(
     settings: EngineSettings,
     input_shape: tuple[int, ...],
     labels: list[str] | None = None,
     limit: int | None = None,
+    *,
+    pipeline: Pipeline | None = None,
+    on_event: SourceEvent | None = None,
 ) -> Source:
     """The frame source the settings name, shaped for the model; `limit` frames, or endless."""
     kind = settings.source
     source: ArraySource
+    if kind == "video":
+        if not settings.video:
+            raise UserError(
+                "engine.source = video needs engine.video: a file, /dev/videoN or a stream URL"
+            )
+        return VideoSource(
+            settings.video, loop=settings.video_loop, pace=settings.video_pace, on_event=on_event
+        )
     if kind == "idx":
         source = idx_source(settings.source_path, settings.labels_path, batch=settings.batch)
     elif kind == "images":
         if settings.source_path is None:
             raise UserError("engine.source = images needs engine.source_path: a folder of images")
-        source = image_dir_source(settings.source_path, input_shape, labels, batch=settings.batch)
+        pre = pipeline.preprocess if pipeline is not None else None
+        size = pre.spec.size if pre is not None else (input_shape[0], input_shape[1])
+        channels = (
+            pre.channels if pre is not None else (input_shape[2] if len(input_shape) > 2 else 1)
+        )
+        source = image_dir_source(
+            settings.source_path, size, labels, channels=channels, batch=settings.batch
+        )
     elif kind == "synthetic":
         source = SyntheticSource(input_shape, batch=settings.batch)
     else:
         raise UserError(f"engine.source = {kind} makes no frames; use idx, images or synthetic")
     source.limit = limit
     return source
+
+
+def pipeline_for(
+    bundle_dir: Path,
+    manifest: Manifest,
+    vid: str,
+    options: RuntimeOptions | None = None,
+    top_k: int = 3,
+) -> Pipeline:
+    """How a bundle is fed and read, once for its whole ladder (from the description, or
+    for an older bundle from the model's tensors); `VariantLoadError` when it cannot be."""
+    variant = manifest.variant(vid)
+    inputs, outputs = variant.inputs, variant.outputs
+    if manifest.model is not None:
+        inputs, outputs = list(manifest.model.inputs), manifest.model.outputs
+    if not inputs or not outputs:
+        rt = runtimes.load(bundle_dir / variant.filename, variant, options=options)
+        inputs, outputs = rt.inputs, rt.outputs
+        rt.close()
+    try:
+        return Pipeline.for_manifest(manifest, inputs, outputs, top_k)
+    except UserError as exc:
+        raise VariantLoadError(str(exc)) from None
 
 
 class InferenceRunner:
@@ -88,8 +135,13 @@ class InferenceRunner:
         profile: HardwareProfile | None = None,
         clock: Callable[[], float] = time.monotonic,
         source: Source | None = None,
+        on_result: OnResult | None = None,
+        top_k: int = 3,
     ) -> None:
         self.settings = engine
+        self.on_result = on_result
+        self.top_k = top_k
+        self._pipeline: Pipeline | None = None  # the active bundle's
         self.policy = PowerPolicy(policy, clock=clock)
         self._emit_event = emit_event
         self.options = RuntimeOptions(
@@ -121,6 +173,7 @@ class InferenceRunner:
         emit_event: EmitEvent,
         profile: HardwareProfile | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_result: OnResult | None = None,
     ) -> InferenceRunner:
         return cls(
             settings.engine,
@@ -129,6 +182,8 @@ class InferenceRunner:
             state_dir=settings.state_dir,
             profile=profile,
             clock=clock,
+            on_result=on_result,
+            top_k=settings.results.top_k,
         )
 
     @property
@@ -152,9 +207,13 @@ class InferenceRunner:
             order = [ladder[level]] if level in ladder else []
             order += [v for v in dict.fromkeys(ladder.values()) if v not in order]
             errors = []
+            previous = self._pipeline
             for vid in order:
-                spec = self._spec(bundle_dir, manifest, vid)
                 try:
+                    self._pipeline = pipeline_for(
+                        bundle_dir, manifest, vid, self.options, self.top_k
+                    )
+                    spec = self._spec(bundle_dir, manifest, vid)
                     self._run(spec, manifest)
                 except VariantLoadError as exc:
                     errors.append(str(exc))
@@ -167,6 +226,7 @@ class InferenceRunner:
                     others = [v for v in dict.fromkeys(ladder.values()) if v != vid]
                     self._engine.prewarm([self._spec(bundle_dir, manifest, v) for v in others])
                 return
+            self._pipeline = previous
             raise VariantLoadError(
                 f"no variant of bundle {manifest.bundle_id} runs here: {'; '.join(errors)}"
             )
@@ -239,16 +299,24 @@ class InferenceRunner:
 
     def _spec(self, bundle_dir: Path, manifest: Manifest, vid: str) -> VariantSpec:
         variant = manifest.variant(vid)
-        return VariantSpec(vid, bundle_dir / variant.filename, variant)
+        pipeline = self._pipeline
+        if pipeline is not None and pipeline.bundle_id != manifest.bundle_id:
+            pipeline = None  # timed only (benchmark of another bundle): never fed frames
+        return VariantSpec(vid, bundle_dir / variant.filename, variant, pipeline)
 
     def _run(self, spec: VariantSpec, manifest: Manifest) -> None:
         """Start the engine on `spec`, or hot-swap it in when the engine already runs."""
         engine = self._engine
         meta = {"activate": manifest.bundle_id}
         if engine is not None:
-            probe = runtimes.load(spec.path, spec.variant, options=self.options, variant_id=spec.id)
-            same_shape = probe.input_shape() == engine.input_shape()
-            probe.close()
+            if self.settings.source in IMAGE_SOURCES:
+                same_shape = True  # pixels: the new bundle's pipeline fits them to its model
+            else:
+                probe = runtimes.load(
+                    spec.path, spec.variant, options=self.options, variant_id=spec.id
+                )
+                same_shape = probe.input_shape() == engine.input_shape()
+                probe.close()
             if same_shape:
                 engine.install(spec, f"bundle {manifest.bundle_id} activated", meta)
                 return
@@ -258,18 +326,26 @@ class InferenceRunner:
                 self._source = None
         engine = Engine(
             self._source or NoFrames(),
-            fps=None if self.settings.source == "local" else self.settings.fps,  # apps set the pace
+            # apps and video set their own pace
+            fps=None if self.settings.source in ("local", "video") else self.settings.fps,
             options=self.options,
             warmup_runs=self.settings.warmup_runs,
             keep_warm=self.settings.keep_warm,
             on_event=self._on_engine_event,
             power_w=self._power_w,
+            on_result=self.on_result,
         )
         engine.load(spec)
         if self._source is None:
             shape = engine.input_shape() or ()
             try:
-                self._source = make_source(self.settings, shape, manifest.labels)
+                self._source = make_source(
+                    self.settings,
+                    shape,
+                    manifest.labels,
+                    pipeline=spec.pipeline,
+                    on_event=self._on_source_event,
+                )
             except UserError:
                 engine.close()
                 raise
@@ -324,6 +400,9 @@ class InferenceRunner:
                 {"variant": data["variant"], "fallback": back},
             )
 
+    def _on_source_event(self, kind: str, reason: str) -> None:
+        self._emit_event(EventKind.SOURCE, reason, {"source": kind})
+
     def _power_w(self) -> float | None:
         battery = self._battery
         return battery.power_w if battery is not None and not battery.charging else None
@@ -334,7 +413,14 @@ class InferenceRunner:
         shape = engine.input_shape() if engine is not None else None
         if spec is None or shape is None:
             return None
-        return ModelInfo(spec.id, shape, list(bundle[1].labels) if bundle else [])
+        pipeline = spec.pipeline
+        return ModelInfo(
+            spec.id,
+            shape,
+            list(bundle[1].labels) if bundle else [],
+            task=pipeline.task.value if pipeline is not None else "classification",
+            takes_images=pipeline is not None and pipeline.preprocess is not None,
+        )
 
     def _check(
         self, spec: VariantSpec, manifest: Manifest, probe: dict[str, np.ndarray]

@@ -20,6 +20,7 @@ from lepton_edge.agent.hardware import build_profile, machine_device_id
 from lepton_edge.agent.link import MqttLink
 from lepton_edge.agent.outbox import CommandLog, Outbox
 from lepton_edge.agent.probes import build_probes
+from lepton_edge.agent.results import ResultPublisher
 from lepton_edge.agent.store import ArtifactStore, Bundle, read_public_key
 from lepton_edge.shared import __version__
 from lepton_edge.shared.errors import SignatureError, TopicError, UserError
@@ -115,6 +116,8 @@ class Agent:
         self.lock = threading.Lock()  # active bundle vs. state messages
         self.handlers = CommandHandlers(self)
         self._started = False
+        #: publishes the runner's results on …/result (set by `build_agent`)
+        self.results: ResultPublisher | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -227,6 +230,11 @@ class Agent:
                 stats = runner.stats()
             except Exception:
                 log.exception("runner failed to report")
+        if stats is not None and self.results is not None:
+            counts = self.results.take_counts()
+            stats.results_published = counts["published"]
+            stats.results_suppressed = counts["suppressed"]
+            stats.results_lost = counts["lost"]
         with self.lock:
             active = self.active.bundle_id if self.active else None
         return Telemetry(
@@ -292,6 +300,14 @@ class Agent:
             result=result or {},
         )
         self.outbox.append(Kind.REPLY.value, lambda _seq: encode(message))
+
+    def publish_result(self, payload: bytes) -> bool:
+        """QoS 0 on …/result, now or never (False while offline)."""
+        return self._started and self.link.publish_live(Kind.RESULT, payload)
+
+    def queue_result(self, make: Callable[[int], bytes]) -> None:
+        """QoS 1 on …/result through the outbox: kept through outages, in order."""
+        self.outbox.append(Kind.RESULT.value, make)
 
     def _runner_cpu_seconds(self) -> float:
         runner = self.runner
@@ -420,5 +436,15 @@ def build_agent(settings: AgentSettings, *, notifier: Notifier | None = None) ->
             f"engine.source = {settings.engine.source} needs the Python package {exc.name!r}: "
             "pip install 'lepton-edge[agent,onnx]' (or [agent,litert])"
         ) from None
-    agent.attach_runner(InferenceRunner.from_settings(settings, agent.emit_event, agent.profile))
+    if settings.results.enabled:
+        agent.results = ResultPublisher(
+            agent.device_id,
+            settings.results,
+            send=agent.publish_result,
+            send_reliable=agent.queue_result,
+        )
+    runner = InferenceRunner.from_settings(
+        settings, agent.emit_event, agent.profile, on_result=agent.results
+    )
+    agent.attach_runner(runner)
     return agent

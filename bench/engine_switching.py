@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from bench.engine_overhead import fashion_variants  # noqa: E402
 from lepton_edge.agent.engine import Engine, Switch, VariantSpec  # noqa: E402
 from lepton_edge.agent.runtimes import RuntimeOptions  # noqa: E402
-from lepton_edge.agent.sources import Frame, Result, idx_source  # noqa: E402
+from lepton_edge.agent.sources import ArraySource, Frame, Result, idx_source  # noqa: E402
 
 
 def run(
@@ -54,7 +54,7 @@ def run(
         misses.append((time.perf_counter(), engine.dropped + engine.deadline_misses))
 
     engine = Engine(
-        idx_source(),
+        ArraySource(idx_source().array / np.float32(255)),  # the model's tensors, no pipeline
         fps=fps,
         options=RuntimeOptions(threads=1),
         keep_warm=keep_warm,

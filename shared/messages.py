@@ -105,6 +105,14 @@ class InferenceStats(_Wire):
     accuracy: float | None = Field(default=None, ge=0, le=1)
     cpu_s_per_inference: float | None = Field(default=None, ge=0)
     joules_per_inference: float | None = Field(default=None, ge=0)
+    frames_skipped: int = Field(
+        default=0, ge=0, description="live-source frames replaced by a newer one before use"
+    )
+    results_published: int = Field(default=0, ge=0)
+    results_suppressed: int = Field(
+        default=0, ge=0, description="results held back by the rate limit or changes_only"
+    )
+    results_lost: int = Field(default=0, ge=0, description="QoS 0 results made while offline")
 
 
 class Telemetry(_Message):
@@ -130,6 +138,7 @@ class EventKind(StrEnum):
     ROLLBACK = "rollback"
     BENCHMARK = "benchmark"
     POLICY = "policy"
+    SOURCE = "source"  # a camera or stream lost, reconnected or refused
     ERROR = "error"
 
 
@@ -240,6 +249,60 @@ class EnrollResponse(_Wire):
     controller_public_key_pem: str
 
 
+# --- results (agent -> anyone) ------------------------------------------------------------------
+
+
+class LabelScore(_Wire):
+    index: int = Field(ge=0)
+    label: str
+    score: float
+
+
+class Detection(_Wire):
+    index: int = Field(ge=0, description="class index")
+    label: str
+    score: float = Field(ge=0, le=1)
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2, source pixels")
+
+
+class ClassArea(_Wire):
+    index: int = Field(ge=0)
+    label: str
+    fraction: float = Field(ge=0, le=1, description="share of the frame's pixels")
+
+
+class TensorSummary(_Wire):
+    name: str
+    shape: list[int]
+    min: float
+    max: float
+    mean: float
+
+
+class InferenceResult(_Message):
+    """One frame's answer on `…/result` (QoS 0, not retained): what the task's decoding of
+    the outputs says, in the source frame's pixels. Exactly one of `top`, `detections`,
+    `areas`, `values`, `tensors` is set, by `task`."""
+
+    seq: int = Field(ge=0, description="per-agent-run counter of published results")
+    frame: int = Field(ge=0, description="index of the frame in its source")
+    source: str = Field(description="where the frame came from (file, camera, stream, local)")
+    bundle_id: str | None = None
+    variant: str | None = None
+    task: Literal["classification", "detection", "segmentation", "regression", "raw"]
+    latency_ms: float = Field(ge=0, description="the model run alone")
+    width: int = Field(ge=0, description="source frame width (0 when it was a tensor)")
+    height: int = Field(ge=0)
+    top: list[LabelScore] | None = None
+    detections: list[Detection] | None = None
+    areas: list[ClassArea] | None = None
+    values: list[float] | None = Field(default=None, description="a regression's outputs")
+    tensors: list[TensorSummary] | None = None
+    thumbnail_jpeg: str | None = Field(
+        default=None, description="base64 JPEG of the frame with its boxes, at a low rate"
+    )
+
+
 # --- codec ------------------------------------------------------------------------------------
 
 MESSAGE_MODELS: dict[Kind, Any] = {
@@ -248,11 +311,12 @@ MESSAGE_MODELS: dict[Kind, Any] = {
     Kind.EVENT: Event,
     Kind.CMD: Command,
     Kind.REPLY: Reply,
+    Kind.RESULT: InferenceResult,
 }
 _ADAPTERS = {kind: TypeAdapter(model) for kind, model in MESSAGE_MODELS.items()}
 
 #: What a device publishes (the controller's side of the codec).
-DeviceMessage = State | Telemetry | Event | Reply
+DeviceMessage = State | Telemetry | Event | Reply | InferenceResult
 WireMessage = DeviceMessage | CommandMessage
 
 
@@ -271,6 +335,8 @@ def decode(kind: Literal[Kind.EVENT], payload: bytes | str) -> Event: ...
 def decode(kind: Literal[Kind.CMD], payload: bytes | str) -> CommandMessage: ...
 @overload
 def decode(kind: Literal[Kind.REPLY], payload: bytes | str) -> Reply: ...
+@overload
+def decode(kind: Literal[Kind.RESULT], payload: bytes | str) -> InferenceResult: ...
 @overload
 def decode(kind: Kind, payload: bytes | str) -> WireMessage: ...
 def decode(kind: Kind, payload: bytes | str) -> WireMessage:

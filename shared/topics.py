@@ -20,6 +20,7 @@ class Kind(StrEnum):
     EVENT = "event"
     CMD = "cmd"
     REPLY = "reply"
+    RESULT = "result"
 
 
 def check_device_id(device_id: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_edge.agent.engine import Engine, EngineSettings, VariantSpec
-from lepton_edge.agent.runner import make_source
+from lepton_edge.agent.runner import make_source, pipeline_for
 from lepton_edge.agent.runtimes import RuntimeOptions, VariantLoadError
 from lepton_edge.agent.sources import NoFrames
 from lepton_edge.shared.bundle import verify_bundle
@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for vid in ids:
         variant = manifest.variant(vid)
-        spec = VariantSpec(vid, args.bundle / variant.filename, variant)
+        try:
+            pipeline = pipeline_for(args.bundle, manifest, vid, options)
+        except VariantLoadError as exc:
+            rows.append({"variant": vid, "precision": variant.precision.value, "error": str(exc)})
+            continue
+        spec = VariantSpec(vid, args.bundle / variant.filename, variant, pipeline)
         rows.append(_run_one(spec, settings, options, args.frames, manifest.labels))
     if args.json:
         for row in rows:
@@ -101,7 +106,9 @@ def _run_one(
         engine.load(spec)
     except VariantLoadError as exc:
         return {**row, "error": str(exc)}
-    engine.source = make_source(settings, engine.input_shape() or (), labels, limit=frames)
+    engine.source = make_source(
+        settings, engine.input_shape() or (), labels, limit=frames, pipeline=spec.pipeline
+    )
     accelerator = engine.accelerator()
     engine.start()
     engine.wait()

@@ -1,7 +1,7 @@
 """Inference runtimes: one plugin file per runtime behind one small interface.
 
 `load()` opens a variant file with the runtime its format needs; every runtime is called the
-same way (float32 batch in, float32 scores out) whatever the variant's precision, so the
+same way (float32 batch in, float32 outputs out) whatever the variant's precision, so the
 engine can swap variants of one bundle without knowing how each was quantized.
 """
 
@@ -60,7 +60,12 @@ class Runtime(ABC):
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Infer one batch (N, *input_shape[1:]) float32; return float32 (N, classes)."""
+        """Infer one batch (N, *input_shape[1:]) float32; return the first output, float32."""
+
+    @abstractmethod
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Like `run`, but every output, float32, in the source model's order (the order
+        of `outputs` and of the manifest's model description, in every format)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from lepton_edge.agent.runtimes import Runtime, RuntimeOptions, VariantLoadError
 from lepton_edge.shared.manifest import TensorSpec
+from lepton_edge.shared.tflite import signature_order
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +100,17 @@ class LiteRtRuntime(Runtime):
             log.warning("delegate refused %s (%s); falling back to CPU/XNNPACK", path.name, exc)
             self._interp = self._open_or_raise(mod, path, options.threads, variant_id)
             self.accelerator = "XNNPACK"
-        inp = self._interp.get_input_details()[0]
-        out = self._interp.get_output_details()[0]
-        self.inputs = [_spec(d) for d in self._interp.get_input_details()]
-        self.outputs = [_spec(d) for d in self._interp.get_output_details()]
+        inputs, outputs = signature_order(self._interp)
+        inp = inputs[0]
+        self.inputs = [_spec(d) for d in inputs]
+        self.outputs = [_spec(d) for d in outputs]
         try:
-            self._in_q, self._out_q = _Quant(inp), _Quant(out)
+            self._in_q = _Quant(inp)
+            self._outs = [(d["index"], _Quant(d)) for d in outputs]
         except ValueError as exc:
             raise VariantLoadError(f"variant {variant_id}: {exc}") from None
-        self._in_index, self._out_index = inp["index"], out["index"]
+        self._in_index = inp["index"]
+        self._out_index, self._out_q = self._outs[0]
         self._shape = tuple(int(d) for d in inp["shape"])
 
     @staticmethod
@@ -128,14 +131,21 @@ class LiteRtRuntime(Runtime):
                 f"variant {variant_id}: LiteRT rejected {path.name}: {_first_line(exc)}"
             ) from None
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _invoke(self, batch: np.ndarray) -> None:
         if batch.shape != self._shape:  # resizing re-plans the graph: only on a new batch size
             self._interp.resize_tensor_input(self._in_index, batch.shape)
             self._interp.allocate_tensors()
             self._shape = batch.shape
         self._interp.set_tensor(self._in_index, self._in_q.quantize(batch))
         self._interp.invoke()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self._invoke(batch)
         return self._out_q.dequantize(self._interp.get_tensor(self._out_index))
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        self._invoke(batch)
+        return [q.dequantize(self._interp.get_tensor(i)) for i, q in self._outs]
 
     def close(self) -> None:
         self._interp = None

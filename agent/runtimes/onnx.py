@@ -158,6 +158,7 @@ class OnnxRuntime(Runtime):
             )
         self._input_name = self.inputs[0].name
         self._output_names = [self.outputs[0].name]
+        self._all_names = [o.name for o in self.outputs]
         self._cast = None if in_dtype == "float32" else np.dtype(in_dtype)
 
     @staticmethod
@@ -174,6 +175,12 @@ class OnnxRuntime(Runtime):
             batch = batch.astype(self._cast)
         out: np.ndarray = self._session.run(self._output_names, {self._input_name: batch})[0]
         return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self._cast is not None:
+            batch = batch.astype(self._cast)
+        outs: list[np.ndarray] = self._session.run(self._all_names, {self._input_name: batch})
+        return [o if o.dtype == np.float32 else o.astype(np.float32) for o in outs]
 
     def close(self) -> None:
         self._session = None

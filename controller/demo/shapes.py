@@ -7,6 +7,8 @@ sizes. Deterministic for a seed, NumPy only, so tests, benches and the demo need
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 SIZE = 128
@@ -70,3 +72,78 @@ def render(count: int, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
         images[n] = np.clip(image, 0, 255).astype(np.uint8)
         boxes.append(np.asarray(rows, dtype=np.float32).reshape(-1, 5))
     return images, boxes
+
+
+def _shape(kind: int, side: int) -> np.ndarray:
+    """(side, side) mask of one shape filling its box."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    u, v = (xx + 0.5) / side, (yy + 0.5) / side
+    if kind == 0:
+        return np.ones((side, side), dtype=bool)
+    if kind == 1:
+        return np.asarray((u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25)
+    return np.asarray(np.abs(u - 0.5) * 2 <= v)
+
+
+@dataclass
+class _Mover:
+    kind: int
+    side: int
+    mask: np.ndarray
+    colour: np.ndarray
+    pos: np.ndarray
+    vel: np.ndarray
+    shown: int  # first frame it is in view
+    gone: int  # first frame it is not any more
+
+
+def scene(
+    count: int, width: int = 640, height: int = 480, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A camera's view: `count` frames (height, width, 3) uint8 of one noisy background with
+    up to three shapes gliding across it, bouncing off the edges; each shape comes into view
+    and leaves again on its own schedule (the 'object appeared / left' case). Per frame a
+    (K, 5) array x1, y1, x2, y2, class in pixels. Objects are sized so that, letterboxed to
+    the detector's 128 pixels, they look like its training data."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(60, 180, 3)
+    ramp = np.linspace(-30, 30, width)[None, :, None] * rng.uniform(-1, 1)
+    background = np.clip(base + ramp + rng.normal(0, 12, (height, width, 3)), 0, 255)
+    scale = max(width, height) / SIZE
+    objects: list[_Mover] = []
+    for i in range(3):
+        side = int(rng.integers(int(MIN_SIDE * scale * 1.2), int(MAX_SIDE * scale)))
+        colour = rng.uniform(0, 255, 3)
+        while np.abs(colour - base).mean() < 70:
+            colour = rng.uniform(0, 255, 3)
+        shown = int(rng.integers(0, max(1, count // 3))) if i else 0
+        objects.append(
+            _Mover(
+                kind=i % len(CLASSES),
+                side=side,
+                mask=_shape(i % len(CLASSES), side),
+                colour=colour,
+                pos=rng.uniform([0, 0], [width - side, height - side]),
+                vel=rng.uniform(-1, 1, 2) * scale * 0.6,
+                shown=shown,
+                gone=shown + int(rng.integers(count // 3, count + 1)),
+            )
+        )
+    frames = []
+    for n in range(count):
+        image = background.copy()
+        rows = []
+        for o in objects:
+            side, pos = o.side, o.pos
+            if o.shown <= n < o.gone:
+                x1, y1 = int(pos[0]), int(pos[1])
+                region = image[y1 : y1 + side, x1 : x1 + side]
+                region[o.mask] = o.colour
+                rows.append([x1, y1, x1 + side, y1 + side, o.kind])
+            pos += o.vel
+            for axis, limit in ((0, width - side), (1, height - side)):
+                if not 0 <= pos[axis] <= limit:
+                    o.vel[axis] *= -1
+                    pos[axis] = min(max(pos[axis], 0), limit)
+        frames.append((image.astype(np.uint8), np.asarray(rows, np.float32).reshape(-1, 5)))
+    return frames

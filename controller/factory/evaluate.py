@@ -25,6 +25,7 @@ import numpy as np
 from lepton_edge.controller.factory.data import Feeds
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.manifest import ModelFormat, TensorSpec
+from lepton_edge.shared.tflite import signature_order
 
 #: Batch sizes of the two speed figures in the manifest.
 THROUGHPUT_BATCH = 32
@@ -57,7 +58,7 @@ class Predictor:
             from ai_edge_litert.interpreter import Interpreter
 
             self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-            self._in, self._out = lite_io(self._interpreter)
+            self._in, self._out = signature_order(self._interpreter)
             self._shapes: list[tuple[int, ...]] = [tuple(d["shape"]) for d in self._in]
             self._allocated = False
 
@@ -90,24 +91,6 @@ class Predictor:
     def predict_all(self, x: np.ndarray) -> np.ndarray:
         """`predict` sample by sample over `x`, concatenated."""
         return np.concatenate([self.predict(x[i : i + EVAL_BATCH]) for i in range(len(x))])
-
-
-def lite_io(interpreter: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A TFLite model's input and output details in its signature's order (the order of the
-    source model, as ONNX has them); the tensor order of the flatbuffer can differ."""
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    signatures = interpreter._get_full_signature_list()
-    if not signatures:
-        return inputs, outputs
-    signature = next(iter(signatures.values()))
-
-    def ordered(details: list[dict[str, Any]], names: dict[str, int]) -> list[dict[str, Any]]:
-        by_index = {d["index"]: d for d in details}
-        if sorted(names.values()) != sorted(by_index):
-            return details
-        return [by_index[i] for i in names.values()]
-
-    return ordered(inputs, signature["inputs"]), ordered(outputs, signature["outputs"])
 
 
 def outputs_flat(path: Path, fmt: ModelFormat, probe: Feeds) -> np.ndarray:
@@ -159,7 +142,7 @@ def tensor_specs(path: Path, fmt: ModelFormat) -> tuple[list[TensorSpec], list[T
         return inputs, [spec(o) for o in model.graph.output]
     from ai_edge_litert.interpreter import Interpreter
 
-    lite_inputs, lite_outputs = lite_io(Interpreter(model_path=str(path)))
+    lite_inputs, lite_outputs = signature_order(Interpreter(model_path=str(path)))
 
     def lite(detail: dict[str, Any]) -> TensorSpec:
         signature = detail.get("shape_signature", detail["shape"])

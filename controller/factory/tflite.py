@@ -121,9 +121,9 @@ def _signature(source: Path) -> tuple[str, list[str]]:
     by_index = {
         d["index"]: name for name, d in it.get_signature_runner(key).get_input_details().items()
     }
-    from lepton_edge.controller.factory.evaluate import lite_io
+    from lepton_edge.shared.tflite import signature_order
 
-    return key, [by_index[d["index"]] for d in lite_io(it)[0]]
+    return key, [by_index[d["index"]] for d in signature_order(it)[0]]
 
 
 def weighted_tensors(source: Path) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lepton_edge.agent.engine import Engine, VariantSpec
+from lepton_edge.agent.runner import pipeline_for
 from lepton_edge.agent.runtimes import RuntimeOptions, VariantLoadError
 from lepton_edge.agent.sources import ArraySource, Frame, Result, idx_source
 from tests.agent.inference_bundle import Bundle, fm_bundle, fm_images  # noqa: F401
@@ -19,7 +20,8 @@ OPTS = RuntimeOptions(threads=1)
 
 
 def spec(bundle: Bundle, vid: str) -> VariantSpec:
-    return VariantSpec(vid, bundle.path(vid), bundle.manifest.variant(vid))
+    pipeline = pipeline_for(bundle.dir, bundle.manifest, vid)
+    return VariantSpec(vid, bundle.path(vid), bundle.manifest.variant(vid), pipeline)
 
 
 def other_shape_model(path: Path) -> Path:

@@ -29,8 +29,10 @@ def test_idx_source_defaults_to_labeled_fashion_mnist() -> None:
     assert frames[3] is None and src.done
     first = frames[0]
     assert first is not None and first.label is not None
-    assert first.data.shape == (4, 28, 28, 1) and first.data.dtype == np.float32
-    np.testing.assert_allclose(first.data[..., 0], x[:4] / 255.0, atol=1e-7)
+    # pixels as the file has them: the bundle's pipeline scales them, not the source
+    assert first.image is not None and first.data is None
+    assert first.image.shape == (4, 28, 28, 1) and first.image.dtype == np.uint8
+    np.testing.assert_array_equal(first.image[..., 0], x[:4])
     assert first.label.tolist() == y[:4].tolist()
 
 
@@ -47,7 +49,8 @@ def test_idx_source_from_files_and_mismatched_labels(tmp_path: Path) -> None:
         idx_source(tmp_path / "missing.idx")
     src = idx_source(images)
     frame = src.read(0)
-    assert frame is not None and frame.label is None and frame.data.shape == (1, 2, 2, 1)
+    assert frame is not None and frame.label is None and frame.image is not None
+    assert frame.image.shape == (1, 2, 2, 1)
 
 
 def test_image_folder_labels_from_folder_names(tmp_path: Path) -> None:
@@ -56,21 +59,21 @@ def test_image_folder_labels_from_folder_names(tmp_path: Path) -> None:
         folder = tmp_path / (FASHION_MNIST_LABELS[y[i]] if i % 2 else str(y[i]))
         folder.mkdir(exist_ok=True)
         Image.fromarray(x[i]).resize((56, 56)).save(folder / f"{i}.png")
-    src = image_dir_source(tmp_path, (28, 28, 1), FASHION_MNIST_LABELS)
-    assert src.labeled and src.images.shape == (6, 28, 28, 1)
+    src = image_dir_source(tmp_path, (28, 28), FASHION_MNIST_LABELS, channels=1)
+    assert src.labeled and src.array.shape == (6, 28, 28, 1) and src.array.dtype == np.uint8
     assert sorted(src.labels.tolist()) == sorted(y[:6].tolist())  # type: ignore[union-attr]
     (tmp_path / "loose.png").write_bytes((tmp_path / str(y[0]) / "0.png").read_bytes())
-    assert not image_dir_source(tmp_path, (28, 28, 1)).labeled  # a file outside class folders
+    assert not image_dir_source(tmp_path, (28, 28)).labeled  # a file outside class folders
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
-        image_dir_source(tmp_path / "nope", (28, 28, 1))
+        image_dir_source(tmp_path / "nope", (28, 28))
     with pytest.raises(UserError, match="no images"):
-        image_dir_source(tmp_path, (28, 28, 1))
+        image_dir_source(tmp_path, (28, 28))
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match="cannot read image"):
-        image_dir_source(tmp_path, (28, 28, 1))
+        image_dir_source(tmp_path, (28, 28))
 
 
 def test_synthetic_and_array_sources() -> None:
@@ -89,6 +92,7 @@ def test_queue_source_round_trip_and_close() -> None:
     def engine() -> None:
         frame = q.read(5)
         assert frame is not None and frame.reply is not None
+        assert frame.data is not None
         frame.reply(Result("v", scores=frame.data.sum(axis=(1, 2, 3))[:, None]))
 
     t = threading.Thread(target=engine)
