@@ -1,5 +1,8 @@
 """The MQTT bridge: subscribes to every device's state/telemetry/event/reply, publishes commands.
 
+Results (`…/result`, QoS 0) are a stream, not records: the bridge keeps only each device's
+latest (and latest thumbnail) in memory, for the dashboard; nothing of them is written.
+
 The paho network thread only appends raw messages to a queue; a writer thread validates them
 with `lepton_edge.shared.messages.decode` and commits them to the registry in batches (every
 `flush_interval_ms` or `batch_max` messages), so ingestion keeps up with a large fleet.
@@ -28,12 +31,12 @@ from lepton_edge.controller.db import Database
 from lepton_edge.controller.fleet import Batch, Fleet, IngestResult
 from lepton_edge.shared import messages, topics
 from lepton_edge.shared.errors import MessageError, TopicError
-from lepton_edge.shared.messages import Event, Reply, State, Telemetry
+from lepton_edge.shared.messages import Event, InferenceResult, Reply, State, Telemetry
 from lepton_edge.shared.topics import Kind
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBED_KINDS = (Kind.STATE, Kind.TELEMETRY, Kind.EVENT, Kind.REPLY)
+SUBSCRIBED_KINDS = (Kind.STATE, Kind.TELEMETRY, Kind.EVENT, Kind.REPLY, Kind.RESULT)
 
 
 @dataclass
@@ -73,6 +76,8 @@ class Bridge:
         self._writer: threading.Thread | None = None
         self._last_prune = time.monotonic()
         self._rate_window: collections.deque[tuple[float, int]] = collections.deque(maxlen=600)
+        self.latest_results: dict[str, InferenceResult] = {}
+        self.latest_thumbnails: dict[str, InferenceResult] = {}
         m = settings.mqtt
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -130,7 +135,13 @@ class Bridge:
         # Retained births are not delivered on shared subscriptions, and state is small:
         # every controller takes the whole state stream (applying it twice is harmless).
         subs = [(topics.subscription(Kind.STATE), 1)]
-        subs += [(topics.subscription(k, group), 1) for k in SUBSCRIBED_KINDS if k != Kind.STATE]
+        subs += [
+            (topics.subscription(k, group), 1)
+            for k in SUBSCRIBED_KINDS
+            if k not in (Kind.STATE, Kind.RESULT)
+        ]
+        # Every replica sees every result (QoS 0, not shared): each one's dashboard shows them.
+        subs.append((topics.subscription(Kind.RESULT), 0))
         client.subscribe(subs)
         self.connected.set()
         log.info("bridge connected to %s:%s", self.settings.mqtt.host, self.settings.mqtt.port)
@@ -197,7 +208,22 @@ class Bridge:
                 batch.events.append(msg)
             elif isinstance(msg, Reply):
                 batch.replies.append(msg)
+            elif isinstance(msg, InferenceResult):
+                self._keep_result(msg)
         return batch
+
+    def _keep_result(self, result: InferenceResult) -> None:
+        if result.thumbnail_jpeg is not None:
+            self.latest_thumbnails[result.device_id] = result
+        self.latest_results[result.device_id] = result
+
+    def latest_result(self, device_id: str) -> InferenceResult | None:
+        """The device's newest result, carrying the newest thumbnail it sent (if any)."""
+        result = self.latest_results.get(device_id)
+        shot = self.latest_thumbnails.get(device_id)
+        if result is None or shot is None or result.thumbnail_jpeg is not None:
+            return result
+        return result.model_copy(update={"thumbnail_jpeg": shot.thumbnail_jpeg})
 
     def _flush(self) -> None:
         items: list[tuple[str, bytes]] = []

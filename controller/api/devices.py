@@ -14,7 +14,7 @@ from lepton_edge.controller.selection import NoEligibleVariant, ladder_for
 from lepton_edge.controller.tables import Bundle, Device, EventRecord
 from lepton_edge.shared.hardware import HardwareProfile
 from lepton_edge.shared.manifest import Ladder, Manifest
-from lepton_edge.shared.messages import EventKind, PowerLevel, Telemetry
+from lepton_edge.shared.messages import EventKind, InferenceResult, PowerLevel, Telemetry
 
 router = APIRouter(tags=["devices"])
 
@@ -143,6 +143,17 @@ def get_device(
         if events
         else [],
     )
+
+
+@router.get("/devices/{device_id}/result", response_model=InferenceResult | None)
+def get_result(
+    device_id: str, session: SessionDep, controller: ControllerDep, _auth: ReadAuth
+) -> InferenceResult | None:
+    """The device's newest inference result as it came over MQTT (null before the first),
+    with the newest thumbnail it sent; kept in memory only, never in the database."""
+    _device(session, device_id)
+    bridge = controller.bridge
+    return bridge.latest_result(device_id) if bridge is not None else None
 
 
 @router.put("/devices/{device_id}/tags", response_model=DeviceOut)
