@@ -213,6 +213,7 @@ class InferenceRunner:
                     self._pipeline = pipeline_for(
                         bundle_dir, manifest, vid, self.options, self.top_k
                     )
+                    self._check_feedable(manifest, self._pipeline)
                     spec = self._spec(bundle_dir, manifest, vid)
                     self._run(spec, manifest)
                 except VariantLoadError as exc:
@@ -296,6 +297,16 @@ class InferenceRunner:
                 self._source.close()
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _check_feedable(self, manifest: Manifest, pipeline: Pipeline) -> None:
+        """Refuse at once a bundle this box's frames cannot be fed to (not frame by frame)."""
+        source = self.settings.source
+        if pipeline.preprocess is None and source in IMAGE_SOURCES and source != "local":
+            raise VariantLoadError(
+                f"bundle {manifest.bundle_id} takes tensors, not images, and engine.source = "
+                f"{source} gives images: build it with --input-scale (or an [input] table) "
+                "so the agent knows how pixels become its input"
+            )
 
     def _spec(self, bundle_dir: Path, manifest: Manifest, vid: str) -> VariantSpec:
         variant = manifest.variant(vid)

@@ -217,13 +217,11 @@ class Bridge:
             self.latest_thumbnails[result.device_id] = result
         self.latest_results[result.device_id] = result
 
-    def latest_result(self, device_id: str) -> InferenceResult | None:
-        """The device's newest result, carrying the newest thumbnail it sent (if any)."""
-        result = self.latest_results.get(device_id)
-        shot = self.latest_thumbnails.get(device_id)
-        if result is None or shot is None or result.thumbnail_jpeg is not None:
-            return result
-        return result.model_copy(update={"thumbnail_jpeg": shot.thumbnail_jpeg})
+    def latest_result(
+        self, device_id: str
+    ) -> tuple[InferenceResult | None, InferenceResult | None]:
+        """The device's newest result, and the newest one that carried a thumbnail."""
+        return self.latest_results.get(device_id), self.latest_thumbnails.get(device_id)
 
     def _flush(self) -> None:
         items: list[tuple[str, bytes]] = []

@@ -46,16 +46,36 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+#: Boxes up to which NMS works on the full IoU matrix (512 x 512 floats: 1 MB).
+PAIRWISE_MAX = 512
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first."""
+    """Indices kept by greedy non-maximum suppression, best score first. Up to
+    `PAIRWISE_MAX` boxes the IoU of every pair is computed once and the greedy pass only
+    reads it; past that (a low threshold over many anchors) box by box, in bounded memory."""
     order = np.argsort(-scores, kind="stable")
+    if order.size > PAIRWISE_MAX:
+        kept: list[int] = []
+        while order.size and len(kept) < limit:
+            first = int(order[0])
+            kept.append(first)
+            rest = order[1:]
+            order = rest[box_iou(boxes[first : first + 1], boxes[rest])[0] <= iou]
+        return np.asarray(kept, dtype=np.int64)
+    if order.size == 0:
+        return order.astype(np.int64)
+    overlaps = box_iou(boxes[order], boxes[order]) > iou
+    alive = np.ones(order.size, dtype=bool)
     keep: list[int] = []
-    while order.size and len(keep) < limit:
-        best = int(order[0])
-        keep.append(best)
-        rest = order[1:]
-        order = rest[box_iou(boxes[best : best + 1], boxes[rest])[0] <= iou]
-    return np.asarray(keep, dtype=np.int64)
+    for i in range(order.size):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        if len(keep) == limit:
+            break
+        alive[i + 1 :] &= ~overlaps[i, i + 1 :]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 def decode_detections(
@@ -87,12 +107,10 @@ def decode_detections(
     best = scores[np.arange(len(scores)), classes]
     keep = best >= threshold
     boxes, best, classes = boxes[keep], best[keep], classes[keep]
-    kept: list[np.ndarray] = []
-    for c in np.unique(classes):
-        idx = np.flatnonzero(classes == c)
-        kept.append(idx[nms(boxes[idx], best[idx], decoding.nms_iou, decoding.max_detections)])
-    order = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    order = order[np.argsort(-best[order], kind="stable")][: decoding.max_detections]
+    # Class-wise NMS in one pass: each class's boxes are moved to a region of their own, so
+    # boxes of different classes never overlap (the usual batched-NMS offset).
+    offset = classes[:, None].astype(np.float32) * (float(np.abs(boxes).max(initial=0)) + 1)
+    order = nms(boxes + offset, best, decoding.nms_iou, decoding.max_detections)
     return Detections(boxes[order], best[order], classes[order].astype(np.int64))
 
 

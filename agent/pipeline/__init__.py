@@ -32,8 +32,9 @@ class Pipeline:
     def for_manifest(
         cls, manifest: Manifest, inputs: list[TensorSpec], outputs: list[TensorSpec], top_k: int = 3
     ) -> Pipeline:
-        """From the manifest's description (or, for an older bundle without one, the model's
-        own tensors: an image classifier fed pixels times `input_scale`, 1/255 if unset).
+        """From the manifest's description (or, for an older bundle without an image input in
+        it, the model's own tensors: an (H, W, C) input fed pixels times `input_scale`, 1/255
+        if the bundle has no description at all).
         Raises `UserError` (one line) when the description cannot be applied here."""
         model = manifest.model
         if model is not None and len(model.inputs) > 1:
@@ -87,8 +88,10 @@ class Pipeline:
 def _image_input(
     model: ModelDescription | None, manifest: Manifest, shape: tuple[int, ...]
 ) -> ImageInput | None:
-    if model is not None:
+    if model is not None and model.inputs[0].image is not None:
         return model.inputs[0].image
+    if model is not None and manifest.input_scale is None:
+        return None  # described, and not as an image: it takes tensors
     if len(shape) == 3 and shape[-1] in (1, 3):  # (H, W, C): the first turn's classifiers
         return ImageInput(
             layout="NHWC",

@@ -61,8 +61,10 @@ def _weights(source: int, target: int) -> np.ndarray:
 
 
 def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(N, H, W, C) -> (N, height, width, C) float32."""
+    """(N, H, W, C) -> (N, height, width, C) float32 (the input itself when it has that size)."""
     n, h, w, c = images.shape
+    if (h, w) == (height, width):
+        return images  # as it is: the scaling that follows makes the float copy
     x = images.astype(np.float32, copy=False)
     if h != height:
         x = (_weights(h, height) @ x.reshape(n, h, w * c)).reshape(n, height, w, c)
@@ -91,7 +93,7 @@ class Preprocessor:
         # value * scale, minus mean, over std  ==  value * a - b, per channel
         self._a = scale / std
         self._b = mean / std
-        self._plain = not spec.mean and not spec.std and spec.scale == 1.0
+        self._shift = bool(np.any(self._b))
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Geometry]:
         images = self._channels(frame)
@@ -107,8 +109,9 @@ class Preprocessor:
         else:
             x = resize(images, target_h, target_w)
             geometry = Geometry(w, h, target_w / w, target_h / h)
-        if not self._plain:
-            x = x * self._a - self._b
+        x = np.multiply(x, self._a, dtype=np.float32)  # one pass: to float and scaled
+        if self._shift:
+            x -= self._b
         if self.spec.layout == "NCHW":
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x, dtype=self.dtype), geometry

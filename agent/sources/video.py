@@ -28,6 +28,9 @@ from lepton_edge.shared.errors import UserError
 log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+#: Frames from this size up are decoded with FFmpeg's threads; below, one thread is enough
+#: and leaves the other cores to the model.
+HD_PIXELS = 1280 * 720
 #: (kind, reason): "lost", "reconnected", "ended", "error".
 SourceEvent = Callable[[str, str], None]
 
@@ -202,7 +205,8 @@ class VideoSource(Source):
     def _decode(self, container: Any) -> bool:
         """Decode until the end (True) or until stopped (False)."""
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if (stream.codec_context.width or 0) * (stream.codec_context.height or 0) >= HD_PIXELS:
+            stream.thread_type = "AUTO"  # big frames: decode on several cores; small: one
         rate = float(stream.average_rate or 0) if self.pace and not self.live else 0.0
         period = 1.0 / rate if rate > 0 else 0.0
         start = time.monotonic()

@@ -145,15 +145,25 @@ def get_device(
     )
 
 
-@router.get("/devices/{device_id}/result", response_model=InferenceResult | None)
-def get_result(
+class ResultsOut(BaseModel):
+    """What a device's `result` topic said last: kept in memory only, never in the database."""
+
+    latest: InferenceResult | None = Field(description="the newest result (null before one)")
+    snapshot: InferenceResult | None = Field(
+        description="the newest result that carried a thumbnail (its frame, its answer)"
+    )
+
+
+@router.get("/devices/{device_id}/results", response_model=ResultsOut)
+def get_results(
     device_id: str, session: SessionDep, controller: ControllerDep, _auth: ReadAuth
-) -> InferenceResult | None:
-    """The device's newest inference result as it came over MQTT (null before the first),
-    with the newest thumbnail it sent; kept in memory only, never in the database."""
+) -> ResultsOut:
     _device(session, device_id)
     bridge = controller.bridge
-    return bridge.latest_result(device_id) if bridge is not None else None
+    latest, snapshot = bridge.latest_result(device_id) if bridge is not None else (None, None)
+    if latest is not None and latest.thumbnail_jpeg is not None:
+        latest = latest.model_copy(update={"thumbnail_jpeg": None})  # it is in `snapshot`
+    return ResultsOut(latest=latest, snapshot=snapshot)
 
 
 @router.put("/devices/{device_id}/tags", response_model=DeviceOut)

@@ -54,6 +54,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="after the summary, keep the dashboard and API up (agents stopped) until Ctrl-C",
     )
     parser.add_argument(
+        "--no-camera",
+        action="store_true",
+        help="leave out the camera device (a rendered video through the shapes detector)",
+    )
+    parser.add_argument(
         "--live",
         choices=("auto", "on", "off"),
         default="auto",
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         broker=args.broker,
         summary_json=args.summary_json,
         hold=args.hold,
+        camera=not args.no_camera,
         live={"auto": None, "on": True, "off": False}[args.live],
     )
     return Demo(options).run()

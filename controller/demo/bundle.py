@@ -1,8 +1,10 @@
-"""The demo's model work: build the reference bundle, upload it, benchmark on devices, roll out.
+"""The demo's model work: build the reference bundles, upload them, benchmark on devices, roll out.
 
-The bundle is built by the variant factory from the committed fp32 Fashion-MNIST models
-(no TensorFlow). Without the data set, calibration and evaluation use synthetic images
-labelled by the fp32 model itself, so accuracy means "agreement with fp32".
+The bundles are built by the variant factory from committed fp32 models (no TensorFlow):
+the Fashion-MNIST classifier for the fleet, and the shapes detector for the camera device,
+on images the project renders itself. Without the Fashion-MNIST data set, calibration and
+evaluation use synthetic images labelled by the fp32 model itself, so accuracy means
+"agreement with fp32".
 """
 
 from __future__ import annotations
@@ -51,14 +53,16 @@ def check_data_dir(path: Path) -> None:
 
 
 def _dataset(data_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(calibration images, evaluation images, evaluation labels), float32 (N, 28, 28, 1)."""
+    """(calibration images, evaluation images, evaluation labels), (N, 28, 28, 1): the data
+    set's uint8 pixels (scaled by the factory, 1/255, as the agents' pipeline then does),
+    or synthetic float32 tensors."""
     if data_dir is not None:
         from lepton_edge.shared.idx import fashion_mnist
 
         train_x, _ = fashion_mnist("train", root=data_dir)
         test_x, test_y = fashion_mnist("t10k", root=data_dir)
-        calib = train_x[:CALIBRATION_IMAGES].astype(np.float32)[..., None] / 255.0
-        evalx = test_x[:EVALUATION_IMAGES].astype(np.float32)[..., None] / 255.0
+        calib = train_x[:CALIBRATION_IMAGES][..., None]
+        evalx = test_x[:EVALUATION_IMAGES][..., None]
         return calib, evalx, test_y[:EVALUATION_IMAGES].astype(np.int64)
     rng = np.random.default_rng(7)
     calib = rng.random((CALIBRATION_IMAGES, 28, 28, 1), dtype=np.float32)
@@ -95,8 +99,43 @@ def build(
         # Synthetic evaluation measures agreement with fp32, not accuracy: say so in the name.
         model_name="fashion-mnist-demo" if data_dir is not None else "fashion-mnist-demo-synthetic",
         labels=list(FASHION_MNIST_LABELS),
+        input_scale=1 / 255 if data_dir is not None else None,  # uint8 pixels in
         progress=progress,
         # Build-host timings are only a fallback: the devices measure for themselves.
+        budget=SpeedBudget(min_runs=20, max_runs=200, seconds=0.2),
+    )
+
+
+#: The detector's variants in the demo: fp32 and static int8 in both formats (the others
+#: are built the same way; leaving them out keeps the demo's setup short).
+DETECTOR_VARIANTS = ("onnx-fp32", "onnx-int8-static", "tflite-fp32", "tflite-int8-static")
+
+
+def build_detector(
+    out_dir: Path, key_file: Path, progress: Callable[[int, int, str], None] | None = None
+) -> Any:
+    """The shapes detector, described by its committed TOML, judged by mAP on rendered images."""
+    from lepton_edge.controller.demo import shapes
+    from lepton_edge.controller.factory import build_bundle
+    from lepton_edge.controller.factory.build import ALL_VARIANTS
+    from lepton_edge.controller.factory.evaluate import SpeedBudget
+    from lepton_edge.shared.signing import load_private_key
+
+    calib, _ = shapes.render(64, seed=3)
+    images, boxes = shapes.render(200, seed=2)
+    return build_bundle(
+        out_dir,
+        onnx=REFERENCE_DIR / "detector.onnx",
+        tflite=REFERENCE_DIR / "detector.tflite",
+        description=REFERENCE_DIR / "detector.toml",
+        calib_x=calib,
+        eval_x=images,
+        eval_y=boxes,
+        key=load_private_key(key_file.read_bytes()),
+        model_name="shapes-detector-demo",
+        labels=list(shapes.CLASSES),
+        progress=progress,
+        skip=[v for v in ALL_VARIANTS if v not in DETECTOR_VARIANTS],
         budget=SpeedBudget(min_runs=20, max_runs=200, seconds=0.2),
     )
 
@@ -105,7 +144,14 @@ class BuildProcess:
     """The bundle build in its own process: the controller keeps this process's GIL, native
     runtime logs go to a file instead of the terminal, and a Ctrl-C can stop it at once."""
 
-    def __init__(self, out_dir: Path, key_file: Path, data_dir: Path | None, log: Path) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        key_file: Path,
+        data_dir: Path | None,
+        log: Path,
+        detector: bool = False,
+    ) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -113,7 +159,7 @@ class BuildProcess:
             str(out_dir),
             str(key_file),
         ]
-        argv.append(str(data_dir) if data_dir is not None else "-")
+        argv.append("detector" if detector else str(data_dir) if data_dir is not None else "-")
         self._log = open(log, "ab")  # noqa: SIM115 - closed in wait()
         # Its temp files (quantizer, timing children) go under the demo's dir, removed at the end.
         scratch = out_dir.parent / "tmp"
@@ -157,12 +203,19 @@ def build_and_upload(
     notes: list[str],
     progress: Callable[[str], None] | None = None,
     started: Callable[[BuildProcess], None] | None = None,
+    detector: bool = False,
 ) -> str:
-    """Build the bundle with the controller's key in a child process, upload it (a tar.gz)."""
-    out = workdir / "bundle"
+    """Build a bundle (the Fashion-MNIST one, or the `detector`) with the controller's key in
+    a child process, upload it (a tar.gz)."""
+    name = "detector" if detector else "bundle"
+    out = workdir / name
     began = time.monotonic()
     build = BuildProcess(
-        out, workdir / "controller" / "keys" / "signing.pem", data_dir, workdir / "build.log"
+        out,
+        workdir / "controller" / "keys" / "signing.pem",
+        data_dir,
+        workdir / f"{name}-build.log",
+        detector=detector,
     )
     if started is not None:
         started(build)
@@ -203,16 +256,20 @@ def benchmark(client: ControllerClient, bundle_id: str, iterations: int = 30) ->
     return len(classes)
 
 
-def start_rollout(client: ControllerClient, bundle_id: str, waves: list[float]) -> str:
-    """A staged rollout of the bundle to every device, in cumulative waves (percent)."""
+def start_rollout(
+    client: ControllerClient, bundle_id: str, waves: list[float], device_ids: list[str]
+) -> str:
+    """A staged rollout of the bundle to these devices, in cumulative waves (percent)."""
+    target = {"device_ids": device_ids}
     rollout = client.post(
-        "/rollouts", json={"bundle_id": bundle_id, "target": {"all": True}, "waves": waves}
+        "/rollouts", json={"bundle_id": bundle_id, "target": target, "waves": waves}
     )
     return str(rollout["id"])
 
 
 def main(argv: list[str]) -> int:
-    """`python -m lepton_edge.controller.demo.bundle OUT_DIR KEY_FILE DATA_DIR|-`: what `BuildProcess` runs."""
+    """`python -m lepton_edge.controller.demo.bundle OUT_DIR KEY_FILE DATA_DIR|-|detector`:
+    what `BuildProcess` runs."""
     out, key, data = Path(argv[0]), Path(argv[1]), argv[2]
     # SIGTERM unwinds like Ctrl-C, so temporary directories are cleaned up on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -220,7 +277,10 @@ def main(argv: list[str]) -> int:
     def report(done: int, total: int, what: str) -> None:
         print(f"{what} ({done}/{total})", flush=True)
 
-    build(out, key, None if data == "-" else Path(data), report)
+    if data == "detector":
+        build_detector(out, key, report)
+    else:
+        build(out, key, None if data == "-" else Path(data), report)
     return 0
 
 

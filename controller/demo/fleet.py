@@ -57,8 +57,10 @@ def agent_config(
     controller_key_file: Path,
     data_dir: Path | None,
     telemetry_interval_s: float,
+    video: Path | None = None,
 ) -> dict[str, Any]:
-    """The agent.toml of one simulated device (see agent/config.py for every key)."""
+    """The agent.toml of one simulated device (see agent/config.py for every key); with
+    `video`, a camera box that plays it in a loop and publishes what it detects."""
     simulate: dict[str, Any] = {
         "profile": {
             "arch": profile.arch,
@@ -81,8 +83,11 @@ def agent_config(
             "charge_w": b.charge_w,
             "time_scale": b.time_scale,
         }
-    if data_dir is not None:
-        engine: dict[str, Any] = {
+    results: dict[str, Any] = {"max_per_s": 2.0, "thumbnail_interval_s": 2.0}
+    if video is not None:
+        engine: dict[str, Any] = {"source": "video", "video": str(video), "video_loop": True}
+    elif data_dir is not None:
+        engine = {
             "source": "idx",
             "source_path": data_dir / "t10k-images-idx3-ubyte.gz",
             "labels_path": data_dir / "t10k-labels-idx1-ubyte.gz",
@@ -91,6 +96,8 @@ def agent_config(
         engine = {"source": "synthetic"}
     # One runtime thread and a modest frame rate: eight devices share this machine's cores.
     engine.update({"fps": profile.fps, "threads": 1, "warmup_runs": 2})
+    if video is not None:
+        engine.pop("fps")  # the video's own frame rate
     return {
         "device_id": device_id,
         "state_dir": state_dir,
@@ -109,6 +116,7 @@ def agent_config(
         },
         "simulate": simulate,
         "engine": engine,
+        "results": results,
         # Short dwell so a time-scaled battery shows its steps within a one-minute demo.
         "policy": {"min_dwell_s": POLICY_DWELL_S},
     }
@@ -123,6 +131,7 @@ def start_agent(
     controller_key_file: Path,
     data_dir: Path | None,
     telemetry_interval_s: float = 1.0,
+    video: Path | None = None,
 ) -> DemoAgent:
     """Write the device's config under `workdir/{id}/` and start its agent process."""
     home = workdir / device_id
@@ -136,6 +145,7 @@ def start_agent(
         controller_key_file=controller_key_file,
         data_dir=data_dir,
         telemetry_interval_s=telemetry_interval_s,
+        video=video,
     )
     config.write_text(toml.dumps(settings))
     scratch = home / "tmp"  # runtime temp files stay inside the demo's dir

@@ -156,6 +156,24 @@ PROFILES: tuple[DeviceProfile, ...] = (
 )
 
 
+#: The camera box: it watches a video the demo renders (moving shapes) and runs the shapes
+#: detector's ladder; its battery drains through the policy's steps during the run, like the
+#: others' (what it switches to is the ladder's choice: see the summary).
+CAMERA = DeviceProfile(
+    kind="camera",
+    description="x86 camera box on battery, watching a video with the shapes detector",
+    arch="x86_64",
+    cpu_model="Intel(R) Core(TM) i5-1235U",
+    cores=4,
+    features=("avx2", "avx_vnni"),
+    memory_mb=8192,
+    runtimes=("onnxruntime", "litert"),
+    battery=Battery(start_percent=90, capacity_wh=10.0, idle_w=4.0),
+    tags=("camera", "x86"),
+)
+CAMERA_ID = "camera-1"
+
+
 def fleet(count: int) -> list[tuple[str, DeviceProfile]]:
     """`count` (device id, profile) pairs, cycling through the profiles in a fixed order."""
     result = []

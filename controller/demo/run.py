@@ -37,7 +37,7 @@ from lepton_edge.controller.demo.client import (
 )
 from lepton_edge.controller.demo.fleet import DemoAgent, start_agent
 from lepton_edge.controller.demo.processes import free_port, port_in_use, stop_all
-from lepton_edge.controller.demo.profiles import fleet
+from lepton_edge.controller.demo.profiles import CAMERA, CAMERA_ID, fleet
 from lepton_edge.controller.demo.view import ViewState, render
 from lepton_edge.shared.errors import UserError
 
@@ -56,6 +56,7 @@ class DemoOptions:
     hold: bool = False
     live: bool | None = None  # None: a live view when stdout is a terminal
     setup_timeout: float = 240.0
+    camera: bool = True  # one more device: a video through the shapes detector
 
 
 #: What the demo brings together; each is checked before anything starts.
@@ -98,6 +99,8 @@ def missing_parts() -> list[str]:
 
 #: Cumulative percent of the fleet per wave: a canary quarter first, then everyone.
 ROLLOUT_WAVES = [25.0, 100.0]
+#: The camera's video: 10 s of moving shapes at 640x480, played in a loop.
+CAMERA_FRAMES, CAMERA_SIZE = 300, (640, 480)
 
 
 class _Interrupted(Exception):
@@ -119,8 +122,11 @@ class Demo:
         self.agents: list[DemoAgent] = []
         self.token = secrets.token_urlsafe(24)
         self.devices = fleet(options.devices)
+        self.camera = (CAMERA_ID, CAMERA) if options.camera else None
         self.bundle_id: str | None = None
         self.rollout_id: str | None = None
+        self.detector_id: str | None = None
+        self.camera_rollout_id: str | None = None
         self.setup_error: BaseException | None = None
         self.fleet_live_at: float | None = None  # monotonic, once the rollout started
         self.view: ViewState | None = None
@@ -213,7 +219,7 @@ class Demo:
         self.view = ViewState(
             dashboard_url=dashboard,
             broker=f"{self.broker.kind}:{self.broker.port}",
-            profiles={d: p for d, p in self.devices},
+            profiles={d: p for d, p in self._all_devices()},
         )
 
         for device_id, profile in self.devices:
@@ -228,6 +234,18 @@ class Demo:
                     data_dir=self.o.data_dir,
                 )
             )
+        if self.camera is not None:
+            self._checkpoint()
+            self.agents.append(
+                start_agent(
+                    *self.camera,
+                    self.workdir / "devices",
+                    broker=self.broker,
+                    controller_key_file=public_key,
+                    data_dir=None,
+                    video=self._camera_video(),
+                )
+            )
         say(
             f"agents: {len(self.agents)} processes started ({', '.join(a.device_id for a in self.agents)})"
         )
@@ -236,6 +254,18 @@ class Demo:
             target=self._setup_fleet, name="demo-setup", daemon=True
         )
         self._setup_thread.start()
+
+    def _all_devices(self) -> list[tuple[str, Any]]:
+        return [*self.devices, *([self.camera] if self.camera else [])]
+
+    def _camera_video(self) -> Path:
+        """The camera's video, rendered and encoded here (moving shapes the detector knows)."""
+        from lepton_edge.controller.demo.shapes import scene
+        from lepton_edge.controller.demo.video import write_video
+
+        assert self.workdir is not None
+        frames = (f for f, _ in scene(CAMERA_FRAMES, *CAMERA_SIZE, seed=11))
+        return write_video(self.workdir / "camera.mp4", frames)
 
     def _controller_settings(self, state_dir: Path) -> Any:
         from lepton_edge.controller.config import ControllerSettings
@@ -290,19 +320,40 @@ class Demo:
                 progress=self._set_phase,
                 started=self._remember_build,
             )
+            if self.camera is not None:
+                view.phase = "building the shapes detector bundle (variant factory)"
+                self.detector_id = demo_bundle.build_and_upload(
+                    client,
+                    self.workdir,
+                    None,
+                    view.notes,
+                    progress=self._set_phase,
+                    started=self._remember_build,
+                    detector=True,
+                )
+            everyone = self._all_devices()
             view.phase = "waiting for every device to come online"
             wait_until(
-                lambda: sum(1 for d in client.devices() if d.get("online")) >= len(self.devices),
+                lambda: sum(1 for d in client.devices() if d.get("online")) >= len(everyone),
                 60,
-                f"{len(self.devices)} devices to come online",
+                f"{len(everyone)} devices to come online",
             )
-            for device_id, profile in self.devices:  # so the dashboard's tag filter has work
+            for device_id, profile in everyone:  # so the dashboard's tag filter has work
                 client.put(f"/devices/{device_id}/tags", json={"tags": list(profile.tags)})
             view.phase = "benchmarking every variant on every device"
             classes = demo_bundle.benchmark(client, self.bundle_id)
+            if self.detector_id is not None:
+                demo_bundle.benchmark(client, self.detector_id)
             view.notes.append(f"benchmarks: every variant timed on {classes} hardware classes")
             view.phase = "staged rollout"
-            self.rollout_id = demo_bundle.start_rollout(client, self.bundle_id, ROLLOUT_WAVES)
+            fleet_ids = [d for d, _ in self.devices]
+            self.rollout_id = demo_bundle.start_rollout(
+                client, self.bundle_id, ROLLOUT_WAVES, fleet_ids
+            )
+            if self.detector_id is not None:
+                self.camera_rollout_id = demo_bundle.start_rollout(
+                    client, self.detector_id, [100.0], [CAMERA_ID]
+                )
             self.fleet_live_at = time.monotonic()
             view.deadline = self.fleet_live_at + self.o.duration
             view.phase = "running: batteries drain, precision steps down"
@@ -428,6 +479,9 @@ class Demo:
             dict(self.devices),
             self.fleet_live_at,
             online_at_end=online,
+            camera=(CAMERA_ID, CAMERA, self.detector_id, self.camera_rollout_id)
+            if self.camera is not None
+            else None,
         )
 
     def _print_summary(self, summary: dict[str, Any]) -> None:

@@ -124,8 +124,10 @@ def collect(
     profiles: dict[str, DeviceProfile],
     fleet_live_at: float | None,
     online_at_end: dict[str, bool] | None = None,
+    camera: tuple[str, DeviceProfile, str | None, str | None] | None = None,
 ) -> dict[str, Any]:
-    """The summary from the API; `online_at_end`: who was online when the demo ended."""
+    """The summary from the API; `online_at_end`: who was online when the demo ended.
+    `camera`: (device id, profile, its bundle, its rollout), summarised on its own."""
     level_events = [
         e
         for kind in ("precision_switch", "policy")
@@ -134,6 +136,8 @@ def collect(
     ]
     known = {d.get("device_id") or d.get("id") for d in client.devices()}
     device_ids = sorted(set(profiles) | {str(k) for k in known if k})
+    if camera is not None and camera[0] in device_ids:
+        device_ids.remove(camera[0])
     devices = [
         _device_summary(client, d, profiles.get(d), bundle_id, level_events) for d in device_ids
     ]
@@ -145,7 +149,7 @@ def collect(
         if ladder_mapping(d["ladder"])
     }
     rollout = client.rollout(rollout_id) if rollout_id else None
-    return {
+    summary = {
         "bundle_id": bundle_id,
         "rollout": rollout,
         "devices": devices,
@@ -153,6 +157,31 @@ def collect(
         "precision_switches": sum(len(d["switches"]) for d in devices),
         "fleet_ran": fleet_live_at is not None,
     }
+    if camera is not None:
+        summary["camera"] = _camera_summary(client, camera, level_events, online_at_end or {})
+    return summary
+
+
+def _camera_summary(
+    client: ControllerClient,
+    camera: tuple[str, DeviceProfile, str | None, str | None],
+    level_events: list[dict[str, Any]],
+    online_at_end: dict[str, bool],
+) -> dict[str, Any]:
+    """The camera device: its detector bundle, ladder, switches and what it saw last."""
+    device_id, profile, bundle_id, rollout_id = camera
+    row = _device_summary(client, device_id, profile, bundle_id, level_events)
+    row["online_at_end"] = online_at_end.get(device_id, False)
+    row["bundle_id"] = bundle_id
+    row["rollout"] = client.rollout(rollout_id) if rollout_id else None
+    results = client.get(f"/devices/{device_id}/results")
+    row["last_result"] = results.get("latest") if isinstance(results, dict) else None
+    detail = client.device(device_id)
+    row["results_published"] = sum(
+        int((s.get("inference") or {}).get("results_published") or 0)
+        for s in detail.get("history") or []
+    )
+    return row
 
 
 def _num(v: float | None, digits: int = 2, unit: str = "") -> str:
@@ -215,6 +244,27 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         )
         for line in explain_ladder(d.get("ladder")):
             console.print(f"  [dim]why:[/] {line}" if not line.startswith("[dim]") else f"  {line}")
+    camera = summary.get("camera")
+    if camera:
+        console.print()
+        console.print(
+            f"[bold]{camera['device_id']}[/] [dim]{camera.get('profile') or ''}[/] · bundle "
+            f"{camera.get('bundle_id') or '–'}"
+        )
+        console.print(f"  ladder: [cyan]{compact_ladder(camera.get('ladder'))}[/]")
+        switches = ", ".join(
+            f"{s['from_variant']} → {s['to_variant']} at {s['to_level']}"
+            for s in camera["switches"]
+        )
+        console.print(f"  precision switches: [magenta]{switches or 'none'}[/]")
+        last = camera.get("last_result") or {}
+        seen = ", ".join(
+            f"{d['label']} {100 * d['score']:.0f} %" for d in last.get("detections") or []
+        )
+        console.print(
+            f"  {camera['frames']} frames · {camera['results_published']} results on MQTT · "
+            f"last frame: {seen or 'nothing detected'}"
+        )
 
 
 def explain_ladder(ladder: dict[str, Any] | None) -> list[str]:

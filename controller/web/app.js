@@ -214,7 +214,7 @@ async function devicePage(root, id) {
   const events = d.events;
   let ladder = null;
   if (v.bundle) ladder = await api(`/devices/${encodeURIComponent(id)}/ladder?bundle_id=${encodeURIComponent(v.bundle)}`).catch(() => null);
-  const result = await api(`/devices/${encodeURIComponent(id)}/result`).catch(() => null);
+  const results = await api(`/devices/${encodeURIComponent(id)}/results`).catch(() => null);
 
   const series = (f) => history.map(s => [s.ts, f(s)]);
   const charts = [
@@ -245,7 +245,7 @@ async function devicePage(root, id) {
         fact("fps / p99", `${fmt.num(v.fps)} fps · ${fmt.num(v.p99, 2)} ms`),
         fact("live accuracy", h("span", { title: "frames-weighted over the telemetry history shown below" },
           `${fmt.pct(historyAccuracy(history))} over ${historyFrames(history)} frames`)))),
-    result ? resultCard(result) : null,
+    results && results.latest ? resultCard(results.latest, results.snapshot) : null,
     ladder ? ladderCard(ladder) : null,
     h("section", { class: "charts" }, charts.map(([title, s, o]) => {
       const box = h("div", { class: "chart-box" });
@@ -255,18 +255,25 @@ async function devicePage(root, id) {
     h("section", { class: "card" }, h("h2", {}, "Events"), eventList(events, false)));
 }
 
-/* The newest result from …/result: what the model sees now, and a detector's last frame. */
-function resultCard(r) {
-  const rows = (r.detections || []).map(d => `${d.label} ${fmt.num(d.score * 100, 0)} % at ${d.box.map(v => Math.round(v)).join(",")}`)
+/* The newest result from …/result: what the model sees now; beside it the newest frame
+   sent as a thumbnail, with its boxes drawn by the device. */
+function answerLines(r) {
+  return (r.detections || []).map(d => `${d.label} ${fmt.num(d.score * 100, 0)} % at ${d.box.map(v => Math.round(v)).join(",")}`)
     .concat((r.top || []).map(t => `${t.label} ${fmt.num(t.score, 3)}`))
     .concat((r.areas || []).map(a => `${a.label} ${fmt.num(a.fraction * 100, 1)} %`))
     .concat((r.values || []).slice(0, 8).map(v => fmt.num(v, 4)))
     .concat((r.tensors || []).map(t => `${t.name} [${t.shape.join("×")}] ${fmt.num(t.min, 3)}…${fmt.num(t.max, 3)}`));
+}
+
+function resultCard(r, shot) {
+  const rows = answerLines(r);
   return h("section", { class: "card", id: "latest-result" },
     h("h2", {}, "Latest result"),
     h("p", { class: "muted" }, `${r.task} · ${r.source} · frame ${r.frame} · ${r.variant || "–"} · ${fmt.num(r.latency_ms, 2)} ms`),
-    r.thumbnail_jpeg ? h("img", { id: "result-thumbnail", alt: "last frame with its detections", src: `data:image/jpeg;base64,${r.thumbnail_jpeg}` }) : null,
-    h("ul", { id: "result-items" }, (rows.length ? rows : ["nothing found"]).map(t => h("li", {}, t))));
+    h("ul", { id: "result-items" }, (rows.length ? rows : ["nothing found"]).map(t => h("li", {}, t))),
+    shot ? h("figure", {},
+      h("img", { id: "result-thumbnail", alt: "a recent frame with its detections", src: `data:image/jpeg;base64,${shot.thumbnail_jpeg}` }),
+      h("figcaption", { class: "muted" }, `frame ${shot.frame}: ${answerLines(shot).join(" · ") || "nothing found"}`)) : null);
 }
 
 function historyFrames(history) {

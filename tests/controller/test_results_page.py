@@ -77,13 +77,17 @@ def test_device_page_shows_the_detection_thumbnail(tmp_path: Path, mosquitto: Mo
 
         def result() -> dict[str, object] | None:
             device.client.publish(topic("cam1", Kind.RESULT), detection_payload(), qos=0)
-            r = httpx.get(f"{live.url}/api/v1/devices/cam1/result", headers=headers, timeout=5)
-            return r.json() if r.status_code == 200 and r.json() else None
+            r = httpx.get(f"{live.url}/api/v1/devices/cam1/results", headers=headers, timeout=5)
+            return r.json() if r.status_code == 200 and r.json()["snapshot"] else None
 
         wait_for(lambda: result() is not None, 20, what="the result in the API")
         doc = result()
-        assert doc is not None and doc["task"] == "detection" and doc["source"] == "front-door"
-        assert doc["thumbnail_jpeg"] and len(doc["detections"]) >= 1  # type: ignore[arg-type]
+        assert doc is not None
+        latest, shot = doc["latest"], doc["snapshot"]
+        assert isinstance(latest, dict) and isinstance(shot, dict)
+        assert latest["task"] == "detection" and latest["source"] == "front-door"
+        assert "thumbnail_jpeg" not in latest or latest["thumbnail_jpeg"] is None
+        assert shot["thumbnail_jpeg"] and len(shot["detections"]) >= 1
 
         options = Options()
         options.binary_location = str(CHROMIUM)

@@ -27,6 +27,7 @@ from tests.e2e.demo_process import DemoProcess
 pytestmark = pytest.mark.slow
 
 DEVICES = ["pi-zero-1", "laptop-1", "tablet-1", "jetson-1"]
+CAMERA = "camera-1"  # beside the fleet: a rendered video through the shapes detector
 DURATION_S = 30
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -126,8 +127,8 @@ def test_browser_sees_every_device_and_a_precision_switch(
             found = d.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr[data-device]")
             return {r.get_attribute("data-device") or "" for r in found}
 
-        wait(120, "row for every device", lambda d: rows(d) >= set(DEVICES))
-        assert rows(driver) == set(DEVICES)
+        wait(120, "row for every device", lambda d: rows(d) >= {*DEVICES, CAMERA})
+        assert rows(driver) == {*DEVICES, CAMERA}
         # Every device runs a variant once the rollout reached it...
         wait(
             150,
@@ -180,6 +181,18 @@ def test_browser_sees_every_device_and_a_precision_switch(
         assert driver.find_element(By.ID, "device-id").text.startswith(device)
         driver.save_screenshot(str(tmp_path / "device.png"))
 
+        # The camera's page shows what it detected, with its last frame and the boxes.
+        driver.get(f"{demo.url}/ui/#/device/{CAMERA}")
+        wait(
+            60,
+            "the camera's detection thumbnail",
+            lambda d: d.execute_script(
+                "const i = document.getElementById('result-thumbnail');"
+                "return i && i.complete && i.naturalWidth > 0"
+            ),
+        )
+        driver.save_screenshot(str(tmp_path / "camera.png"))
+
         # The events page lists precision switches, and level changes that kept the variant
         # (policy events with levels) as "power level".
         policy = _api(demo, "/events", kind="policy", limit=1000)
@@ -221,7 +234,15 @@ def test_summary_matches_the_controller_api_and_ctrl_c_leaves_nothing(demo: Demo
 
     # Every fact agrees with the controller's API (still up: --hold).
     api_devices = {d["id"]: d for d in _api(demo, "/devices")}  # type: ignore[union-attr]
-    assert set(api_devices) == set(DEVICES)
+    assert set(api_devices) == {*DEVICES, CAMERA}
+    camera = summary["camera"]
+    assert camera["device_id"] == CAMERA and camera["online_at_end"]
+    assert camera["active_bundle"] == api_devices[CAMERA]["active_bundle"] == camera["bundle_id"]
+    assert camera["bundle_id"] != summary["bundle_id"]
+    assert camera["rollout"]["state"] == "completed", camera["rollout"]
+    assert camera["frames"] > 0 and camera["results_published"] > 0
+    assert camera["last_result"]["task"] == "detection"
+    assert camera["last_result"]["width"] == 640
     rollout = _api(demo, f"/rollouts/{summary['rollout']['id']}")
     assert isinstance(rollout, dict)
     assert rollout["bundle_id"] == summary["bundle_id"]
