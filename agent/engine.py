@@ -1,7 +1,8 @@
 """The real-time inference engine: one frame loop, measured, with hot variant switching.
 
 The loop pulls a frame, runs the active runtime, records latency and CPU time, and hands the
-result on. A switch loads and warms the next variant in a background thread; the loop swaps
+result on to a delivery thread, which reads the outputs as the task says (post-processing)
+and gives them to whoever listens: reading frame N overlaps running frame N + 1, in order. A switch loads and warms the next variant in a background thread; the loop swaps
 it in between two frames and closes the old one afterwards. A variant that fails to load or
 to run is reported and the engine keeps (or returns to) a working one.
 """
@@ -9,6 +10,7 @@ to run is reported and the engine keeps (or returns to) a working one.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 FAILURES_BEFORE_FALLBACK = 3
 #: Latencies kept per stats interval; past this the oldest half goes (percentiles stay recent).
 MAX_LATENCY_SAMPLES = 1 << 16
+#: Frames whose outputs wait to be read and delivered; when full, the frame loop waits (no
+#: result is dropped; a slow listener slows the loop instead).
+DELIVERY_QUEUE = 8
 
 
 class EngineSettings(BaseModel):
@@ -112,6 +117,8 @@ class Switch:
         return self.first_frame_start - self.decided_at
 
 
+#: A run frame on its way to the delivery thread.
+_Delivery = tuple[Frame, Result, VariantSpec, Geometry | None]
 #: (kind, data): "switched", "load_failed", "run_failed", "fallback".
 EngineEvent = Callable[[str, dict[str, Any]], None]
 OnResult = Callable[[Frame, Result], None]
@@ -179,6 +186,7 @@ class Engine:
         #: seconds spent per stage since start, for benches: prepare, infer, read, deliver
         self.stage_s = dict.fromkeys(("prepare", "infer", "read", "deliver"), 0.0)
         self._skipped_seen: tuple[Source | None, int] = (None, 0)  # (source, its count then)
+        self._deliveries: queue.Queue[_Delivery | None] = queue.Queue(DELIVERY_QUEUE)
 
     # --- control ------------------------------------------------------------------------------
 
@@ -403,6 +411,19 @@ class Engine:
         self.switches.append(switch)
 
     def _loop(self) -> None:
+        deliveries: queue.Queue[_Delivery | None] = queue.Queue(DELIVERY_QUEUE)
+        self._deliveries = deliveries
+        deliverer = threading.Thread(
+            target=self._deliver_loop, args=(deliveries,), name="lepton-results", daemon=True
+        )
+        deliverer.start()
+        try:
+            self._frames()
+        finally:
+            deliveries.put(None)  # what was run is delivered before the loop counts as ended
+            deliverer.join()
+
+    def _frames(self) -> None:
         perf, cpu = time.perf_counter, time.thread_time
         source = self.source
         next_t = perf()
@@ -492,9 +513,22 @@ class Engine:
     def _deliver(
         self, frame: Frame, result: Result, spec: VariantSpec, geometry: Geometry | None
     ) -> None:
-        """The task's answers, for whoever waits on this frame or listens to every one."""
+        """Hand a run frame to the delivery thread (if anyone waits for it or listens)."""
         if frame.reply is None and self.on_result is None:
             return
+        self._deliveries.put((frame, result, spec, geometry))
+
+    def _deliver_loop(self, deliveries: queue.Queue[_Delivery | None]) -> None:
+        while (item := deliveries.get()) is not None:
+            try:
+                self._answer(*item)
+            except Exception:
+                log.exception("delivering a result failed")
+
+    def _answer(
+        self, frame: Frame, result: Result, spec: VariantSpec, geometry: Geometry | None
+    ) -> None:
+        """The task's answers, for whoever waits on this frame or listens to every one."""
         t0 = time.perf_counter()
         result.pipeline = spec.pipeline
         if spec.pipeline is not None:

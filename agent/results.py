@@ -65,7 +65,7 @@ class ResultPublisher:
 
     `send(payload) -> bool` publishes at QoS 0 (False: not connected, the result is lost);
     `send_reliable(make)` queues `make(seq) -> bytes` in the outbox. Called on the engine's
-    thread; the counters are read from the telemetry thread."""
+    delivery thread; the counters are read from the telemetry thread."""
 
     def __init__(
         self,
