@@ -1,9 +1,10 @@
 """The real-time inference engine: one frame loop, measured, with hot variant switching.
 
-The loop pulls a frame, runs the active runtime, records latency and CPU time, and hands the
-result on to a delivery thread, which reads the outputs as the task says (post-processing)
-and gives them to whoever listens: reading frame N overlaps running frame N + 1, in order. A switch loads and warms the next variant in a background thread; the loop swaps
-it in between two frames and closes the old one afterwards. A variant that fails to load or
+The loop pulls a frame, pre-processes it with its bundle's pipeline, runs the active runtime,
+records latency and CPU time, and hands the outputs to a delivery thread, which reads them as
+the task says and gives the answers to whoever listens: reading frame N overlaps running
+frame N + 1, in order. A switch loads and warms the next variant in a background thread; the
+loop swaps it in between two frames and closes the old one afterwards. A variant that fails to load or
 to run is reported and the engine keeps (or returns to) a working one.
 """
 

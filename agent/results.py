@@ -90,7 +90,7 @@ class ResultPublisher:
         self._seq = 0
         self._lock = threading.Lock()
         self._counts = {"published": 0, "suppressed": 0, "lost": 0}
-        self._jpeg: Callable[[np.ndarray], bytes] | None = _jpeg_encoder()
+        self._jpeg: Callable[[np.ndarray], bytes] | None = jpeg_encoder()
         self.latest: InferenceResult | None = None
 
     def take_counts(self) -> dict[str, int]:
@@ -232,7 +232,7 @@ def _draw_box(image: np.ndarray, box: np.ndarray, colour: np.ndarray, width: int
     image[y1 : y2 + 1, max(x2 - width + 1, 0) : x2 + 1] = colour
 
 
-def _jpeg_encoder() -> Callable[[np.ndarray], bytes] | None:
+def jpeg_encoder() -> Callable[[np.ndarray], bytes] | None:
     """A JPEG encoder from PyAV (the video extra); None without it (no thumbnails)."""
     try:
         import av

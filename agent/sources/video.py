@@ -227,22 +227,21 @@ class VideoSource(Source):
                 wait = start + n * period - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
                     return False
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(frame, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            self._hand_over(frame)
         return True
+
+    def _hand_over(self, frame: Frame | None) -> None:
+        """Queue a file's frame (None: its end) for the engine, waiting while it is busy."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(frame, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def _finish(self, error: str | None) -> None:
         """A file's end: say why if it was an error, then let the engine see the end."""
         if error is not None:
             self.last_error = error
             self._emit("error", error)
-        while not self._stop.is_set():
-            try:
-                self._queue.put(None, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        self._hand_over(None)

@@ -27,17 +27,3 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: int = 30) -> Path
         if stream is not None:
             container.mux(stream.encode(None))
     return path
-
-
-def jpeg(image: np.ndarray) -> bytes:
-    """One RGB frame as JPEG bytes (an MJPEG stream's part)."""
-    import av
-
-    h, w = image.shape[:2]
-    codec = av.CodecContext.create("mjpeg", "w")
-    codec.width, codec.height = w, h
-    codec.pix_fmt = "yuvj420p"
-    codec.time_base = Fraction(1, 25)
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-    packets = [*codec.encode(frame.reformat(format="yuvj420p")), *codec.encode(None)]
-    return b"".join(bytes(p) for p in packets)

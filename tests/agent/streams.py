@@ -7,6 +7,17 @@ import http.server
 import threading
 import time
 
+import numpy as np
+
+from lepton_edge.agent.results import jpeg_encoder
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    """One RGB frame as JPEG bytes (an MJPEG stream's part), by the agent's own encoder."""
+    encode = jpeg_encoder()
+    assert encode is not None, "PyAV is part of the test extra"
+    return encode(np.ascontiguousarray(image))
+
 
 class MjpegCamera:
     def __init__(self, parts: list[bytes], fps: float = 30.0, port: int = 0) -> None:

@@ -15,12 +15,12 @@ from lepton_edge.agent.runtimes import RuntimeOptions
 from lepton_edge.agent.sources import Frame, Result
 from lepton_edge.agent.sources.video import VideoSource
 from lepton_edge.controller.demo.shapes import scene
-from lepton_edge.controller.demo.video import jpeg, write_video
+from lepton_edge.controller.demo.video import write_video
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.signing import generate_key
 from lepton_edge.shared.tasks import box_iou
 from tests.agent.detector_bundle import build_detector_bundle
-from tests.agent.streams import MjpegCamera
+from tests.agent.streams import MjpegCamera, jpeg
 
 SCENE = scene(90, seed=4)
 
