@@ -3,7 +3,9 @@
 The loop pulls a frame, pre-processes it with its bundle's pipeline, runs the active runtime,
 records latency and CPU time, and hands the outputs to a delivery thread, which reads them as
 the task says and gives the answers to whoever listens: reading frame N overlaps running
-frame N + 1, in order. A switch loads and warms the next variant in a background thread; the
+frame N + 1, in order. Frame N is handed over just before frame N + 1's run (or before the
+loop waits for a frame), so the delivery thread works while the runtime has released the GIL
+instead of taking it from the loop in the middle of pre-processing. A switch loads and warms the next variant in a background thread; the
 loop swaps it in between two frames and closes the old one afterwards. A variant that fails to load or
 to run is reported and the engine keeps (or returns to) a working one.
 """
@@ -188,6 +190,7 @@ class Engine:
         self.stage_s = dict.fromkeys(("prepare", "infer", "read", "deliver"), 0.0)
         self._skipped_seen: tuple[Source | None, int] = (None, 0)  # (source, its count then)
         self._deliveries: queue.Queue[_Delivery | None] = queue.Queue(DELIVERY_QUEUE)
+        self._held: _Delivery | None = None  # the last run frame, handed over at the next run
 
     # --- control ------------------------------------------------------------------------------
 
@@ -421,6 +424,7 @@ class Engine:
         try:
             self._frames()
         finally:
+            self._release()
             deliveries.put(None)  # what was run is delivered before the loop counts as ended
             deliverer.join()
 
@@ -433,6 +437,7 @@ class Engine:
             if period:
                 now = perf()
                 if now < next_t:
+                    self._release()
                     time.sleep(next_t - now)
                 elif now - next_t >= period:  # fell whole frames behind: those slots are lost
                     lost = int((now - next_t) / period)
@@ -440,7 +445,10 @@ class Engine:
                     next_t += lost * period
                 deadline = next_t + period
                 next_t += period
-            frame = source.read(0.05)
+            frame = source.read(0)
+            if frame is None and not source.done:
+                self._release()  # nothing ready: deliver the last frame while waiting
+                frame = source.read(0.05)
             if self._pending is not None:  # checked after the wait: a switch ready by now runs it
                 self._swap()
             if frame is None:
@@ -458,6 +466,7 @@ class Engine:
             except BadFrame as exc:
                 self._fail(frame, f"frame rejected: {exc}", spec.id)
                 continue
+            self._release()
             c0 = cpu()
             t0 = perf()
             try:
@@ -488,7 +497,7 @@ class Engine:
             self._failures = 0
             if self._trial is not None:
                 self._confirm(t0, t1)
-            self._deliver(frame, Result(spec.id, scores, None, latency, outputs), spec, geometry)
+            self._hold(frame, Result(spec.id, scores, None, latency, outputs), spec, geometry)
             stage = self.stage_s
             stage["prepare"] += t0 - p0
             stage["infer"] += latency
@@ -511,13 +520,19 @@ class Engine:
         index = pipeline.postprocess.index if pipeline is not None else 0
         return outputs[index] if index < len(outputs) else outputs[0]
 
-    def _deliver(
+    def _hold(
         self, frame: Frame, result: Result, spec: VariantSpec, geometry: Geometry | None
     ) -> None:
-        """Hand a run frame to the delivery thread (if anyone waits for it or listens)."""
-        if frame.reply is None and self.on_result is None:
-            return
-        self._deliveries.put((frame, result, spec, geometry))
+        """Keep a run frame until the next run or wait (`_release`); earlier ones go first."""
+        self._release()
+        if frame.reply is not None or self.on_result is not None:
+            self._held = (frame, result, spec, geometry)
+
+    def _release(self) -> None:
+        """Hand the held frame to the delivery thread."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._deliveries.put(held)
 
     def _deliver_loop(self, deliveries: queue.Queue[_Delivery | None]) -> None:
         while (item := deliveries.get()) is not None:
@@ -586,7 +601,7 @@ class Engine:
                 self._fail(frame, f"frame rejected: {again}", rt.variant_id)
                 return
             scores = self._scores(outputs, old_spec.pipeline)
-            self._deliver(
+            self._hold(
                 frame, Result(old_spec.id, scores, None, latency, outputs), old_spec, geometry
             )
             self.frames += 1

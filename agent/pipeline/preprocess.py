@@ -73,6 +73,11 @@ def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
     return x
 
 
+def _uniform(values: np.ndarray) -> np.ndarray | np.float32:
+    """One float32 number when every channel has the same value, else the array."""
+    return values[0] if np.all(values == values[0]) else values
+
+
 class Preprocessor:
     """`ImageInput` applied to a batch of frames (N, H, W, 3) RGB or (N, H, W, 1) grey,
     uint8 or float -> the model's (N, ...) input, plus where the frames landed (for boxes)."""
@@ -90,9 +95,10 @@ class Preprocessor:
                 f"mean {spec.mean} / std {spec.std} need 1 or {channels} values for "
                 f"{spec.pixel_format} input"
             )
-        # value * scale, minus mean, over std  ==  value * a - b, per channel
-        self._a = scale / std
-        self._b = mean / std
+        # value * scale, minus mean, over std  ==  value * a - b, per channel; one number
+        # when the channels agree (a mixed uint8 x float32[3] multiply is ~8x slower)
+        self._a = _uniform(scale / std)
+        self._b = _uniform(mean / std)
         self._shift = bool(np.any(self._b))
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Geometry]:
@@ -109,7 +115,11 @@ class Preprocessor:
         else:
             x = resize(images, target_h, target_w)
             geometry = Geometry(w, h, target_w / w, target_h / h)
-        x = np.multiply(x, self._a, dtype=np.float32)  # one pass: to float and scaled
+        if isinstance(self._a, np.ndarray):
+            x = x.astype(np.float32)  # a per-channel multiply is fast on floats only
+            x *= self._a
+        else:
+            x = np.multiply(x, self._a, dtype=np.float32)  # one pass: to float and scaled
         if self._shift:
             x -= self._b
         if self.spec.layout == "NCHW":
