@@ -4,13 +4,15 @@ commands already handled.
 Every telemetry sample, event and reply is appended here first and deleted only when the broker
 acknowledged it (PUBACK), so nothing is lost or reordered across a broker outage or an agent
 restart. Sequence numbers are assigned in the same transaction as the insert, so a number is
-never used twice or skipped. The queue is bounded: when full, the oldest telemetry goes first
+never used twice or skipped; they carry the `epoch` of this database, so a controller tells a
+new state dir (numbers from 0 again) from a jump. The queue is bounded: when full, the oldest telemetry goes first
 (events and replies are kept longer) and the drop is counted.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -71,6 +73,11 @@ class Outbox:
         self._count: int = row[0]
         #: id of the newest row; lets a sender skip the query when nothing is new.
         self.last_id: int = row[1]
+        with self._lock:
+            if not self._counter("epoch"):
+                self._set_counter("epoch", secrets.randbits(48) | 1)
+            #: names this database's sequence numbers: a new one means they started again at 0
+            self.epoch = f"{self._counter('epoch'):012x}"
 
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()

@@ -254,10 +254,12 @@ class Agent:
 
     def _send_telemetry(self) -> int:
         sample = self.sample()
-        dropped = self.outbox.dropped
+        dropped, epoch = self.outbox.dropped, self.outbox.epoch
         return self.outbox.append(
             Kind.TELEMETRY.value,
-            lambda seq: encode(sample.model_copy(update={"seq": seq, "dropped": dropped})),
+            lambda seq: encode(
+                sample.model_copy(update={"seq": seq, "epoch": epoch, "dropped": dropped})
+            ),
         )
 
     def emit_event(

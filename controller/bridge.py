@@ -7,22 +7,30 @@ The paho network thread only appends raw messages to a queue; a writer thread va
 with `lepton_edge.shared.messages.decode` and commits them to the registry in batches (every
 `flush_interval_ms` or `batch_max` messages), so ingestion keeps up with a large fleet.
 Malformed, oversized or misaddressed payloads are counted and dropped; nothing crashes.
+
+Nothing the broker delivered is lost to a controller crash: the session is persistent (a
+stable client id; session expiry on MQTT 5, clean_session=False on 3.1.1) and each message is
+acknowledged only after the batch holding it is committed, so what was in flight is delivered
+again to the restarted controller (and stored once: see `Fleet`). The broker's window of
+unacknowledged messages (`receive_max`) is the queue's bound: a slow database slows the
+broker down (it queues), it never makes the controller drop anything.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
-import os
+import socket
 import ssl
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -50,10 +58,28 @@ class BridgeCounters:
     rejected_oversized: int = 0
     rejected_topic: int = 0
     dropped_queue_full: int = 0
+    resets: int = 0
+    suspect: int = 0
+    late: int = 0
     batches: int = 0
     write_errors: int = 0
-    lost_in_write: int = 0
+    ingest_failed: int = 0
     commands_published: int = 0
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    connection: int  # which connection delivered it: only that one can acknowledge it
+
+
+def stable_client_id(settings: ControllerSettings) -> str:
+    """The same id after a restart (same host, same state dir), another for another replica."""
+    where = hashlib.sha256(str(settings.state_dir.resolve()).encode()).hexdigest()[:8]
+    return f"lepton-controller-{socket.gethostname()[:32]}-{where}"
 
 
 class Bridge:
@@ -70,7 +96,9 @@ class Bridge:
         self.fleet = fleet or Fleet()
         self.counters = BridgeCounters()
         self.connected = threading.Event()
-        self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._queue: collections.deque[Received] = collections.deque()
+        self._connection = 0
+        self.failures: collections.Counter[str] = collections.Counter()  # reason -> rows
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -79,10 +107,13 @@ class Bridge:
         self.latest_results: dict[str, InferenceResult] = {}
         self.latest_thumbnails: dict[str, InferenceResult] = {}
         m = settings.mqtt
+        v5 = m.protocol == "5"
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=m.client_id or f"lepton-controller-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311,
+            client_id=m.client_id or stable_client_id(settings),
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
         )
         if m.username:
             self.client.username_pw_set(m.username, m.password)
@@ -103,7 +134,15 @@ class Bridge:
         self._writer = threading.Thread(target=self._write_loop, name="bridge-writer", daemon=True)
         self._writer.start()
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
+        if m.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = m.session_expiry_s
+            props.ReceiveMaximum = m.receive_max
+            self.client.connect_async(
+                m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props
+            )
+        else:
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
         self.client.loop_start()
 
     def stop(self) -> None:
@@ -143,6 +182,7 @@ class Bridge:
         # Every replica sees every result (QoS 0, not shared): each one's dashboard shows them.
         subs.append((topics.subscription(Kind.RESULT), 0))
         client.subscribe(subs)
+        self._connection += 1
         self.connected.set()
         log.info("bridge connected to %s:%s", self.settings.mqtt.host, self.settings.mqtt.port)
 
@@ -151,12 +191,20 @@ class Bridge:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.counters.received += 1
-        if len(self._queue) >= self.settings.ingest.queue_max:
-            self.counters.dropped_queue_full += 1
+        if msg.qos == 0 and len(self._queue) >= self.settings.ingest.queue_max:
+            self.counters.dropped_queue_full += 1  # a result (a stream, QoS 0): the next one comes
             return
-        self._queue.append((msg.topic, bytes(msg.payload)))
-        if len(self._queue) >= self.settings.ingest.batch_max:
+        # QoS 1 is never dropped here: unacknowledged, it is bounded by the broker's window
+        self._queue.append(
+            Received(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._connection)
+        )
+        if len(self._queue) >= self._wake_at:
             self._wake.set()
+
+    @property
+    def _wake_at(self) -> int:
+        """Flush before the broker's window fills (it sends nothing more until we acknowledge)."""
+        return max(1, min(self.settings.ingest.batch_max, self.settings.mqtt.receive_max // 2))
 
     # --- writer thread ----------------------------------------------------------------------------
 
@@ -174,9 +222,10 @@ class Bridge:
                 log.exception("bridge: writing a batch failed")
                 time.sleep(interval)
 
-    def decode(self, items: list[tuple[str, bytes]]) -> Batch:
+    def decode(self, items: list[Received]) -> Batch:
         batch = Batch()
-        for topic_name, payload in items:
+        for item in items:
+            topic_name, payload = item.topic, item.payload
             try:
                 device_id, kind = topics.parse(topic_name)
             except TopicError as exc:
@@ -224,7 +273,7 @@ class Bridge:
         return self.latest_results.get(device_id), self.latest_thumbnails.get(device_id)
 
     def _flush(self) -> None:
-        items: list[tuple[str, bytes]] = []
+        items: list[Received] = []
         limit = self.settings.ingest.batch_max
         while self._queue and len(items) < limit:
             items.append(self._queue.popleft())
@@ -232,33 +281,55 @@ class Bridge:
             return
         batch = self.decode(items)
         if len(batch):
-            result = self._apply_with_retry(batch)
-            if result is None:
-                return
-            self.counters.telemetry += result.telemetry
-            self.counters.gaps += result.gaps
-            self.counters.duplicates += result.duplicates
+            for result in self._apply(batch):
+                c = self.counters
+                c.telemetry += result.telemetry
+                c.gaps += result.gaps
+                c.duplicates += result.duplicates
+                c.resets += result.resets
+                c.suspect += result.suspect
+                c.late += result.late
+        self._acknowledge(items)
         self.counters.processed += len(items)
         self.counters.batches += 1
         self._rate_window.append((time.monotonic(), self.counters.telemetry))
 
-    def _apply_with_retry(self, batch: Batch, attempts: int = 3) -> IngestResult | None:
-        """A database hiccup must not cost a batch: retry; give up (and count it) only after
-        `attempts` failures."""
+    def _acknowledge(self, items: list[Received]) -> None:
+        """Tell the broker these are ours now (committed, or refused for good)."""
+        for item in items:
+            # A message from an earlier connection is delivered again on this one: that copy
+            # is stored once and acknowledged in its turn.
+            if item.qos and item.connection == self._connection:
+                self.client.ack(item.mid, item.qos)
+
+    def _apply(self, batch: Batch, attempts: int = 3) -> list[IngestResult]:
+        """Commit a batch; a database hiccup is retried, and a batch that still fails is
+        written message by message, so one row that cannot be written (counted with its
+        reason) never takes the others down."""
         for attempt in range(1, attempts + 1):
             try:
-                with self.db.session() as session:
-                    return self.fleet.apply(session, batch)
-            except Exception:
+                return [self._commit(batch)]
+            except Exception as exc:
                 self.fleet.reset()  # its caches ran ahead of what was rolled back
-                if attempt == attempts:
-                    self.counters.write_errors += 1
-                    self.counters.lost_in_write += len(batch)
-                    log.exception("bridge: a batch of %d messages could not be written", len(batch))
-                    return None
-                log.warning("bridge: writing a batch failed (attempt %d); retrying", attempt)
-                time.sleep(0.2 * attempt)
-        return None
+                log.warning("bridge: writing a batch failed (attempt %d): %s", attempt, exc)
+                if attempt < attempts:
+                    time.sleep(0.2 * attempt)
+        self.counters.write_errors += 1
+        results = []
+        for one in batch.split():
+            try:
+                results.append(self._commit(one))
+            except Exception as exc:
+                self.fleet.reset()
+                reason = type(exc).__name__
+                self.failures[reason] += 1
+                self.counters.ingest_failed += 1
+                log.error("bridge: a message could not be written (%s): %s", one.describe(), exc)
+        return results
+
+    def _commit(self, batch: Batch) -> IngestResult:
+        with self.db.session() as session:
+            return self.fleet.apply(session, batch)
 
     def _maybe_prune(self) -> None:
         ing = self.settings.ingest

@@ -37,7 +37,21 @@ class MqttSettings(_Strict):
     password: str | None = None
     tls: bool = False
     ca_file: Path | None = None
-    client_id: str | None = Field(default=None, description="default: lepton-controller-<pid>")
+    client_id: str | None = Field(
+        default=None,
+        description="default: lepton-controller-<host>-<hash of state_dir>, stable across "
+        "restarts, so the broker keeps this controller's session and what arrives meanwhile",
+    )
+    session_expiry_s: int = Field(
+        default=24 * 3600, ge=0, description="how long the broker keeps our session (v5)"
+    )
+    receive_max: int = Field(
+        default=1000,
+        ge=1,
+        le=65535,
+        description="messages the broker may send before our acknowledgements (v5); we "
+        "acknowledge each only after it is committed",
+    )
     shared_subscription_group: str | None = Field(
         default=None, description="e.g. 'controllers': several controllers share the load"
     )
@@ -57,6 +71,11 @@ class IngestSettings(_Strict):
     history_per_device: int = Field(default=300, ge=1, description="telemetry samples kept")
     events_per_device: int = Field(default=200, ge=1)
     prune_interval_s: float = Field(default=10.0, gt=0)
+    max_seq_jump: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="a telemetry seq further ahead than this is suspect until the next goes on",
+    )
 
 
 class RolloutDefaults(_Strict):

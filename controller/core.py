@@ -23,7 +23,10 @@ class Controller:
         self.store = BundleStore(
             settings.artifact_dir(), settings.bundle_dir(), settings.key_path()
         )
-        self.fleet = Fleet(shared=settings.mqtt.shared_subscription_group is not None)
+        self.fleet = Fleet(
+            shared=settings.mqtt.shared_subscription_group is not None,
+            max_seq_jump=settings.ingest.max_seq_jump,
+        )
         self.leader = make_leader(settings.db_url())
         self.engine = RolloutEngine(settings, self.db, self.publish, self.leader)
         self.bridge: Bridge | None = None

@@ -56,12 +56,53 @@ class Batch:
     def __len__(self) -> int:
         return len(self.states) + len(self.telemetry) + len(self.events) + len(self.replies)
 
+    def split(self) -> list[Batch]:
+        """One batch per message, in the order kinds are applied."""
+        return [
+            *(Batch(states=[m]) for m in self.states),
+            *(Batch(telemetry=[m]) for m in self.telemetry),
+            *(Batch(events=[m]) for m in self.events),
+            *(Batch(replies=[m]) for m in self.replies),
+        ]
+
+    def describe(self) -> str:
+        """Which message a one-message batch holds, for a log line."""
+        for kind, messages in (
+            ("state", self.states),
+            ("telemetry", [t for t, _ in self.telemetry]),
+            ("event", self.events),
+            ("reply", self.replies),
+        ):
+            if messages:
+                return f"{kind} from {messages[0].device_id}"
+        return "nothing"
+
 
 @dataclass
 class IngestResult:
     telemetry: int = 0
     gaps: int = 0
     duplicates: int = 0
+    resets: int = 0
+    suspect: int = 0
+    late: int = 0
+
+
+#: A jump of a device's sequence number beyond this is suspect until the next sample goes on
+#: from it (one inflated `seq` must not make every genuine sample look like a duplicate).
+MAX_SEQ_JUMP = 1_000_000
+
+
+@dataclass
+class _DeviceBatch:
+    """One device's share of a telemetry batch."""
+
+    n: int = 0
+    gaps: int = 0
+    dups: int = 0
+    resets: int = 0
+    suspect: int = 0
+    last: tuple[Telemetry, str] | None = None
 
 
 def _insert_new(session: Session, model: Any) -> Any:
@@ -82,15 +123,23 @@ def _insert_new(session: Session, model: Any) -> Any:
 class Fleet:
     """Registry writes with a small cache of known devices and their last sequence numbers.
 
+    A device's telemetry is a sequence (`epoch`, `seq`): a new epoch is a reset (its state dir
+    was made anew), a step past the next number is a gap, a number already stored is a
+    duplicate (a redelivery), one not stored yet below the last is a late arrival that fills
+    a gap, and a jump beyond `max_seq_jump` is suspect until the next sample goes on from it.
+    The samples table holds each (device, epoch, seq) once, whatever arrives twice.
+
     With shared subscriptions (`shared=True`) each controller sees only part of a device's
     stream: no controller can tell a gap or a duplicate from the other's share, so none is
-    judged (and no sample is dropped for a sequence number another controller moved past).
+    judged (the table still stores each sample once).
     """
 
-    def __init__(self, shared: bool = False) -> None:
+    def __init__(self, shared: bool = False, max_seq_jump: int = MAX_SEQ_JUMP) -> None:
         self.shared = shared
+        self.max_seq_jump = max_seq_jump
         self._known: set[str] = set()
-        self._last_seq: dict[str, int] = {}
+        self._seq: dict[str, tuple[str | None, int]] = {}  # device -> (epoch, last seq)
+        self._jump: dict[str, int] = {}  # device -> a suspect seq not yet confirmed
         self._touched: set[str] = set()
         self._lock = threading.Lock()
 
@@ -100,11 +149,13 @@ class Fleet:
         unknown = ids - self._known
         if not unknown:
             return
-        rows = session.execute(select(Device.id, Device.last_seq).where(Device.id.in_(unknown)))
-        for device_id, last_seq in rows:
+        rows = session.execute(
+            select(Device.id, Device.seq_epoch, Device.last_seq).where(Device.id.in_(unknown))
+        )
+        for device_id, epoch, last_seq in rows:
             self._known.add(device_id)
             if last_seq is not None:
-                self._last_seq.setdefault(device_id, last_seq)
+                self._seq.setdefault(device_id, (epoch, last_seq))
             unknown.discard(device_id)
         if unknown:
             session.execute(
@@ -128,7 +179,8 @@ class Fleet:
         """Forget the caches (after a failed transaction they may be ahead of the database)."""
         with self._lock:
             self._known.clear()
-            self._last_seq.clear()
+            self._seq.clear()
+            self._jump.clear()
 
     def apply(self, session: Session, batch: Batch, now: float | None = None) -> IngestResult:
         """Apply one batch in the caller's transaction."""
@@ -190,48 +242,80 @@ class Fleet:
         now: float,
         result: IngestResult,
     ) -> None:
-        per_device: dict[str, dict[str, Any]] = {}
-        history: list[dict[str, Any]] = []
+        per_device: dict[str, _DeviceBatch] = {}
+        keep: list[tuple[Telemetry, str]] = []
+        behind: list[tuple[Telemetry, str]] = []  # at or below the last seq: stored already?
         for sample, raw in samples:
-            d = sample.device_id
-            acc = per_device.get(d)
-            if acc is None:
-                acc = per_device[d] = {"n": 0, "gaps": 0, "dups": 0, "last": None}
-            last = None if self.shared else self._last_seq.get(d)
-            if last is not None and sample.seq <= last and sample.seq != 0:
-                acc["dups"] += 1
-                result.duplicates += 1
+            acc = per_device.setdefault(sample.device_id, _DeviceBatch())
+            if self.shared:  # only a share of the stream: follow it, judge nothing
+                self._seq[sample.device_id] = (sample.epoch, sample.seq)
+                verdict = "next"
+            else:
+                verdict = self._judge(sample, acc)
+            if verdict == "behind":
+                behind.append((sample, raw))
                 continue
-            if last is not None and sample.seq > last + 1:
-                acc["gaps"] += sample.seq - last - 1
-                result.gaps += sample.seq - last - 1
-            self._last_seq[d] = sample.seq
-            acc["n"] += 1
-            acc["last"] = sample
-            acc["raw"] = raw
-            history.append({"device_id": d, "seq": sample.seq, "ts": sample.ts, "payload": raw})
-        result.telemetry += len(history)
-        if history:
-            session.execute(insert(_SAMPLES), history)
+            keep.append((sample, raw))
+            if verdict == "next":
+                acc.last = (sample, raw)
+        late = {id(sample) for sample, _ in self._not_stored(session, behind)}
+        for sample, raw in behind:
+            if id(sample) in late:  # a late arrival: it fills a gap (still counted as seen)
+                keep.append((sample, raw))
+                result.late += 1
+            else:
+                per_device[sample.device_id].dups += 1
+        for sample, _ in keep:
+            per_device[sample.device_id].n += 1
+        history = [
+            {
+                "device_id": s.device_id,
+                "epoch": s.epoch,
+                "seq": s.seq,
+                "ts": s.ts,
+                "payload": raw,
+            }
+            for s, raw in keep
+        ]
+        if history:  # each (device, epoch, seq) once, even from two controllers at a time
+            session.execute(_insert_new(session, TelemetrySample), history)
         rows = []
         for d, acc in per_device.items():
-            s: Telemetry | None = acc["last"]
+            result.telemetry += acc.n
+            result.gaps += acc.gaps
+            result.duplicates += acc.dups
+            result.resets += acc.resets
+            result.suspect += acc.suspect
+            epoch, last_seq = self._seq.get(d, (None, None))
+            newest, newest_raw = acc.last if acc.last else (None, None)
             rows.append(
                 {
                     "did": d,
-                    "n": acc["n"],
-                    "g": acc["gaps"],
-                    "dup": acc["dups"],
-                    "last_seq": self._last_seq.get(d),
+                    "n": acc.n,
+                    "g": acc.gaps,
+                    "dup": acc.dups,
+                    "rs": acc.resets,
+                    "sus": acc.suspect,
+                    "last_seq": last_seq,
+                    "epoch": epoch,
                     "seen": now,
                     # the validated payload as it came: no re-serialisation per sample
-                    "tel": acc["raw"] if s else None,
-                    "tel_at": now if s else None,
-                    "bundle": s.active_bundle if s else None,
-                    "variant": s.active_variant if s else None,
-                    "level": s.power_level.value if s and s.power_level else None,
+                    "tel": newest_raw,
+                    "tel_at": now if newest else None,
+                    "bundle": newest.active_bundle if newest else None,
+                    "variant": newest.active_variant if newest else None,
+                    "level": newest.power_level.value if newest and newest.power_level else None,
                 }
             )
+        counts = {
+            "telemetry_count": _DEV.c.telemetry_count + bindparam("n"),
+            "gaps": _DEV.c.gaps + bindparam("g"),
+            "duplicates": _DEV.c.duplicates + bindparam("dup"),
+            "resets": _DEV.c.resets + bindparam("rs"),
+            "suspect_seqs": _DEV.c.suspect_seqs + bindparam("sus"),
+            "last_seq": bindparam("last_seq"),
+            "seq_epoch": bindparam("epoch"),
+        }
         with_sample = [r for r in rows if r["tel"] is not None]
         only_counts = [r for r in rows if r["tel"] is None]
         if with_sample:
@@ -242,10 +326,7 @@ class Fleet:
                 update(_DEV)
                 .where(_DEV.c.id == bindparam("did"))
                 .values(
-                    telemetry_count=_DEV.c.telemetry_count + bindparam("n"),
-                    gaps=_DEV.c.gaps + bindparam("g"),
-                    duplicates=_DEV.c.duplicates + bindparam("dup"),
-                    last_seq=bindparam("last_seq"),
+                    **counts,
                     last_seen=bindparam("seen"),
                     last_telemetry=raw_json,
                     last_telemetry_at=bindparam("tel_at"),
@@ -259,12 +340,62 @@ class Fleet:
             )
         if only_counts:
             session.execute(
-                update(_DEV)
-                .where(_DEV.c.id == bindparam("did"))
-                .values(duplicates=_DEV.c.duplicates + bindparam("dup")),
-                [{"did": r["did"], "dup": r["dup"]} for r in only_counts],
+                update(_DEV).where(_DEV.c.id == bindparam("did")).values(**counts),
+                only_counts,
             )
         self._touched |= set(per_device)
+
+    def _judge(self, sample: Telemetry, acc: _DeviceBatch) -> str:
+        """Where `sample` falls in its device's sequence: "next" (moves it on, maybe past a
+        gap or a reset), "behind" (at or below the last: a duplicate or a late arrival) or
+        "keep" (stored, but the sequence stays: a suspect jump)."""
+        d, seq = sample.device_id, sample.seq
+        known = self._seq.get(d)
+        if known is None:
+            self._seq[d] = (sample.epoch, seq)
+            return "next"
+        epoch, last = known
+        restarted = sample.epoch != epoch if sample.epoch is not None else seq == 0
+        if restarted and not (sample.epoch is None and last == 0):
+            acc.resets += 1
+            self._jump.pop(d, None)
+            self._seq[d] = (sample.epoch, seq)
+            return "next"
+        if seq <= last:
+            return "behind"
+        confirmed = self._jump.pop(d, None) == seq - 1  # the sample after a jump goes on
+        if seq - last > self.max_seq_jump and not confirmed:
+            acc.suspect += 1
+            self._jump[d] = seq
+            log.warning("telemetry from %s jumps from seq %d to %d: suspect", d, last, seq)
+            return "keep"
+        acc.gaps += seq - last - 1 - confirmed  # the suspect sample itself was stored
+        self._seq[d] = (epoch, seq)
+        return "next"
+
+    @staticmethod
+    def _not_stored(
+        session: Session, samples: list[tuple[Telemetry, str]]
+    ) -> list[tuple[Telemetry, str]]:
+        """Those of `samples` (each at or below its device's last seq) not in the table yet."""
+        if not samples:
+            return []
+        stored: set[tuple[str, str | None, int]] = set()
+        for d, epoch, seq in session.execute(
+            select(TelemetrySample.device_id, TelemetrySample.epoch, TelemetrySample.seq).where(
+                TelemetrySample.device_id.in_({s.device_id for s, _ in samples}),
+                TelemetrySample.seq.in_({s.seq for s, _ in samples}),
+            )
+        ):
+            stored.add((d, epoch, seq))
+        fresh, seen = [], set()
+        for sample, raw in samples:
+            key = (sample.device_id, sample.epoch, sample.seq)
+            # without an epoch (an older agent) the table cannot tell: a duplicate, as before
+            if sample.epoch is not None and key not in stored and key not in seen:
+                fresh.append((sample, raw))
+                seen.add(key)
+        return fresh
 
     def _apply_reply(self, session: Session, reply: Reply, now: float) -> None:
         cmd = session.get(CommandRecord, reply.command_id)
@@ -426,8 +557,15 @@ def counts(session: Session) -> dict[str, Any]:
             .group_by(Device.power_level)
         ).all()
     )
-    gaps = session.scalar(select(func.coalesce(func.sum(Device.gaps), 0))) or 0
-    dups = session.scalar(select(func.coalesce(func.sum(Device.duplicates), 0))) or 0
+    sums = session.execute(
+        select(
+            *(
+                func.coalesce(func.sum(c), 0)
+                for c in (Device.gaps, Device.duplicates, Device.resets, Device.suspect_seqs)
+            )
+        )
+    ).one()
+    gaps, dups, resets, suspect = (int(v) for v in sums)
     return {
         "online": online,
         "total": total,
@@ -435,4 +573,6 @@ def counts(session: Session) -> dict[str, Any]:
         "per_level": per_level,
         "gaps": gaps,
         "duplicates": dups,
+        "resets": resets,
+        "suspect": suspect,
     }

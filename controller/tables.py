@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -29,10 +29,13 @@ class Device(Base):
     state_changed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_telemetry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     last_telemetry_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    last_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    seq_epoch: Mapped[str | None] = mapped_column(String(32), nullable=True)
     telemetry_count: Mapped[int] = mapped_column(Integer, default=0)
     gaps: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    resets: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    suspect_seqs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class DeviceTag(Base):
@@ -48,11 +51,16 @@ class TelemetrySample(Base):
     """A bounded per-device history (pruned to `ingest.history_per_device`), raw JSON."""
 
     __tablename__ = "telemetry_samples"
-    __table_args__ = (Index("ix_telemetry_device_id", "device_id", "id"),)
+    __table_args__ = (
+        Index("ix_telemetry_device_id", "device_id", "id"),
+        # a redelivered sample (after a crash between commit and acknowledgement) is stored once
+        Index("uq_telemetry_seq", "device_id", "epoch", "seq", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(64))
-    seq: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
     ts: Mapped[float] = mapped_column(Float)
     payload: Mapped[str] = mapped_column(Text)
 
@@ -86,6 +94,7 @@ class CommandRecord(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[float] = mapped_column(Float)
 
 

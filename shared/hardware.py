@@ -24,7 +24,7 @@ INFERENCE_FEATURES = (
 
 
 class GpuInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     vendor: str = Field(description="e.g. nvidia, jetson")
     name: str
@@ -32,7 +32,7 @@ class GpuInfo(BaseModel):
 
 
 class HardwareProfile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     arch: str = Field(description="machine architecture as `uname -m` prints it")
     cpu_model: str

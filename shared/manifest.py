@@ -45,7 +45,7 @@ RUNTIME_FOR_FORMAT = {ModelFormat.ONNX: "onnxruntime", ModelFormat.TFLITE: "lite
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TensorSpec(_Strict):

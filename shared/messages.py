@@ -1,7 +1,9 @@
 """Every payload on the wire, as pydantic v2 models with a schema version.
 
 `decode` turns bytes from a topic into a model or raises one `MessageError` naming the field;
-it never lets extra or missing fields through, and never raises anything else.
+it never lets extra or missing fields through, nor a NaN or an infinity (one `NaN` in a
+timestamp used to pass validation and fail a whole database batch), and never raises anything
+else.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class PowerLevel(StrEnum):
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Message(_Wire):
@@ -115,8 +117,20 @@ class InferenceStats(_Wire):
     results_lost: int = Field(default=0, ge=0, description="QoS 0 results made while offline")
 
 
+#: Sequence numbers fit a signed 64-bit column.
+MAX_SEQ = 2**63 - 1
+
+
 class Telemetry(_Message):
-    seq: int = Field(ge=0, description="per-device sequence number; gaps mean lost samples")
+    seq: int = Field(
+        ge=0, le=MAX_SEQ, description="per-device sequence number; gaps mean lost samples"
+    )
+    epoch: str | None = Field(
+        default=None,
+        max_length=32,
+        description="names the sequence: a new epoch means seq started again at 0 (a new state "
+        "dir), not a jump",
+    )
     cpu: CpuSample
     memory: MemorySample
     gpu: GpuSample | None = None
@@ -159,7 +173,9 @@ def _type_is_required(schema: dict[str, Any]) -> None:
 
 
 class _Command(_Wire):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_type_is_required)
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra=_type_is_required
+    )
 
     schema_version: Literal[1] = SCHEMA_VERSION
     command_id: str = Field(min_length=1, max_length=128, description="idempotency key")
@@ -320,6 +336,18 @@ DeviceMessage = State | Telemetry | Event | Reply | InferenceResult
 WireMessage = DeviceMessage | CommandMessage
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads(payload: bytes | str) -> Any:
+    """Strict JSON: Python's parser takes `NaN` and `Infinity`, which no field may hold."""
+    try:
+        return json.loads(payload, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MessageError("", f"not JSON: {exc}") from None
+
+
 def encode(message: BaseModel) -> bytes:
     """Compact JSON bytes, `null` fields left out to keep telemetry small."""
     return message.model_dump_json(exclude_none=True).encode()
@@ -345,10 +373,7 @@ def decode(kind: Kind, payload: bytes | str) -> WireMessage:
     Typed by `kind`: `decode(Kind.CMD, b)` is a `CommandMessage`, no cast needed."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError("", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise MessageError("", f"not JSON: {exc}") from None
+    data = loads(payload)
     if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise MessageError(
             "schema_version",

@@ -37,8 +37,10 @@ class DeviceOut(BaseModel):
     last_telemetry: Telemetry | None = Field(description="the newest sample, as the agent sent it")
     last_telemetry_at: float | None
     telemetry_count: int
-    gaps: int
-    duplicates: int
+    gaps: int = Field(description="telemetry samples missing when a later one arrived")
+    duplicates: int = Field(description="samples received again (redelivered), stored once")
+    resets: int = Field(description="times the device's sequence started again (a new epoch)")
+    suspect_seqs: int = Field(description="samples whose seq jumped too far ahead to trust")
 
 
 class EventOut(BaseModel):

@@ -80,6 +80,18 @@ def metrics(controller: ControllerDep) -> PlainTextResponse:
         [({}, c["duplicates"])],
     )
     out.metric(
+        "lepton_telemetry_resets_total",
+        "counter",
+        "device sequences started again (new epoch)",
+        [({}, c["resets"])],
+    )
+    out.metric(
+        "lepton_telemetry_suspect_total",
+        "counter",
+        "telemetry samples whose seq jumped too far ahead",
+        [({}, c["suspect"])],
+    )
+    out.metric(
         "lepton_rollouts",
         "gauge",
         "rollouts by state",
@@ -126,8 +138,15 @@ def metrics(controller: ControllerDep) -> PlainTextResponse:
                 ({"reason": "malformed"}, counters.rejected_malformed),
                 ({"reason": "oversized"}, counters.rejected_oversized),
                 ({"reason": "wrong_topic"}, counters.rejected_topic),
-                ({"reason": "queue_full"}, counters.dropped_queue_full),
+                ({"reason": "results_queue_full"}, counters.dropped_queue_full),
             ],
+        )
+        out.metric(
+            "lepton_ingest_failed_total",
+            "counter",
+            "messages that could not be written even one by one, by reason",
+            [({"reason": r}, n) for r, n in sorted(bridge.failures.items())]
+            or [({"reason": "none"}, 0)],
         )
         out.metric(
             "lepton_ingest_backlog",

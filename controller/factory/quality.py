@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,8 @@ def fidelity(model: ModelDescription, reference: Outputs, got: Outputs) -> list[
         norms = float(np.linalg.norm(ref) * np.linalg.norm(out))
         cosine = float(ref @ out / norms) if norms > 0 else float(noise == 0)
         sqnr = SQNR_CAP_DB if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+        if not (math.isfinite(cosine) and math.isfinite(sqnr)):  # NaN or Inf in the outputs
+            cosine, sqnr = 0.0, -SQNR_CAP_DB
         result.append(
             OutputFidelity(
                 name=spec.name, cosine=round(cosine, 6), sqnr_db=round(min(sqnr, SQNR_CAP_DB), 2)
@@ -177,7 +180,12 @@ def task_metrics(
     j = model.index(model.output or "")
     values = np.stack([np.asarray(o[j], dtype=np.float64).reshape(-1) for o in outputs])
     error = values - np.asarray(labels, dtype=np.float64).reshape(len(values), -1)
-    return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error**2).mean()))}
+    mae, rmse = float(np.abs(error).mean()), float(np.sqrt((error**2).mean()))
+    worst = sys.float_info.max  # NaN or Inf outputs: as wrong as a number can say
+    return {
+        "mae": mae if math.isfinite(mae) else worst,
+        "rmse": rmse if math.isfinite(rmse) else worst,
+    }
 
 
 def _dataset_miou(masks: np.ndarray, labels: np.ndarray) -> float:

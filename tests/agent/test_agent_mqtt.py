@@ -120,6 +120,7 @@ def test_broker_restart_mid_stream_no_gaps(
     assert first_seen == list(range(len(first_seen))), "gap or reordering"
     assert len(first_seen) > target
     assert all(m.get("dropped", 0) == 0 for m in ctl.json("/d2/telemetry"))
+    assert {m["epoch"] for m in ctl.json("/d2/telemetry")} == {agent.outbox.epoch}
 
 
 def deploy_command(server: ArtifactServer, manifest: Any, command_id: str) -> Deploy:

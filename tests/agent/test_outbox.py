@@ -45,6 +45,10 @@ def test_survives_restart_without_reusing_numbers(tmp_path: Path) -> None:
     assert [json.loads(r.payload)["seq"] for r in again.peek()] == [1, 2, 3, 4]
     assert again.append("telemetry", lambda s: payload("t", s)) == 5
     assert again.last_id > 0
+    # the numbers go on in the same epoch; a new state dir starts a new one from 0
+    assert again.epoch == box.epoch and len(box.epoch) == 12
+    fresh = Outbox(tmp_path / "new")
+    assert fresh.epoch != box.epoch and fresh.next_seq("telemetry") == 0
 
 
 def _append_then_die(state_dir: str) -> None:

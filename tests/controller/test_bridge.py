@@ -152,7 +152,9 @@ def test_shared_subscription_splits_telemetry_between_controllers(
     settings = make_settings(tmp_path, db_url, mosquitto, mqtt={"shared_subscription_group": "ctl"})
     db = Database(settings.db_url())
     db.migrate()
-    bridges = [Bridge(settings, db, Fleet(shared=True)) for _ in range(2)]
+    replicas = [settings.model_copy(update={"state_dir": tmp_path / f"r{i}"}) for i in range(2)]
+    bridges = [Bridge(r, db, Fleet(shared=True)) for r in replicas]
+    assert bridges[0].client._client_id != bridges[1].client._client_id
     for b in bridges:
         b.start()
         assert b.wait_connected()
@@ -178,7 +180,7 @@ def test_shared_subscription_splits_telemetry_between_controllers(
 def test_a_failed_write_is_retried_and_a_bad_benchmark_result_loses_nothing(
     tmp_path, db_url
 ) -> None:
-    from lepton_edge.controller.bridge import Bridge
+    from lepton_edge.controller.bridge import Bridge, Received
     from lepton_edge.controller.db import Database
     from lepton_edge.controller.rollout import record_command
     from lepton_edge.controller.tables import CommandRecord, Device
@@ -211,8 +213,8 @@ def test_a_failed_write_is_retried_and_a_bad_benchmark_result_loses_nothing(
     reply = Reply(device_id="d1", ts=0, command_id="bench-1", status="done", result={"bogus": 1})
     bridge._queue.extend(
         [
-            (topics.topic("d1", Kind.TELEMETRY), _tel("d1", 5)),  # not 0: seq 0 is a restart
-            (topics.topic("d1", Kind.REPLY), messages.encode(reply)),
+            Received(topics.topic("d1", Kind.TELEMETRY), _tel("d1", 5), 1, 0, 0),
+            Received(topics.topic("d1", Kind.REPLY), messages.encode(reply), 2, 0, 0),
         ]
     )
     bridge._flush()

@@ -19,19 +19,27 @@ from tests.controller.helpers import SimAgent, make_bundle, wait_for
 from tests.mosquitto import Mosquitto, free_port
 
 
-def _serve(tmp_path: Path, db_url: str, broker: Mosquitto, port: int) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "LEPTON_CONTROLLER_STATE_DIR": str(tmp_path / "state"),
-        "LEPTON_CONTROLLER_DATABASE_URL": db_url,
-        "LEPTON_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN": ADMIN,
-        "LEPTON_CONTROLLER_MQTT__HOST": broker.host,
-        "LEPTON_CONTROLLER_MQTT__PORT": str(broker.port),
-        "LEPTON_CONTROLLER_MQTT__USERNAME": "",
-        "LEPTON_CONTROLLER_ROLLOUT__TICK_S": "0.1",
-        "LEPTON_CONTROLLER_ROLLOUT__SOAK_S": "1",
-        "LEPTON_CONTROLLER_ROLLOUT__RESEND_AFTER_S": "1",
-        "LEPTON_CONTROLLER_INGEST__FLUSH_INTERVAL_MS": "20",
-    }
+def _serve(
+    tmp_path: Path, db_url: str, broker: Mosquitto, port: int, **settings: str
+) -> subprocess.Popen[bytes]:
+    """`lepton-controller serve` in a process of its own; `settings` are more environment
+    (`INGEST__HISTORY_PER_DEVICE="1000"` -> LEPTON_CONTROLLER_INGEST__HISTORY_PER_DEVICE)."""
+    env = (
+        os.environ
+        | {f"LEPTON_CONTROLLER_{k}": v for k, v in settings.items()}
+        | {
+            "LEPTON_CONTROLLER_STATE_DIR": str(tmp_path / "state"),
+            "LEPTON_CONTROLLER_DATABASE_URL": db_url,
+            "LEPTON_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN": ADMIN,
+            "LEPTON_CONTROLLER_MQTT__HOST": broker.host,
+            "LEPTON_CONTROLLER_MQTT__PORT": str(broker.port),
+            "LEPTON_CONTROLLER_MQTT__USERNAME": "",
+            "LEPTON_CONTROLLER_ROLLOUT__TICK_S": "0.1",
+            "LEPTON_CONTROLLER_ROLLOUT__SOAK_S": "1",
+            "LEPTON_CONTROLLER_ROLLOUT__RESEND_AFTER_S": "1",
+            "LEPTON_CONTROLLER_INGEST__FLUSH_INTERVAL_MS": "20",
+        }
+    )
     proc = subprocess.Popen(
         [
             sys.executable,

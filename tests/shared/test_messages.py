@@ -210,3 +210,32 @@ _finite = st.floats(allow_nan=False, allow_infinity=False)
 def test_random_json_never_crashes_the_parser(kind: Kind, payload: object) -> None:
     with contextlib.suppress(MessageError):
         decode(kind, json.dumps(payload))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("ts", "NaN"), ("ts", "Infinity"), ("ts", "-Infinity"), ("cpu", '{"percent": NaN}')],
+)
+def test_non_finite_numbers_are_refused_on_the_wire(field: str, value: str) -> None:
+    doc = json.loads(encode(telemetry()))
+    raw = json.dumps(doc).replace(f'"{field}": {json.dumps(doc[field])}', f'"{field}": {value}')
+    assert value in raw
+    with pytest.raises(MessageError, match="not JSON"):
+        decode(Kind.TELEMETRY, raw)
+
+
+def test_non_finite_numbers_are_refused_in_python_too() -> None:
+    from pydantic import ValidationError
+
+    from lepton_edge.shared.manifest import OutputFidelity
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValidationError):
+            telemetry(ts=bad)
+        with pytest.raises(ValidationError):
+            OutputFidelity(name="y", cosine=bad, sqnr_db=1.0)
+
+
+def test_a_sequence_number_past_64_bits_is_refused() -> None:
+    with pytest.raises(MessageError, match="seq"):
+        decode(Kind.TELEMETRY, json.dumps(json.loads(encode(telemetry())) | {"seq": 2**63}))
