@@ -47,7 +47,11 @@ class CommandHandlers:
             self._reject(payload, exc)
             return
         if not self.agent.command_log.begin(command.command_id):
-            self.agent.reply(command.command_id, "duplicate", "command id already handled")
+            final = self.agent.command_log.final_reply(command.command_id)
+            if final is not None:  # handled: its outcome again (the first reply may be lost)
+                self.agent.resend_reply(final)
+            else:
+                self.agent.reply(command.command_id, "duplicate", "command id being handled")
             return
         try:
             match command:
@@ -131,6 +135,21 @@ class CommandHandlers:
 
     def _rollback(self, cmd: Rollback) -> None:
         before = self.agent.active.bundle_id if self.agent.active else None
+        if cmd.from_bundle is not None and before != cmd.from_bundle:
+            reason = (
+                f"not serving {cmd.from_bundle} (serving {before or 'nothing'}): nothing to undo"
+            )
+            self.agent.reply(cmd.command_id, "rejected", reason)
+            return
+        try:
+            kept = self.agent.store.previous()
+        except StoreError:
+            kept = None  # unreadable: the rollback below says why
+        previous = kept.bundle_id if kept is not None else None
+        if cmd.to_bundle is not None and previous != cmd.to_bundle:
+            reason = f"the bundle before {before} is {previous or 'none'}, not {cmd.to_bundle}"
+            self.agent.reply(cmd.command_id, "rejected", reason)
+            return
         try:
             bundle = self.agent.store.rollback()
         except StoreError as exc:

@@ -1,5 +1,5 @@
-"""Durable agent bookkeeping in SQLite (state dir): the store-and-forward outbox and the ids of
-commands already handled.
+"""Durable agent bookkeeping in SQLite (state dir): the store-and-forward outbox and the
+commands already handled, with their final replies.
 
 Every telemetry sample, event and reply is appended here first and deleted only when the broker
 acknowledged it (PUBACK), so nothing is lost or reordered across a broker outage or an agent
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS seen_commands (
     finished INTEGER NOT NULL DEFAULT 0
 );
 """
+#: Added after the first release: the final reply, sent again when the command comes again.
+_REPLY_COLUMN = "ALTER TABLE seen_commands ADD COLUMN reply BLOB"
 
 #: Kinds dropped first when the queue is full.
 EXPENDABLE = "telemetry"
@@ -176,7 +178,8 @@ class Outbox:
 
 
 class CommandLog:
-    """Ids of commands handled, so a redelivered command does nothing twice. Bounded.
+    """The commands handled and their final replies, so a redelivered command does nothing
+    twice and its sender hears the outcome again (a reply can be lost on the way). Bounded.
 
     A command is `begin`-ed before it runs and `finish`-ed after, whatever its outcome; one
     interrupted by a crash (begun, never finished) runs again if it is delivered again.
@@ -186,6 +189,9 @@ class CommandLog:
         self.max_ids = max_ids
         self._db = _connect(state_dir / DB_FILE)
         self._lock = threading.Lock()
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(seen_commands)")}
+        if "reply" not in columns:
+            self._db.execute(_REPLY_COLUMN)
 
     def begin(self, command_id: str) -> bool:
         """True if `command_id` should run: never seen, or begun by a process that died."""
@@ -211,6 +217,22 @@ class CommandLog:
             self._db.execute(
                 "UPDATE seen_commands SET finished = 1 WHERE command_id = ?", (command_id,)
             )
+
+    def remember(self, command_id: str, reply: bytes) -> None:
+        """Keep the command's final reply (as sent) for when the command comes again."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO seen_commands (command_id, seen, finished, reply) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT(command_id) DO UPDATE SET reply = excluded.reply",
+                (command_id, time.time(), reply),
+            )
+
+    def final_reply(self, command_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT reply FROM seen_commands WHERE command_id = ?", (command_id,)
+            ).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
 
     def close(self) -> None:
         with self._lock:

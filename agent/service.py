@@ -27,6 +27,7 @@ from lepton_edge.shared.errors import SignatureError, TopicError, UserError
 from lepton_edge.shared.hardware import HardwareProfile
 from lepton_edge.shared.manifest import Manifest
 from lepton_edge.shared.messages import (
+    FINAL_REPLIES,
     BatterySample,
     Event,
     EventKind,
@@ -293,15 +294,23 @@ class Agent:
         detail: str = "",
         result: dict[str, Any] | None = None,
     ) -> None:
-        message = Reply(
-            device_id=self.device_id,
-            ts=self.clock(),
-            command_id=command_id,
-            status=status,
-            detail=detail,
-            result=result or {},
+        payload = encode(
+            Reply(
+                device_id=self.device_id,
+                ts=self.clock(),
+                command_id=command_id,
+                status=status,
+                detail=detail,
+                result=result or {},
+            )
         )
-        self.outbox.append(Kind.REPLY.value, lambda _seq: encode(message))
+        if status in FINAL_REPLIES:
+            self.command_log.remember(command_id, payload)
+        self.resend_reply(payload)
+
+    def resend_reply(self, payload: bytes) -> None:
+        """Queue a reply's bytes (QoS 1, through the outbox)."""
+        self.outbox.append(Kind.REPLY.value, lambda _seq: payload)
 
     def publish_result(self, payload: bytes) -> bool:
         """QoS 0 on …/result, now or never (False while offline)."""

@@ -91,7 +91,12 @@ class RolloutDefaults(_Strict):
     require_inferring: bool = Field(default=True, description="healthy needs inference frames")
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     p99_factor: float = Field(default=1.5, ge=1, description="allowed p99 growth vs before")
-    resend_after_s: float = Field(default=30.0, gt=0, description="resend an unanswered command")
+    resend_after_s: float = Field(
+        default=30.0, gt=0, description="resend an unanswered command, then back off (x2)"
+    )
+    command_timeout_s: float = Field(
+        default=24 * 3600, gt=0, description="give a command up without a final reply"
+    )
     tick_s: float = Field(default=1.0, gt=0, description="how often the rollout loop runs")
 
 

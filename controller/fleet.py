@@ -27,9 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from lepton_edge.controller import commands
 from lepton_edge.controller.tables import (
     BenchmarkRecord,
-    CommandRecord,
     Device,
     DeviceTag,
     EventRecord,
@@ -398,19 +398,8 @@ class Fleet:
         return fresh
 
     def _apply_reply(self, session: Session, reply: Reply, now: float) -> None:
-        cmd = session.get(CommandRecord, reply.command_id)
-        if cmd is None or cmd.device_id != reply.device_id:
-            log.info("reply from %s to unknown command %s", reply.device_id, reply.command_id)
-            return
-        if reply.status == "duplicate":
-            return  # the agent already handled it; its first reply stands
-        if cmd.status in ("done", "failed", "rejected") and reply.status == "accepted":
-            return  # replies can overtake each other; keep the final one
-        cmd.status = reply.status
-        cmd.detail = reply.detail
-        cmd.result = reply.result or None
-        cmd.updated_at = now
-        if cmd.type == "benchmark" and reply.status == "done":
+        cmd = commands.apply_reply(session, reply, now)
+        if cmd is not None and cmd.type == "benchmark" and reply.status == "done":
             self._store_benchmark(session, reply)
 
     def _store_benchmark(self, session: Session, reply: Reply) -> None:

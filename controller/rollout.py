@@ -1,9 +1,10 @@
 """Staged rollouts: waves of devices, health gates, automatic pause and rollback.
 
 All state lives in the database (`rollouts`, `rollout_devices`, `commands`), and every command
-is recorded with its id BEFORE it is published, so a controller restarted mid-rollout carries
-on where it was and a resend reuses the id (agents ignore a command id they have seen): no
-device is deployed twice. Offline devices stay `pending` and get their deployment when they
+goes through the ledger (`lepton_edge.controller.commands`): recorded with its id before it is
+published, resent under that id until a final reply, so a controller restarted mid-rollout
+carries on where it was and no device is deployed twice. A rollback names the bundle it undoes
+and the one it returns to, and only devices that may run the new bundle are sent one. Offline devices stay `pending` and get their deployment when they
 come back. The loop only acts while this controller is the leader (`lepton_edge.controller.leader`).
 """
 
@@ -17,10 +18,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from lepton_edge.controller import commands
 from lepton_edge.controller.config import ControllerSettings, RolloutDefaults
 from lepton_edge.controller.db import Database
 from lepton_edge.controller.leader import Leader
@@ -30,14 +32,11 @@ from lepton_edge.controller.tables import Rollout as RolloutRow
 from lepton_edge.controller.tables import RolloutDevice as RolloutDeviceRow
 from lepton_edge.shared.hardware import HardwareProfile
 from lepton_edge.shared.manifest import Manifest
-from lepton_edge.shared.messages import Command, CommandMessage, Deploy, Rollback
+from lepton_edge.shared.messages import CommandMessage, Deploy, Rollback
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, CommandMessage], bool]
-
-#: built once: resends happen inside the rollout tick
-_COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
 
 #: Rollout states. `completed` rollouts still deploy devices that were offline.
 STATES = ("running", "paused", "completed", "aborted")
@@ -103,10 +102,6 @@ def plan_waves(n: int, percents: list[float]) -> list[int]:
             break
         counts.append(min(n, max(prev + 1, math.ceil(n * p / 100 - 1e-9))))
     return counts
-
-
-def new_command_id(kind: str) -> str:
-    return f"{kind}-{uuid.uuid4().hex[:16]}"
 
 
 class RolloutEngine:
@@ -222,6 +217,10 @@ class RolloutEngine:
             )
         return list(session.scalars(query.where(or_(*conditions))))
 
+    # Pause, resume and abort commit before they let go of the engine's lock, and hold the
+    # rollout's row lock (PostgreSQL) while they decide: neither this controller's tick nor
+    # another replica's can release or deploy a wave in between.
+
     def pause(
         self, session: Session, rollout_id: str, reason: str = "paused by user"
     ) -> RolloutRow:
@@ -230,6 +229,7 @@ class RolloutEngine:
             if rollout.state != "running":
                 raise RolloutError(409, f"rollout {rollout_id} is {rollout.state}, not running")
             self._set_state(rollout, "paused", reason)
+            session.commit()
             return rollout
 
     def resume(self, session: Session, rollout_id: str) -> RolloutRow:
@@ -247,6 +247,7 @@ class RolloutEngine:
             rollout.wave_started_at = time.time()
             rollout.wave_succeeded_at = None
             self._set_state(rollout, "running", "resumed")
+            session.commit()
             return rollout
 
     def abort(self, session: Session, rollout_id: str) -> RolloutRow:
@@ -261,10 +262,11 @@ class RolloutEngine:
                     rd.detail = "rollout aborted"
             self._set_state(rollout, "aborted", "aborted by user")
             rollout.finished_at = time.time()
+            session.commit()
             return rollout
 
     def _get(self, session: Session, rollout_id: str) -> RolloutRow:
-        rollout = session.get(RolloutRow, rollout_id)
+        rollout = session.get(RolloutRow, rollout_id, with_for_update=True, populate_existing=True)
         if rollout is None:
             raise RolloutError(404, f"rollout {rollout_id} not found")
         return rollout
@@ -303,22 +305,20 @@ class RolloutEngine:
                         | ((RolloutRow.state == "completed") & RolloutRow.id.in_(waiting))
                     )
                     .order_by(RolloutRow.created_at)
+                    .with_for_update()  # an API call on another replica waits for this tick
                 ):
                     self._advance(session, rollout, now or time.time(), outbox)
+                session.flush()
+                resends = commands.due(session, now or time.time(), self.settings.rollout)
             # Committed: a crash from here on only means a resend with the same command id.
+            new = {c.command_id for _, c in outbox}
             sent: list[str] = []
-            for device_id, command in outbox:
+            for device_id, command in outbox + [r for r in resends if r[1].command_id not in new]:
                 if self.publish(device_id, command):
                     sent.append(command.command_id)
             if sent:
                 with self.db.session() as session:
-                    stamp = time.time()
-                    for cmd in session.scalars(
-                        select(CommandRecord).where(CommandRecord.id.in_(sent))
-                    ):
-                        cmd.sent_at = cmd.sent_at or stamp
-                        if cmd.status == "pending":
-                            cmd.status = "sent"
+                    commands.mark_sent(session, sent, time.time())
         self.ticks += 1
 
     def _advance(
@@ -336,7 +336,7 @@ class RolloutEngine:
                 select(Device).where(Device.id.in_([r.device_id for r in rds]))
             )
         }
-        commands = {
+        sent = {
             c.id: c
             for c in session.scalars(
                 select(CommandRecord).where(CommandRecord.rollout_id == rollout.id)
@@ -352,16 +352,12 @@ class RolloutEngine:
         for rd in rds:
             device = devices.get(rd.device_id)
             if rd.state == "deploying" and device is not None:
-                self._check_deploy(
-                    rd, device, commands.get(rd.command_id or ""), rollout, opts, now, outbox
-                )
+                self._check_deploy(rd, device, sent.get(rd.command_id or ""), rollout, opts, now)
             elif rd.state == "rolling_back":
-                cmd = commands.get(rd.rollback_command_id or "")
-                if cmd is not None and cmd.status in ("done", "failed", "rejected"):
+                cmd = sent.get(rd.rollback_command_id or "")
+                if cmd is not None and cmd.status in commands.FINAL:
                     rd.state = "rolled_back"
                     rd.detail = f"rollback {cmd.status}{': ' + cmd.detail if cmd.detail else ''}"
-                elif cmd is not None:
-                    self._maybe_resend(cmd, now, outbox)
 
         if rollout.state == "aborted" or rollout.state == "paused":
             return
@@ -390,7 +386,7 @@ class RolloutEngine:
                 f"wave {wave_no}: {len(failed)}/{n} failed ({details}); wave rolled back",
             )
             for r in wave_rds:
-                if r.state in ("deploying", "healthy", "failed") and r.command_id:
+                if self._may_run_new(r, devices.get(r.device_id), sent, rollout):
                     self._rollback(session, r, rollout, now, outbox)
             return
         if n and healthy / n >= opts["success_threshold"] - 1e-9:
@@ -439,7 +435,7 @@ class RolloutEngine:
             return
         base = self.settings.base_url()
         command = Deploy(
-            command_id=new_command_id("deploy"),
+            command_id=commands.new_command_id("deploy"),
             ts=now,
             bundle_id=manifest.bundle_id,
             manifest_url=f"{base}/bundles/{manifest.bundle_id}/manifest.json",
@@ -447,7 +443,7 @@ class RolloutEngine:
             ladder=selection.ladder.mapping(),
             rollout_id=rollout.id,
         )
-        record_command(session, device.id, command, rollout.id, now)
+        commands.record(session, device.id, command, rollout.id, now)
         rd.state = "deploying"
         rd.command_id = command.command_id
         rd.previous_bundle = device.active_bundle
@@ -458,6 +454,23 @@ class RolloutEngine:
         rd.detail = "deploy sent"
         outbox.append((device.id, command))
 
+    @staticmethod
+    def _may_run_new(
+        rd: RolloutDeviceRow,
+        device: Device | None,
+        sent: dict[str, CommandRecord],
+        rollout: RolloutRow,
+    ) -> bool:
+        """Whether a rollback is owed: the device activated the new bundle, or its deploy is
+        still open (the rollback names the bundle, so an agent that never got there refuses
+        it). A device whose deploy failed still runs what it ran: nothing to undo."""
+        if rd.state not in ("deploying", "healthy", "failed") or not rd.command_id:
+            return False
+        if device is not None and device.active_bundle == rollout.bundle_id:
+            return True
+        deploy = sent.get(rd.command_id)
+        return deploy is None or deploy.status not in ("failed", "rejected", "timed_out")
+
     def _check_deploy(
         self,
         rd: RolloutDeviceRow,
@@ -466,17 +479,18 @@ class RolloutEngine:
         rollout: RolloutRow,
         opts: dict[str, Any],
         now: float,
-        outbox: list[tuple[str, CommandMessage]],
     ) -> None:
         if cmd is None:
             return
-        if cmd.status in ("failed", "rejected"):
+        if cmd.status != "done" and device.active_bundle == rollout.bundle_id:
+            # its state says it runs the bundle: the reply was lost or is still on its way
+            commands.finish(cmd, "done", "the device's state shows the bundle active", now)
+        if cmd.status in ("failed", "rejected", "timed_out"):
             rd.state = "failed"
             rd.detail = f"deploy {cmd.status}: {cmd.detail or 'no detail'}"
             return
         if cmd.status != "done":
-            self._maybe_resend(cmd, now, outbox)
-            return
+            return  # the ledger resends it
         if device.active_bundle != rollout.bundle_id:
             return  # not reported yet
         # Health is judged on telemetry made after the deploy was sent.
@@ -520,43 +534,15 @@ class RolloutEngine:
         outbox: list[tuple[str, CommandMessage]],
     ) -> None:
         command = Rollback(
-            command_id=new_command_id("rollback"),
+            command_id=commands.new_command_id("rollback"),
             ts=now,
             reason=f"rollout {rollout.id}: {rollout.reason}",
             rollout_id=rollout.id,
+            from_bundle=rollout.bundle_id,
+            to_bundle=rd.previous_bundle,
         )
-        record_command(session, rd.device_id, command, rollout.id, now)
+        commands.record(session, rd.device_id, command, rollout.id, now)
         rd.state = "rolling_back"
         rd.rollback_command_id = command.command_id
         rd.detail = f"{rd.detail}; rolling back" if rd.detail else "rolling back"
         outbox.append((rd.device_id, command))
-
-    def _maybe_resend(
-        self, cmd: CommandRecord, now: float, outbox: list[tuple[str, CommandMessage]]
-    ) -> None:
-        """Publish again (same id) when never sent, or unanswered for `resend_after_s`."""
-        if cmd.status == "accepted":
-            return
-        if cmd.sent_at is not None and now - cmd.sent_at < self.settings.rollout.resend_after_s:
-            return
-        outbox.append((cmd.device_id, _COMMAND.validate_python(cmd.payload)))
-        if cmd.sent_at is not None:
-            cmd.sent_at = now
-
-
-def record_command(
-    session: Session, device_id: str, command: CommandMessage, rollout_id: str | None, now: float
-) -> CommandRecord:
-    row = CommandRecord(
-        id=command.command_id,
-        device_id=device_id,
-        type=command.type,
-        payload=command.model_dump(mode="json"),
-        rollout_id=rollout_id,
-        status="pending",
-        detail="",
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(row)
-    return row

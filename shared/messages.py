@@ -195,6 +195,14 @@ class Rollback(_Command):
     type: Literal["rollback"] = "rollback"
     reason: str = ""
     rollout_id: str | None = None
+    from_bundle: str | None = Field(
+        default=None,
+        description="the bundle this undoes: an agent serving another refuses (nothing to undo)",
+    )
+    to_bundle: str | None = Field(
+        default=None,
+        description="the bundle to return to: an agent whose previous one differs refuses",
+    )
 
 
 class Benchmark(_Command):
@@ -218,6 +226,11 @@ Command = Annotated[CommandMessage, Field(discriminator="type")]
 
 
 # --- replies ----------------------------------------------------------------------------------
+
+
+#: Statuses that end a command: the agent keeps this reply and sends it again if the command
+#: id comes again.
+FINAL_REPLIES = ("done", "failed", "rejected")
 
 
 class Reply(_Message):

@@ -10,10 +10,10 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from lepton_edge.controller import commands
 from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
 from lepton_edge.controller.bundles import BundleError
 from lepton_edge.controller.core import Controller
-from lepton_edge.controller.rollout import new_command_id, record_command
 from lepton_edge.controller.tables import BenchmarkRecord, Bundle, Device
 from lepton_edge.shared.manifest import Manifest
 from lepton_edge.shared.messages import Benchmark
@@ -182,10 +182,10 @@ def request_benchmarks(
             raise HTTPException(409, "no online device with a known hardware profile")
     base = controller.settings.base_url()
     now = time.time()
-    commands = []
+    sent = []
     for device in devices:
         command = Benchmark(
-            command_id=new_command_id("bench"),
+            command_id=commands.new_command_id("bench"),
             ts=now,
             bundle_id=manifest.bundle_id,
             manifest_url=f"{base}/bundles/{manifest.bundle_id}/manifest.json",
@@ -193,11 +193,11 @@ def request_benchmarks(
             variant_ids=variant_ids,
             iterations=body.iterations,
         )
-        record_command(session, device.id, command, None, now)
-        commands.append((device, command))
+        commands.record(session, device.id, command, None, now)
+        sent.append((device, command))
     session.commit()
     out = []
-    for device, command in commands:
+    for device, command in sent:
         published = controller.publish(device.id, command)
         out.append(
             BenchmarkSent(

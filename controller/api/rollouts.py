@@ -59,6 +59,7 @@ class RolloutDeviceOut(BaseModel):
     state: str
     detail: str
     command_id: str | None
+    rollback_command_id: str | None
     previous_bundle: str | None
     ladder: dict[str, str] | None
     sent_at: float | None
@@ -147,20 +148,34 @@ def get_rollout(rollout_id: str, session: SessionDep, _auth: ReadAuth) -> Rollou
     return rollout_out(session, rollout)
 
 
-def _action(name: str):  # type: ignore[no-untyped-def]
-    def action(
-        rollout_id: str, session: SessionDep, controller: ControllerDep, _auth: AdminAuth
-    ) -> RolloutOut:
-        try:
-            rollout = getattr(controller.engine, name)(session, rollout_id)
-            session.commit()
-        except RolloutError as exc:
-            raise _fail(exc) from None
-        return rollout_out(session, rollout)
-
-    action.__name__ = f"{name}_rollout"
-    return action
+@router.post("/rollouts/{rollout_id}/pause", response_model=RolloutOut)
+def pause_rollout(
+    rollout_id: str, session: SessionDep, controller: ControllerDep, _auth: AdminAuth
+) -> RolloutOut:
+    try:
+        rollout = controller.engine.pause(session, rollout_id)
+    except RolloutError as exc:
+        raise _fail(exc) from None
+    return rollout_out(session, rollout)
 
 
-for _name in ("pause", "resume", "abort"):
-    router.post(f"/rollouts/{{rollout_id}}/{_name}", response_model=RolloutOut)(_action(_name))
+@router.post("/rollouts/{rollout_id}/resume", response_model=RolloutOut)
+def resume_rollout(
+    rollout_id: str, session: SessionDep, controller: ControllerDep, _auth: AdminAuth
+) -> RolloutOut:
+    try:
+        rollout = controller.engine.resume(session, rollout_id)
+    except RolloutError as exc:
+        raise _fail(exc) from None
+    return rollout_out(session, rollout)
+
+
+@router.post("/rollouts/{rollout_id}/abort", response_model=RolloutOut)
+def abort_rollout(
+    rollout_id: str, session: SessionDep, controller: ControllerDep, _auth: AdminAuth
+) -> RolloutOut:
+    try:
+        rollout = controller.engine.abort(session, rollout_id)
+    except RolloutError as exc:
+        raise _fail(exc) from None
+    return rollout_out(session, rollout)

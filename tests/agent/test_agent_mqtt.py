@@ -166,8 +166,13 @@ def test_commands_deploy_dedupe_rollback_and_bad_payloads(
         watcher.wait_json("/d3/state", lambda m: m.get("active_bundle") == "b1")
         watcher.wait_json("/d3/telemetry", lambda m: m.get("active_bundle") == "b1")
 
-        send(encode(deploy_command(server, m1, "c1")))  # redelivered
-        reply("c1", "duplicate")
+        send(encode(deploy_command(server, m1, "c1")))  # redelivered: the same final reply
+        watcher.wait_for(
+            lambda _m: sum(r["command_id"] == "c1" for r in watcher.json("/d3/reply")) == 3
+        )
+        c1 = [r for r in watcher.json("/d3/reply") if r["command_id"] == "c1"]
+        assert [r["status"] for r in c1] == ["accepted", "done", "done"] and c1[1] == c1[2]
+        assert agent.store.current().bundle_id == "b1"  # type: ignore[union-attr]
 
         send(encode(deploy_command(server, m2, "c2")))
         reply("c2", "done")
@@ -179,7 +184,22 @@ def test_commands_deploy_dedupe_rollback_and_bad_payloads(
         reply("c3", "failed")
         assert agent.store.current().bundle_id == "b2"  # type: ignore[union-attr]
 
-        send(encode(Rollback(command_id="c4", ts=time.time(), reason="canary unhealthy")))
+        # A rollback of a bundle it does not serve, or to one it did not run before: refused.
+        send(encode(Rollback(command_id="r1", ts=time.time(), from_bundle="b1")))
+        assert "not serving b1 (serving b2)" in reply("r1", "rejected")["detail"]
+        send(encode(Rollback(command_id="r2", ts=time.time(), from_bundle="b2", to_bundle="b0")))
+        assert "is b1, not b0" in reply("r2", "rejected")["detail"]
+        send(
+            encode(
+                Rollback(
+                    command_id="c4",
+                    ts=time.time(),
+                    reason="canary unhealthy",
+                    from_bundle="b2",
+                    to_bundle="b1",
+                )
+            )
+        )
         rolled = watcher.wait_json("/d3/event", lambda m: m["kind"] == "rollback")
         assert rolled["reason"] == "rolled back from b2 to b1: canary unhealthy"
         reply("c4", "done")

@@ -125,3 +125,29 @@ def test_command_interrupted_by_a_crash_runs_again(tmp_path: Path) -> None:
     assert again.begin("deploy-1") is True
     again.finish("deploy-1")
     assert again.begin("deploy-1") is False
+
+
+def test_command_log_keeps_the_final_reply_across_a_restart(tmp_path: Path) -> None:
+    log = CommandLog(tmp_path)
+    assert log.begin("deploy-2") and log.final_reply("deploy-2") is None
+    log.remember("deploy-2", b'{"status": "done"}')
+    log.finish("deploy-2")
+    log.close()
+    again = CommandLog(tmp_path)
+    assert again.begin("deploy-2") is False
+    assert again.final_reply("deploy-2") == b'{"status": "done"}'
+
+
+def test_a_command_log_from_before_replies_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "agent.db")
+    old.execute(
+        "CREATE TABLE seen_commands (command_id TEXT PRIMARY KEY, seen REAL NOT NULL, "
+        "finished INTEGER NOT NULL DEFAULT 0)"
+    )
+    old.execute("INSERT INTO seen_commands VALUES ('old-1', 1.0, 1)")
+    old.commit()
+    old.close()
+    log = CommandLog(tmp_path)
+    assert log.begin("old-1") is False and log.final_reply("old-1") is None

@@ -145,6 +145,7 @@ class SimAgent:
         self.active_variant: str | None = None
         self.previous: list[tuple[str | None, str | None]] = []
         self.seen: set[str] = set()
+        self.final_replies: dict[str, bytes] = {}
         self.installs: Counter[str] = Counter()
         self.deploy_commands: list[str] = []
         self.rollbacks = 0
@@ -255,15 +256,22 @@ class SimAgent:
             detail=detail,
             result=result or {},
         )
-        self.client.publish(topics.topic(self.device_id, Kind.REPLY), messages.encode(msg), 1)
+        payload = messages.encode(msg)
+        if status in messages.FINAL_REPLIES:
+            self.final_replies[command_id] = payload  # sent again if the command comes again
+        self.client.publish(topics.topic(self.device_id, Kind.REPLY), payload, 1)
 
     # --- commands -----------------------------------------------------------------------------
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         command = messages.decode(Kind.CMD, msg.payload)
         cid = command.command_id  # type: ignore[union-attr]
-        if cid in self.seen:
-            self.reply(cid, "duplicate")
+        if cid in self.seen:  # as the real agent: the final reply again, if there is one
+            final = self.final_replies.get(cid)
+            if final is None:
+                self.reply(cid, "duplicate")
+            else:
+                self.client.publish(topics.topic(self.device_id, Kind.REPLY), final, 1)
             return
         self.seen.add(cid)
         if self.mode == "silent":
@@ -275,6 +283,9 @@ class SimAgent:
             if isinstance(command, Deploy):
                 self._deploy(command)
             elif isinstance(command, Rollback):
+                if command.from_bundle is not None and command.from_bundle != self.active_bundle:
+                    self.reply(command.command_id, "rejected", "nothing to undo")
+                    return
                 self.rollbacks += 1
                 if self.previous:
                     self.active_bundle, self.active_variant = self.previous.pop()

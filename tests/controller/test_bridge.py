@@ -180,9 +180,9 @@ def test_shared_subscription_splits_telemetry_between_controllers(
 def test_a_failed_write_is_retried_and_a_bad_benchmark_result_loses_nothing(
     tmp_path, db_url
 ) -> None:
+    from lepton_edge.controller import commands
     from lepton_edge.controller.bridge import Bridge, Received
     from lepton_edge.controller.db import Database
-    from lepton_edge.controller.rollout import record_command
     from lepton_edge.controller.tables import CommandRecord, Device
     from lepton_edge.shared.messages import Benchmark, Reply
 
@@ -199,7 +199,7 @@ def test_a_failed_write_is_retried_and_a_bad_benchmark_result_loses_nothing(
         variant_ids=["v"],
     )
     with db.session() as s:
-        record_command(s, "d1", cmd, None, 0)
+        commands.record(s, "d1", cmd, None, 0)
     real_apply, calls = bridge.fleet.apply, []
 
     def flaky_apply(session, batch):  # type: ignore[no-untyped-def]

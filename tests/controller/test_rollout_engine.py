@@ -224,3 +224,42 @@ def test_a_last_sample_sharing_a_batch_with_the_will_leaves_the_device_offline(
         device = s.get(Device, "d1")
         assert device is not None
         assert device.online is False and device.telemetry_count == 1
+
+
+@pytest.mark.postgres
+def test_pause_waits_for_another_replicas_tick_and_decides_on_what_it_wrote(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Another replica's tick holds the rollout's row (FOR UPDATE) and completes the rollout;
+    a pause sent meanwhile waits for it and then refuses (409): it must not turn a completed
+    rollout into a paused one from what it read before."""
+    import threading
+
+    from sqlalchemy import select
+
+    from lepton_edge.controller.rollout import RolloutError
+    from lepton_edge.controller.tables import Rollout
+
+    f = Fleet(tmp_path, postgres_url)
+    f.online("a")
+    rid = f.create(options={"require_inferring": False})
+    outcome: list[str] = []
+    with f.ctl.db.session() as other:  # the other replica, mid-tick
+        row = other.execute(select(Rollout).where(Rollout.id == rid).with_for_update()).scalar_one()
+
+        def pause() -> None:
+            with f.ctl.db.session() as s:
+                try:
+                    outcome.append(f.ctl.engine.pause(s, rid).state)
+                except RolloutError as exc:
+                    outcome.append(f"{exc.status}: {exc}")
+
+        waiter = threading.Thread(target=pause)
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not outcome  # waiting for the row
+        row.state = "completed"
+        other.commit()
+    waiter.join(10)
+    assert outcome == [f"409: rollout {rid} is completed, not running"]
+    assert f.status(rid)["state"] == "completed"

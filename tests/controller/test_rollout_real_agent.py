@@ -93,7 +93,7 @@ def test_real_canary_that_cannot_download_pauses_the_rollout(setup) -> None:  # 
     status = wait_for(
         lambda: (
             (s := http.get(f"/api/v1/rollouts/{rid}").json())["state"] == "paused"
-            and s["devices"][0]["state"] == "rolled_back"
+            and s["devices"][0]["state"] == "failed"
             and s
         ),
         30,
@@ -101,4 +101,49 @@ def test_real_canary_that_cannot_download_pauses_the_rollout(setup) -> None:  # 
     )
     assert "wave 1: 1/1 failed" in status["reason"] and "deploy failed" in status["reason"]
     assert sum(d["state"] == "pending" for d in status["devices"]) == 2
+    # The canary never ran the new bundle: there is nothing to roll back, and none is sent.
+    assert status["devices"][0]["rollback_command_id"] is None
     assert all(a.active is None for a in agents)
+
+
+def test_a_failed_wave_rolls_back_to_the_bundle_each_device_ran(  # type: ignore[no-untyped-def]
+    setup, tmp_path: Path
+) -> None:
+    """All three run A; B's first wave is two devices, one of which cannot store B: the wave
+    fails, the one that activated B goes back to A (not to what it ran before A), the one
+    that never left A gets no rollback, and the third device is not touched."""
+    live, http, agents = setup
+    first = _create(http)
+    wait_for(lambda: http.get(f"/api/v1/rollouts/{first}").json()["state"] == "completed", 30)
+    make_bundle(tmp_path / "b", live.controller.store.key, bundle_id="fmnist-2")
+    assert http.post("/api/v1/bundles", content=pack(tmp_path / "b")).status_code == 201
+    full = agents[1]  # the second device's disk is "full": B's download is refused
+    full.store.settings = full.store.settings.model_copy(update={"min_free_mb": 10**9})
+    r = http.post(
+        "/api/v1/rollouts",
+        json={
+            "bundle_id": "fmnist-2",
+            "target": {"all": True},
+            "waves": [50, 100],
+            "options": {"require_inferring": False, "error_threshold": 0.0},
+        },
+    )
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    status = wait_for(
+        lambda: (
+            (s := http.get(f"/api/v1/rollouts/{rid}").json())["state"] == "paused"
+            and {d["state"] for d in s["devices"]} == {"rolled_back", "failed", "pending"}
+            and s
+        ),
+        30,
+        what="wave 1 failed and rolled back",
+    )
+    states = {d["device_id"]: d for d in status["devices"]}
+    assert states["real-0"]["state"] == "rolled_back"
+    assert states["real-1"]["state"] == "failed" and "disk space" in states["real-1"]["detail"]
+    assert states["real-1"]["rollback_command_id"] is None
+    assert states["real-2"]["state"] == "pending"
+    assert [a.active.bundle_id if a.active else None for a in agents] == ["fmnist-1"] * 3
+    rollback = http.get("/api/v1/events?kind=rollback&device_id=real-0").json()
+    assert rollback and rollback[0]["data"]["to_bundle"] == "fmnist-1"
