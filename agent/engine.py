@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lepton_edge.agent import runtimes
 from lepton_edge.agent.pipeline import BadFrame, Geometry, Pipeline
-from lepton_edge.agent.runtimes import Runtime, RuntimeOptions
+from lepton_edge.agent.runtimes import Runtime, RuntimeOptions, VariantLoadError
 from lepton_edge.agent.sources import Frame, Result, Source
 from lepton_edge.shared.manifest import Variant
 from lepton_edge.shared.messages import InferenceStats
@@ -364,9 +364,9 @@ class Engine:
             sample = np.zeros((1, *rt.input_shape()), np.float32)
             for _ in range(self.warmup_runs):
                 rt.run(sample)
-        except Exception:
+        except Exception as exc:
             rt.close()
-            raise
+            raise VariantLoadError(f"variant {spec.id} failed its warm-up run: {exc}") from None
         return rt
 
     def _install(self, switch: Switch, generation: int) -> None:

@@ -331,12 +331,11 @@ class InferenceRunner:
             if same_shape:
                 engine.install(spec, f"bundle {manifest.bundle_id} activated", meta)
                 return
-            engine.close()  # a model with another input shape needs new frames
-            if self.settings.source != "local" and self._source is not None:
-                self._source.close()
-                self._source = None
-        engine = Engine(
-            self._source or NoFrames(),
+        # A first engine, or a model with another input shape (it needs new frames): the new
+        # engine and its source are made beside the running one, which serves until they
+        # work; a load or a source that fails leaves it serving.
+        new = Engine(
+            NoFrames(),
             # apps and video set their own pace
             fps=None if self.settings.source in ("local", "video") else self.settings.fps,
             options=self.options,
@@ -346,23 +345,28 @@ class InferenceRunner:
             power_w=self._power_w,
             on_result=self.on_result,
         )
-        engine.load(spec)
-        if self._source is None:
-            shape = engine.input_shape() or ()
+        new.load(spec)
+        keep = engine is None or self.settings.source == "local"  # an endpoint stays the same
+        source = self._source if keep else None
+        if source is None:
             try:
-                self._source = make_source(
+                source = make_source(
                     self.settings,
-                    shape,
+                    new.input_shape() or (),
                     manifest.labels,
                     pipeline=spec.pipeline,
                     on_event=self._on_source_event,
                 )
             except UserError:
-                engine.close()
+                new.close()
                 raise
-        engine.source = self._source
-        engine.set_max_fps(self.policy.max_fps())
-        self._engine = engine.start()
+        if engine is not None:
+            engine.close()
+        if self._source is not None and self._source is not source:
+            self._source.close()
+        self._source = new.source = source
+        new.set_max_fps(self.policy.max_fps())
+        self._engine = new.start()
 
     def _apply(self, from_level: PowerLevel | None, to_level: PowerLevel, reason: str) -> None:
         engine = self._engine

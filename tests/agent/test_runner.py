@@ -242,3 +242,54 @@ def test_benchmark_reports_a_signed_variant_that_computes_wrong_answers(
     ladder = select(signed, hw, measured).ladder
     assert victim not in ladder.mapping().values()
     assert "wrong answers on this device" in ladder.rejected[victim]
+
+
+def test_a_bundle_that_fails_to_start_leaves_the_running_one_serving(
+    fm_bundle: Bundle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A new bundle with another input shape needs a new engine and new frames: they are made
+    beside the running engine, which is closed only once they work. Here the new model loads
+    but fails its warm-up run: the old bundle goes on serving, frame after frame."""
+    import hashlib
+
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [3, 5])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g", [x], [y])
+    graph.initializer.append(shape)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    onnx_fp32 = fm_bundle.ids("onnx", "fp32")[0]
+    variant = fm_bundle.manifest.variant(onnx_fp32).model_copy(
+        update={
+            "id": "bad-fp32",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size_bytes": len(data),
+        }
+    )
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    (bad_dir / variant.filename).write_bytes(data)
+    bad = fm_bundle.manifest.model_copy(
+        update={"bundle_id": "bad-1", "model": None, "variants": [variant]}
+    )
+
+    r = InferenceRunner(
+        EngineSettings(source="synthetic", fps=200, threads=1, warmup_runs=1), emit_event=Events()
+    )
+    try:
+        r.activate(fm_bundle.dir, fm_bundle.manifest, {PowerLevel.PERFORMANCE: onnx_fp32})
+        engine = r._engine
+        assert engine is not None
+        wait_for(lambda: engine.frames > 5)
+        with pytest.raises(VariantLoadError, match="bad-fp32 failed its warm-up run"):
+            r.activate(bad_dir, bad, {PowerLevel.PERFORMANCE: "bad-fp32"})
+        assert r._engine is engine and r.active_variant() == onnx_fp32
+        served = engine.frames
+        wait_for(lambda: engine.frames > served + 5)  # still running frames
+    finally:
+        r.close()
