@@ -57,6 +57,7 @@ class BridgeCounters:
     rejected_malformed: int = 0
     rejected_oversized: int = 0
     rejected_topic: int = 0
+    rejected_unknown: int = 0
     dropped_queue_full: int = 0
     resets: int = 0
     suspect: int = 0
@@ -289,6 +290,7 @@ class Bridge:
                 c.resets += result.resets
                 c.suspect += result.suspect
                 c.late += result.late
+                c.rejected_unknown += result.unknown
         self._acknowledge(items)
         self.counters.processed += len(items)
         self.counters.batches += 1

@@ -132,6 +132,12 @@ class ControllerSettings(LayeredSettings):
         default=None, description="URL agents use to reach this controller (default from http)"
     )
     auth_required: bool = True
+    registration: Literal["open", "enrolled"] = Field(
+        default="open",
+        description="enrolled: only devices that enrolled (lepton-agent enroll) are registered; "
+        "messages from any other device id are counted and dropped. open: any device that "
+        "speaks the contract appears (demos, an anonymous broker)",
+    )
     bootstrap_admin_token: str | None = Field(
         default=None, description="an admin token registered (hashed) at startup"
     )

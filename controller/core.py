@@ -26,6 +26,7 @@ class Controller:
         self.fleet = Fleet(
             shared=settings.mqtt.shared_subscription_group is not None,
             max_seq_jump=settings.ingest.max_seq_jump,
+            enrolled_only=settings.registration == "enrolled",
         )
         self.leader = make_leader(settings.db_url())
         self.engine = RolloutEngine(settings, self.db, self.publish, self.leader)

@@ -31,6 +31,7 @@ from lepton_edge.controller import commands
 from lepton_edge.controller.tables import (
     BenchmarkRecord,
     Device,
+    DeviceCredential,
     DeviceTag,
     EventRecord,
     TelemetrySample,
@@ -55,6 +56,15 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.states) + len(self.telemetry) + len(self.events) + len(self.replies)
+
+    def drop(self, device_ids: set[str]) -> int:
+        """Remove the messages of these devices; how many there were."""
+        before = len(self)
+        self.states = [m for m in self.states if m.device_id not in device_ids]
+        self.telemetry = [t for t in self.telemetry if t[0].device_id not in device_ids]
+        self.events = [m for m in self.events if m.device_id not in device_ids]
+        self.replies = [m for m in self.replies if m.device_id not in device_ids]
+        return before - len(self)
 
     def split(self) -> list[Batch]:
         """One batch per message, in the order kinds are applied."""
@@ -86,6 +96,7 @@ class IngestResult:
     resets: int = 0
     suspect: int = 0
     late: int = 0
+    unknown: int = 0  # messages from devices that are not enrolled
 
 
 #: A jump of a device's sequence number beyond this is suspect until the next sample goes on
@@ -134,9 +145,13 @@ class Fleet:
     judged (the table still stores each sample once).
     """
 
-    def __init__(self, shared: bool = False, max_seq_jump: int = MAX_SEQ_JUMP) -> None:
+    def __init__(
+        self, shared: bool = False, max_seq_jump: int = MAX_SEQ_JUMP, enrolled_only: bool = False
+    ) -> None:
         self.shared = shared
         self.max_seq_jump = max_seq_jump
+        #: only devices that enrolled (a broker credential) are registered; others are refused
+        self.enrolled_only = enrolled_only
         self._known: set[str] = set()
         self._seq: dict[str, tuple[str | None, int]] = {}  # device -> (epoch, last seq)
         self._jump: dict[str, int] = {}  # device -> a suspect seq not yet confirmed
@@ -145,10 +160,12 @@ class Fleet:
 
     # --- ingestion ---------------------------------------------------------------------------
 
-    def _ensure_devices(self, session: Session, ids: set[str], now: float) -> None:
+    def _ensure_devices(self, session: Session, ids: set[str], now: float) -> set[str]:
+        """Register the devices not seen before; the ids refused (not enrolled, when only
+        enrolled devices may exist)."""
         unknown = ids - self._known
         if not unknown:
-            return
+            return set()
         rows = session.execute(
             select(Device.id, Device.seq_epoch, Device.last_seq).where(Device.id.in_(unknown))
         )
@@ -157,6 +174,16 @@ class Fleet:
             if last_seq is not None:
                 self._seq.setdefault(device_id, (epoch, last_seq))
             unknown.discard(device_id)
+        refused: set[str] = set()
+        if unknown and self.enrolled_only:
+            enrolled = set(
+                session.scalars(
+                    select(DeviceCredential.device_id).where(
+                        DeviceCredential.device_id.in_(unknown)
+                    )
+                )
+            )
+            refused, unknown = unknown - enrolled, unknown & enrolled
         if unknown:
             session.execute(
                 _insert_new(session, Device),
@@ -174,6 +201,7 @@ class Fleet:
                 ],
             )
             self._known |= unknown
+        return refused
 
     def reset(self) -> None:
         """Forget the caches (after a failed transaction they may be ahead of the database)."""
@@ -191,7 +219,10 @@ class Fleet:
             ids |= {t.device_id for t, _ in batch.telemetry}
             ids |= {e.device_id for e in batch.events}
             ids |= {r.device_id for r in batch.replies}
-            self._ensure_devices(session, ids, now)
+            refused = self._ensure_devices(session, ids, now)
+            if refused:
+                result.unknown = batch.drop(refused)
+                log.info("refused messages from devices not enrolled: %s", sorted(refused))
             for state in batch.states:
                 self._apply_state(session, state, now)
             if batch.telemetry:

@@ -138,6 +138,7 @@ def metrics(controller: ControllerDep) -> PlainTextResponse:
                 ({"reason": "malformed"}, counters.rejected_malformed),
                 ({"reason": "oversized"}, counters.rejected_oversized),
                 ({"reason": "wrong_topic"}, counters.rejected_topic),
+                ({"reason": "unknown_device"}, counters.rejected_unknown),
                 ({"reason": "results_queue_full"}, counters.dropped_queue_full),
             ],
         )

@@ -189,3 +189,40 @@ def test_a_controller_killed_mid_stream_loses_no_telemetry(
         pub.disconnect()
         proc.terminate()
         proc.wait(10)
+
+
+def test_with_enrollment_on_only_enrolled_devices_are_registered(
+    tmp_path: Path, db_url: str, mosquitto: Mosquitto
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from lepton_edge.controller.app import create_app
+    from tests.controller.conftest import AUTH, make_settings
+
+    settings = make_settings(tmp_path, db_url, mosquitto, registration="enrolled")
+    with TestClient(create_app(settings)) as client:
+        ctl = client.app.state.controller
+        assert ctl.bridge.wait_connected()
+        token = client.post("/api/v1/tokens", json={"scope": "enroll"}, headers=AUTH).json()
+        r = client.post("/api/v1/enroll", json={"token": token["token"], "device_id": "known-1"})
+        assert r.status_code == 200, r.text
+        pub = _publisher(mosquitto.port)
+        for seq in range(3):
+            for d in ("known-1", "spoofed-1"):  # an anonymous broker lets anyone publish
+                pub.publish(topics.topic(d, Kind.TELEMETRY), messages.encode(_sample(d, seq)), 1)
+        pub.publish(
+            topics.topic("known-1", Kind.TELEMETRY), messages.encode(_sample("known-1", 3)), 1
+        ).wait_for_publish()
+        counters = ctl.bridge.counters
+        deadline = time.monotonic() + 20
+        while (
+            counters.telemetry < 4 or counters.rejected_unknown < 3
+        ) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (counters.telemetry, counters.rejected_unknown) == (4, 3)
+        ids = {d["id"] for d in client.get("/api/v1/devices", headers=AUTH).json()}
+        assert ids == {"known-1"}
+        metrics = client.get("/metrics").text
+        assert 'lepton_mqtt_rejected_total{reason="unknown_device"} 3' in metrics
+        pub.loop_stop()
+        pub.disconnect()

@@ -26,7 +26,6 @@ def _serve(
     (`INGEST__HISTORY_PER_DEVICE="1000"` -> LEPTON_CONTROLLER_INGEST__HISTORY_PER_DEVICE)."""
     env = (
         os.environ
-        | {f"LEPTON_CONTROLLER_{k}": v for k, v in settings.items()}
         | {
             "LEPTON_CONTROLLER_STATE_DIR": str(tmp_path / "state"),
             "LEPTON_CONTROLLER_DATABASE_URL": db_url,
@@ -39,6 +38,7 @@ def _serve(
             "LEPTON_CONTROLLER_ROLLOUT__RESEND_AFTER_S": "1",
             "LEPTON_CONTROLLER_INGEST__FLUSH_INTERVAL_MS": "20",
         }
+        | {f"LEPTON_CONTROLLER_{k}": v for k, v in settings.items()}
     )
     proc = subprocess.Popen(
         [
