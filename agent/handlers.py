@@ -95,6 +95,7 @@ class CommandHandlers:
                 cmd.artifact_base_url,
                 list(cmd.ladder.values()),
                 dict(cmd.ladder),
+                token=cmd.download_token,
             )
         except (StoreError, OSError) as exc:
             self._deploy_failed(cmd, data, str(exc))
@@ -182,7 +183,11 @@ class CommandHandlers:
         self.agent.reply(cmd.command_id, "accepted")
         try:
             bundle = self.agent.store.fetch(
-                cmd.bundle_id, cmd.manifest_url, cmd.artifact_base_url, cmd.variant_ids
+                cmd.bundle_id,
+                cmd.manifest_url,
+                cmd.artifact_base_url,
+                cmd.variant_ids,
+                token=cmd.download_token,
             )
         except (StoreError, OSError) as exc:
             self.agent.reply(cmd.command_id, "failed", str(exc))

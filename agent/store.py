@@ -196,10 +196,13 @@ class ArtifactStore:
         artifact_base_url: str,
         variant_ids: list[str],
         ladder: dict[PowerLevel, str] | None = None,
+        token: str | None = None,
     ) -> Bundle:
-        """Download, verify and stage a bundle; it is complete under bundles/ but not active."""
+        """Download, verify and stage a bundle; it is complete under bundles/ but not active.
+        `token` is the command's download grant, sent as `Authorization: Bearer`."""
         key = self._key()
-        raw = self._get_small(manifest_url, self.settings.max_manifest_bytes)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        raw = self._get_small(manifest_url, self.settings.max_manifest_bytes, headers)
         try:
             manifest = Manifest.model_validate_json(raw)
         except ValidationError as exc:
@@ -233,10 +236,12 @@ class ArtifactStore:
                 if v.sha256 in have:
                     self._copy_verified(have[v.sha256], dest)
                 else:
-                    part = self._download(v, artifact_base_url.rstrip("/") + "/" + v.sha256)
+                    part = self._download(
+                        v, artifact_base_url.rstrip("/") + "/" + v.sha256, headers
+                    )
                     os.replace(part, dest)
             if manifest.probe is not None:  # small: the on-device correctness check's inputs
-                self._fetch_probe(manifest.probe, artifact_base_url, stage, have)
+                self._fetch_probe(manifest.probe, artifact_base_url, stage, have, headers)
             (stage / MANIFEST_FILE).write_bytes(raw)
             (stage / LADDER_FILE).write_bytes(_LADDER.dump_json(ladder))
             for f in stage.iterdir():
@@ -253,7 +258,12 @@ class ArtifactStore:
         return Bundle(final, manifest, ladder)
 
     def _fetch_probe(
-        self, probe: ProbeSet, artifact_base_url: str, stage: Path, have: dict[str, Path]
+        self,
+        probe: ProbeSet,
+        artifact_base_url: str,
+        stage: Path,
+        have: dict[str, Path],
+        headers: dict[str, str],
     ) -> None:
         """The probe set next to the variants; without it (a controller that does not serve
         it) the bundle still deploys, and `benchmark` times without checking answers."""
@@ -263,7 +273,7 @@ class ArtifactStore:
             return
         try:
             part = self._download(
-                probe, artifact_base_url.rstrip("/") + "/" + probe.sha256, "probe set"
+                probe, artifact_base_url.rstrip("/") + "/" + probe.sha256, headers, "probe set"
             )
         except StoreError as exc:
             log.warning("no probe set for the on-device check: %s", exc)
@@ -301,9 +311,10 @@ class ArtifactStore:
                 f"{self.settings.min_free_mb} MB reserve, {free / MB:.1f} MB free"
             )
 
-    def _get_small(self, url: str, limit: int) -> bytes:
+    def _get_small(self, url: str, limit: int, headers: dict[str, str]) -> bytes:
+        request = urllib.request.Request(url, headers=headers)
         try:
-            with urllib.request.urlopen(url, timeout=self.settings.http_timeout_s) as resp:
+            with urllib.request.urlopen(request, timeout=self.settings.http_timeout_s) as resp:
                 data: bytes = resp.read(limit + 1)
         except urllib.error.HTTPError as exc:
             raise StoreError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
@@ -313,14 +324,16 @@ class ArtifactStore:
             raise StoreError(f"GET {url}: larger than {limit} bytes")
         return data
 
-    def _download(self, variant: Variant | ProbeSet, url: str, what: str = "") -> Path:
+    def _download(
+        self, variant: Variant | ProbeSet, url: str, headers: dict[str, str], what: str = ""
+    ) -> Path:
         """Download to downloads/{sha}.part, resuming what is there; return the verified part."""
         label = what or getattr(variant, "id", "file")
         part = self.downloads / f"{variant.sha256}.part"
         last_error = ""
         for attempt in range(1, self.settings.download_attempts + 1):
             try:
-                self._download_once(url, part, variant.size_bytes)
+                self._download_once(url, part, variant.size_bytes, headers)
                 break
             except StoreError:
                 raise
@@ -343,14 +356,14 @@ class ArtifactStore:
         _fsync_file(part)
         return part
 
-    def _download_once(self, url: str, part: Path, size: int) -> None:
+    def _download_once(self, url: str, part: Path, size: int, headers: dict[str, str]) -> None:
         have = part.stat().st_size if part.exists() else 0
         if have > size:
             part.unlink()
             have = 0
         if have == size:
             return
-        request = urllib.request.Request(url)
+        request = urllib.request.Request(url, headers=headers)
         if have:
             request.add_header("Range", f"bytes={have}-")
         try:

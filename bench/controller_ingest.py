@@ -4,6 +4,11 @@ In the same run, a bare paho subscriber (another process, only counting) and the
 MQTT bridge (this process: decode with the shared models, gap/duplicate tracking, batched
 writes to the database) take the same stream. Printed: each one's rate from the first publish
 to its last message (received / committed), their ratio (goal >= 0.6) and the gaps counted.
+The bridge acknowledges each message only after the batch holding it is committed.
+
+Then the same controller as a process of its own, killed (SIGKILL) while 100 devices publish
+10 samples a second each and started again 3 s later: printed, the samples sent and how many
+of them are missing from the database (goal 0).
 
     .venv/bin/python bench/controller_ingest.py                       # SQLite (the default)
     .venv/bin/python bench/controller_ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1/lepton_bench
@@ -211,9 +216,78 @@ def main() -> int:
         f"{bridge.counters.rejected_malformed + bridge.counters.rejected_oversized + bridge.counters.rejected_topic}, "
         f"dropped {bridge.counters.dropped_queue_full}, devices in registry {c['total']}"
     )
-    ok = ctl_rate / bare_rate >= 0.6 and c["gaps"] == 0 and ctl_n == sent
+    lost = killed_controller(args.database_url)
+    ok = ctl_rate / bare_rate >= 0.6 and c["gaps"] == 0 and ctl_n == sent and lost == 0
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+def killed_controller(database_url: str | None, devices: int = 100) -> int:
+    """Samples missing from the database after a kill -9 of the controller mid-stream."""
+    import signal
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from sqlalchemy import func, select
+
+    from lepton_edge.controller.db import Database
+    from lepton_edge.controller.tables import TelemetrySample
+    from tests.controller.test_restart import _serve
+    from tests.mosquitto import free_port
+
+    with tempfile.TemporaryDirectory(prefix="lepton-kill-") as tmp:
+        broker = QuietMosquitto(Path(tmp)).start()
+        url = database_url or f"sqlite:///{tmp}/controller.db"
+        port = free_port()
+        keep = {"INGEST__HISTORY_PER_DEVICE": "100000"}
+        proc = _serve(Path(tmp), url, broker, port, **keep)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        ids = [f"kill-{i:03d}" for i in range(devices)]
+        sent = [0]
+        stop = threading.Event()
+
+        def publish() -> None:
+            seq = 0
+            while not stop.is_set():
+                for d in ids:
+                    pub.publish(f"{ROOT}/{d}/telemetry", payload(d, seq), 1)
+                    sent[0] += 1
+                seq += 1
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=publish)
+        thread.start()
+        time.sleep(3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(3)
+        proc = _serve(Path(tmp), url, broker, port, **keep)
+        time.sleep(2)
+        stop.set()
+        thread.join()
+        db = Database(url)
+        stored = 0
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with db.session() as session:
+                stored = session.scalar(select(func.count()).select_from(TelemetrySample)) or 0
+            if stored >= sent[0]:
+                break
+            time.sleep(0.5)
+        db.close()
+        proc.terminate()
+        proc.wait(10)
+        pub.loop_stop()
+        broker.stop()
+    lost = sent[0] - stored
+    print(
+        f"controller killed (SIGKILL) mid-stream and restarted 3 s later: {sent[0]} samples "
+        f"sent, {lost} missing from the database (goal 0)  {'PASS' if lost == 0 else 'FAIL'}"
+    )
+    return lost
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ A bundle is refused unless `shared.bundle.verify_bundle` accepts it with THIS co
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import io
 import json
 import shutil
@@ -14,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.orm import Session
 
 from lepton_edge.controller.archive import ArchiveError, extract_tar
@@ -66,9 +71,57 @@ class BundleStore:
         artifact_dir.mkdir(parents=True, exist_ok=True)
         bundle_dir.mkdir(parents=True, exist_ok=True)
         self.key = load_or_create_private_key(key_path)
+        self._files: dict[str, set[str]] = {}  # bundle id -> its files' sha256 (immutable)
 
     def artifact_path(self, sha256: str) -> Path:
         return self.artifact_dir / sha256
+
+    # --- download grants ---------------------------------------------------------------------
+    # A device fetches a bundle's manifest and files with the grant its deploy or benchmark
+    # command carries: an HMAC (keyed from the signing key, so every replica that signs can
+    # check it) over its device id and the bundle id. Commands reach a device on its own
+    # topic, so a device can fetch only bundles sent to it.
+
+    def grant(self, device_id: str, bundle_id: str) -> str:
+        mac = hmac.new(self._grant_key(), f"{device_id}\n{bundle_id}".encode(), "sha256")
+        return ".".join(
+            ["lgd", _b64(device_id.encode()), _b64(bundle_id.encode()), _b64(mac.digest())]
+        )
+
+    def granted(self, token: str) -> tuple[str, str] | None:
+        """(device id, bundle id) of a valid grant; None if `token` is not one of ours."""
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != "lgd":
+            return None
+        try:
+            device_id, bundle_id = (_unb64(p).decode() for p in parts[1:3])
+        except ValueError:
+            return None
+        if not hmac.compare_digest(self.grant(device_id, bundle_id), token):
+            return None
+        return device_id, bundle_id
+
+    def files_of(self, bundle_id: str) -> set[str]:
+        """The sha256 of every file the bundle's manifest lists (variants and probe set)."""
+        cached = self._files.get(bundle_id)
+        if cached is None:
+            try:
+                manifest = Manifest.model_validate_json(self.manifest_path(bundle_id).read_bytes())
+            except (OSError, ValueError):
+                return set()
+            cached = {v.sha256 for v in manifest.variants}
+            if manifest.probe is not None:
+                cached.add(manifest.probe.sha256)
+            self._files[bundle_id] = cached
+        return cached
+
+    def _grant_key(self) -> bytes:
+        raw = self.key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return hashlib.sha256(b"lepton-edge download grant\0" + raw).digest()
 
     def manifest_path(self, bundle_id: str) -> Path:
         return self.bundle_dir / bundle_id / MANIFEST_FILE
@@ -119,3 +172,14 @@ class BundleStore:
     ) -> tuple[Manifest, bool]:
         with tempfile.TemporaryDirectory(prefix="lepton-upload-") as tmp:
             return self.add(session, unpack(archive, Path(tmp), max_bytes))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error) as exc:
+        raise ValueError(str(exc)) from None

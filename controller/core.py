@@ -29,7 +29,9 @@ class Controller:
             enrolled_only=settings.registration == "enrolled",
         )
         self.leader = make_leader(settings.db_url())
-        self.engine = RolloutEngine(settings, self.db, self.publish, self.leader)
+        self.engine = RolloutEngine(
+            settings, self.db, self.publish, self.leader, grant=self.store.grant
+        )
         self.bridge: Bridge | None = None
         self.started = False
 

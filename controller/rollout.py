@@ -113,11 +113,13 @@ class RolloutEngine:
         db: Database,
         publish: Publish,
         leader: Leader,
+        grant: Callable[[str, str], str],
     ) -> None:
         self.settings = settings
         self.db = db
         self.publish = publish
         self.leader = leader
+        self.grant = grant  # (device id, bundle id) -> its download grant
         self.lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -442,6 +444,7 @@ class RolloutEngine:
             artifact_base_url=f"{base}/artifacts",
             ladder=selection.ladder.mapping(),
             rollout_id=rollout.id,
+            download_token=self.grant(device.id, manifest.bundle_id),
         )
         commands.record(session, device.id, command, rollout.id, now)
         rd.state = "deploying"

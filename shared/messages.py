@@ -189,6 +189,11 @@ class Deploy(_Command):
     artifact_base_url: str = Field(description="variant files are at {base}/{sha256}")
     ladder: dict[PowerLevel, str] = Field(description="power level -> variant id")
     rollout_id: str | None = None
+    download_token: str | None = Field(
+        default=None,
+        description="Bearer credential for manifest_url and artifact_base_url: this device, "
+        "this bundle",
+    )
 
 
 class Rollback(_Command):
@@ -212,6 +217,11 @@ class Benchmark(_Command):
     artifact_base_url: str
     variant_ids: list[str] = Field(min_length=1)
     iterations: int = Field(default=50, ge=1, le=10_000)
+    download_token: str | None = Field(
+        default=None,
+        description="Bearer credential for manifest_url and artifact_base_url: this device, "
+        "this bundle",
+    )
 
 
 class SetPolicy(_Command):

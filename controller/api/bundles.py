@@ -192,6 +192,7 @@ def request_benchmarks(
             artifact_base_url=f"{base}/artifacts",
             variant_ids=variant_ids,
             iterations=body.iterations,
+            download_token=controller.store.grant(device.id, manifest.bundle_id),
         )
         commands.record(session, device.id, command, None, now)
         sent.append((device, command))

@@ -313,15 +313,16 @@ class SimAgent:
         if self.mode == "fail_deploy":
             self.reply(cmd.command_id, "failed", "simulated install failure")
             return
+        grant = {"Authorization": f"Bearer {cmd.download_token}"} if cmd.download_token else {}
         manifest = Manifest.model_validate_json(
-            self.http.get(cmd.manifest_url).raise_for_status().content
+            self.http.get(cmd.manifest_url, headers=grant).raise_for_status().content
         )
         if self.public_key is not None:
             verify_manifest(manifest, self.public_key)
         for vid in sorted(set(cmd.ladder.values())):
             variant = manifest.variant(vid)
             data = (
-                self.http.get(f"{cmd.artifact_base_url}/{variant.sha256}")
+                self.http.get(f"{cmd.artifact_base_url}/{variant.sha256}", headers=grant)
                 .raise_for_status()
                 .content
             )

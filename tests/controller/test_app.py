@@ -47,7 +47,7 @@ def test_unknown_things_are_404_and_bad_bodies_422_naming_the_field(client: Test
     assert client.get("/api/v1/devices/nope", headers=AUTH).status_code == 404
     assert client.get("/api/v1/rollouts/nope", headers=AUTH).status_code == 404
     assert client.get("/api/v1/bundles/nope", headers=AUTH).status_code == 404
-    assert client.get(f"/artifacts/{'0' * 64}").status_code == 404
+    assert client.get(f"/artifacts/{'0' * 64}", headers=AUTH).status_code == 404
     bad = client.post(
         "/api/v1/rollouts", json={"bundle_id": "x", "target": {"al": True}}, headers=AUTH
     )

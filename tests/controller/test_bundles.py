@@ -73,18 +73,38 @@ def test_artifacts_etag_and_resumed_download_over_http(tmp_path, db_url) -> None
     key = load_or_create_private_key(settings.key_path())
     bundle = tmp_path / "b"
     manifest = make_bundle(bundle, key, size_scale=500)  # files of 0.5-2 MB
+    other = make_bundle(tmp_path / "other", key, bundle_id="other-1", size_scale=2)
     server = LiveController(settings).start()
     try:
-        with httpx.Client(base_url=server.url, timeout=10) as http:
-            r = http.post("/api/v1/bundles", content=pack(bundle), headers=GZ)
-            assert r.status_code == 201, r.text
+        store = server.controller.store
+        with httpx.Client(base_url=server.url, timeout=10) as anyone:
+            for b in (bundle, tmp_path / "other"):
+                r = anyone.post("/api/v1/bundles", content=pack(b), headers=GZ)
+                assert r.status_code == 201, r.text
+            # Models only for the devices they were sent to: no credential, a forged or another
+            # bundle's grant, another bundle's file -> refused with the reason.
+            variant = manifest.variants[0]
+            url = f"/artifacts/{variant.sha256}"
+            for path in ("/bundles/fmnist-1/manifest.json", url):
+                r = anyone.get(path)
+                assert r.status_code == 401 and "Bearer <grant>" in r.json()["detail"]
+            forged = store.grant("d1", "fmnist-1")[:-4] + "AAAA"
+            bearer = {"Authorization": f"Bearer {forged}"}
+            assert anyone.get(url, headers=bearer).status_code == 401
+            bearer = {"Authorization": f"Bearer {store.grant('d1', 'other-1')}"}
+            r = anyone.get("/bundles/fmnist-1/manifest.json", headers=bearer)
+            assert r.status_code == 403 and "for bundle other-1, not fmnist-1" in r.text
+            r = anyone.get(url, headers=bearer)
+            assert r.status_code == 403 and "not part of bundle other-1" in r.text
+            assert anyone.get(f"/artifacts/{other.variants[0].sha256}", headers=bearer).is_success
+            assert anyone.get(url, headers=AUTH).is_success  # an API token may download too
+        grant = {"Authorization": f"Bearer {store.grant('d1', 'fmnist-1')}"}
+        with httpx.Client(base_url=server.url, timeout=10, headers=grant) as http:
             got = http.get("/bundles/fmnist-1/manifest.json")
             assert (
                 got.status_code == 200
                 and json.loads(got.content)["signature"] == manifest.signature
             )
-            variant = manifest.variants[0]
-            url = f"/artifacts/{variant.sha256}"
             # an interrupted download: read part of the stream, then resume with Range
             part = b""
             with http.stream("GET", url) as resp:
@@ -107,7 +127,7 @@ def test_artifacts_etag_and_resumed_download_over_http(tmp_path, db_url) -> None
                 http.get(url, headers={"If-None-Match": f'"{variant.sha256}"'}).status_code == 304
             )
             assert http.get(url, headers={"Range": "bytes=999999999-"}).status_code == 416
-            assert http.get("/artifacts/not-a-sha").status_code == 404
-            assert http.get("/bundles/nope/manifest.json").status_code == 404
+            assert http.get("/artifacts/not-a-sha").status_code == 403  # not in its bundle
+            assert http.get("/bundles/nope/manifest.json").status_code == 403
     finally:
         server.stop()
