@@ -147,13 +147,13 @@ class Bridge:
         self.client.loop_start()
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
         self._stop.set()
         self._wake.set()
         if self._writer:
             self._writer.join(timeout=10)
-        self._flush()  # whatever arrived last
+        self._flush()  # whatever arrived last, acknowledged while still connected
+        self.client.disconnect()
+        self.client.loop_stop()
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         return self.connected.wait(timeout)

@@ -414,8 +414,8 @@ class Fleet:
         stored: set[tuple[str, str | None, int]] = set()
         for d, epoch, seq in session.execute(
             select(TelemetrySample.device_id, TelemetrySample.epoch, TelemetrySample.seq).where(
-                TelemetrySample.device_id.in_({s.device_id for s, _ in samples}),
-                TelemetrySample.seq.in_({s.seq for s, _ in samples}),
+                TelemetrySample.device_id.in_(sorted({s.device_id for s, _ in samples})),
+                TelemetrySample.seq.in_(sorted({s.seq for s, _ in samples})),
             )
         ):
             stored.add((d, epoch, seq))
