@@ -20,6 +20,7 @@ from lepton_edge.controller.tables import Device, TelemetrySample
 from lepton_edge.shared import messages, topics
 from lepton_edge.shared.messages import CpuSample, MemorySample, Telemetry
 from lepton_edge.shared.topics import Kind
+from tests.controller.helpers import wait_for
 from tests.controller.test_restart import _serve
 from tests.mosquitto import Mosquitto, free_port
 
@@ -129,9 +130,7 @@ def test_one_nan_is_refused_alone_and_the_rest_of_its_batch_is_stored(
             topics.topic("g1", Kind.TELEMETRY), messages.encode(_sample("g1", 50)), 1
         ).wait_for_publish()
         counters = ctl.bridge.counters
-        deadline = time.monotonic() + 20
-        while counters.telemetry < 101 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: counters.telemetry >= 101, what="the good samples")
         assert counters.telemetry == 101 and counters.rejected_malformed == 2
         assert counters.write_errors == 0 and counters.ingest_failed == 0
         metrics = client.get("/metrics").text
@@ -214,11 +213,7 @@ def test_with_enrollment_on_only_enrolled_devices_are_registered(
             topics.topic("known-1", Kind.TELEMETRY), messages.encode(_sample("known-1", 3)), 1
         ).wait_for_publish()
         counters = ctl.bridge.counters
-        deadline = time.monotonic() + 20
-        while (
-            counters.telemetry < 4 or counters.rejected_unknown < 3
-        ) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: counters.telemetry >= 4 and counters.rejected_unknown >= 3)
         assert (counters.telemetry, counters.rejected_unknown) == (4, 3)
         ids = {d["id"] for d in client.get("/api/v1/devices", headers=AUTH).json()}
         assert ids == {"known-1"}
