@@ -4,8 +4,9 @@ All state lives in the database (`rollouts`, `rollout_devices`, `commands`), and
 goes through the ledger (`lepton_edge.controller.commands`): recorded with its id before it is
 published, resent under that id until a final reply, so a controller restarted mid-rollout
 carries on where it was and no device is deployed twice. A rollback names the bundle it undoes
-and the one it returns to, and only devices that may run the new bundle are sent one. Offline devices stay `pending` and get their deployment when they
-come back. The loop only acts while this controller is the leader (`lepton_edge.controller.leader`).
+and the one it returns to, and only devices that may run the new bundle are sent one. Offline
+devices stay `pending` and get their deployment when they come back. The loop only acts while
+this controller is the leader (`lepton_edge.controller.leader`).
 """
 
 from __future__ import annotations
