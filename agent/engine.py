@@ -604,6 +604,8 @@ class Engine:
             self._hold(
                 frame, Result(old_spec.id, scores, None, latency, outputs), old_spec, geometry
             )
+            with self._lock:  # a frame like any other in the figures
+                self._interval.latencies.append(latency)
             self.frames += 1
             return
         self._fail(frame, message, rt.variant_id)

@@ -197,6 +197,8 @@ def test_variant_that_fails_to_run_falls_back_without_losing_the_frame(
     assert data["variant"] == "onnx-wrong-shape" and data["fallback"] == "tflite-fp32"
     assert engine.errors == 0  # the failing frame was rerun on the old variant
     assert {r.variant for r in rec.results} == {"tflite-fp32"}
+    # ... and it counts like any other: in the results and in the figures
+    assert len(rec.results) == engine.frames == engine.stats().frames
 
 
 @pytest.mark.parametrize("keep_warm", [0, 1])
