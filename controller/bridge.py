@@ -78,8 +78,10 @@ class Received:
 
 
 def stable_client_id(settings: ControllerSettings) -> str:
-    """The same id after a restart (same host, same state dir), another for another replica."""
-    where = hashlib.sha256(str(settings.state_dir.resolve()).encode()).hexdigest()[:8]
+    """The same id after a restart (same host, state dir and HTTP port), another for another
+    replica (replicas may share a state dir; on one host they listen on different ports)."""
+    where = f"{settings.state_dir.resolve()}:{settings.http_port}"
+    where = hashlib.sha256(where.encode()).hexdigest()[:8]
     return f"lepton-controller-{socket.gethostname()[:32]}-{where}"
 
 

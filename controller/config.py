@@ -39,8 +39,9 @@ class MqttSettings(_Strict):
     ca_file: Path | None = None
     client_id: str | None = Field(
         default=None,
-        description="default: lepton-controller-<host>-<hash of state_dir>, stable across "
-        "restarts, so the broker keeps this controller's session and what arrives meanwhile",
+        description="default: lepton-controller-<host>-<hash of state_dir and http_port>, "
+        "stable across restarts, so the broker keeps this controller's session and what "
+        "arrives meanwhile",
     )
     session_expiry_s: int = Field(
         default=24 * 3600, ge=0, description="how long the broker keeps our session (v5)"
