@@ -64,7 +64,13 @@ class OutboxSettings(_Section):
 class StoreSettings(_Section):
     min_free_mb: int = Field(default=64, ge=0, description="disk left free after a download")
     http_timeout_s: float = Field(default=20.0, gt=0, description="a stall longer than this fails")
-    download_attempts: int = Field(default=3, ge=1, le=20, description="each resumes with Range")
+    download_attempts: int = Field(
+        default=6,
+        ge=1,
+        le=20,
+        description="tries of each download, the manifest's too; each resumes with Range, "
+        "0.5 s apart doubling up to 8 s (about 15 s in all: a controller restart)",
+    )
     max_manifest_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 

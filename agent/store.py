@@ -313,13 +313,19 @@ class ArtifactStore:
 
     def _get_small(self, url: str, limit: int, headers: dict[str, str]) -> bytes:
         request = urllib.request.Request(url, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.settings.http_timeout_s) as resp:
-                data: bytes = resp.read(limit + 1)
-        except urllib.error.HTTPError as exc:
-            raise StoreError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise StoreError(f"GET {url} failed: {_why(exc)}") from None
+        attempts = self.settings.download_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.settings.http_timeout_s) as resp:
+                    data: bytes = resp.read(limit + 1)
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 or attempt == attempts:  # a refusal is an answer: no retry
+                    raise StoreError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                if attempt == attempts:
+                    raise StoreError(f"GET {url} failed: {_why(exc)}") from None
+            time.sleep(_backoff(attempt))
         if len(data) > limit:
             raise StoreError(f"GET {url}: larger than {limit} bytes")
         return data
@@ -340,7 +346,8 @@ class ArtifactStore:
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 last_error = _why(exc)
                 log.warning("download of %s, attempt %d: %s", label, attempt, last_error)
-                time.sleep(min(2.0, 0.2 * attempt))
+                if attempt < self.settings.download_attempts:
+                    time.sleep(_backoff(attempt))
         else:
             raise StoreError(
                 f"download of variant {label} from {url} failed after "
@@ -448,6 +455,11 @@ class ArtifactStore:
         if removed:
             log.info("removed old bundles %s", removed)
         return removed
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before try `attempt` + 1: 0.5, 1, 2, 4, 8, 8, …"""
+    return float(min(8.0, 0.5 * 2 ** (attempt - 1)))
 
 
 def _why(exc: BaseException) -> str:
