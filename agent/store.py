@@ -318,6 +318,9 @@ class ArtifactStore:
             try:
                 with urllib.request.urlopen(request, timeout=self.settings.http_timeout_s) as resp:
                     data: bytes = resp.read(limit + 1)
+                    size = resp.headers.get("Content-Length")
+                if size is not None and len(data) < int(size):  # the server went away mid-body
+                    raise http.client.IncompleteRead(data, int(size) - len(data))
                 break
             except urllib.error.HTTPError as exc:
                 if exc.code < 500 or attempt == attempts:  # a refusal is an answer: no retry
