@@ -5,9 +5,11 @@ records latency and CPU time, and hands the outputs to a delivery thread, which 
 the task says and gives the answers to whoever listens: reading frame N overlaps running
 frame N + 1, in order. Frame N is handed over just before frame N + 1's run (or before the
 loop waits for a frame), so the delivery thread works while the runtime has released the GIL
-instead of taking it from the loop in the middle of pre-processing. A switch loads and warms the next variant in a background thread; the
-loop swaps it in between two frames and closes the old one afterwards. A variant that fails to load or
-to run is reported and the engine keeps (or returns to) a working one.
+instead of taking it from the loop in the middle of pre-processing.
+
+A switch loads and warms the next variant in a background thread; the loop swaps it in between
+two frames and closes the old one afterwards. A variant that fails to load or to run is
+reported and the engine keeps (or returns to) a working one.
 """
 
 from __future__ import annotations
