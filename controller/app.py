@@ -76,6 +76,7 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.controller = controller
+    app.add_middleware(metrics.RequestTiming, histogram=controller.metrics.api_request_seconds)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _data_error)
     for module in (devices, bundles, rollouts, tokens):

@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,10 +94,12 @@ class Bridge:
         settings: ControllerSettings,
         db: Database,
         fleet: Fleet | None = None,
+        observe_batch: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.fleet = fleet or Fleet()
+        self.observe_batch = observe_batch  # seconds one batch took to decode and commit
         self.counters = BridgeCounters()
         self.connected = threading.Event()
         self._queue: collections.deque[Received] = collections.deque()
@@ -282,6 +285,7 @@ class Bridge:
             items.append(self._queue.popleft())
         if not items:
             return
+        started = time.perf_counter()
         batch = self.decode(items)
         if len(batch):
             for result in self._apply(batch):
@@ -293,6 +297,8 @@ class Bridge:
                 c.suspect += result.suspect
                 c.late += result.late
                 c.rejected_unknown += result.unknown
+        if self.observe_batch is not None:
+            self.observe_batch(time.perf_counter() - started)
         self._acknowledge(items)
         self.counters.processed += len(items)
         self.counters.batches += 1

@@ -10,6 +10,7 @@ from lepton_edge.controller.config import ControllerSettings
 from lepton_edge.controller.db import Database
 from lepton_edge.controller.fleet import Fleet
 from lepton_edge.controller.leader import make_leader
+from lepton_edge.controller.observability import Metrics
 from lepton_edge.controller.rollout import RolloutEngine
 from lepton_edge.controller.security import Scope, register_token
 from lepton_edge.shared.messages import CommandMessage
@@ -29,10 +30,17 @@ class Controller:
             enrolled_only=settings.registration == "enrolled",
         )
         self.leader = make_leader(settings.db_url())
+        self.metrics = Metrics()
         self.engine = RolloutEngine(
-            settings, self.db, self.publish, self.leader, grant=self.store.grant
+            settings,
+            self.db,
+            self.publish,
+            self.leader,
+            grant=self.store.grant,
+            observe_wave=self.metrics.rollout_wave_seconds.observe,
         )
         self.bridge: Bridge | None = None
+        self.metrics.watch(self)
         self.started = False
 
     def publish(self, device_id: str, command: CommandMessage) -> bool:
@@ -50,7 +58,12 @@ class Controller:
                     session, self.settings.bootstrap_admin_token, Scope.ADMIN, "bootstrap"
                 )
         if self.settings.mqtt.enabled:
-            self.bridge = Bridge(self.settings, self.db, self.fleet)
+            self.bridge = Bridge(
+                self.settings,
+                self.db,
+                self.fleet,
+                observe_batch=self.metrics.ingest_batch_seconds.observe,
+            )
             self.bridge.start()
         if self.settings.rollout_loop:
             self.engine.start()

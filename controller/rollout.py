@@ -115,9 +115,11 @@ class RolloutEngine:
         publish: Publish,
         leader: Leader,
         grant: Callable[[str, str], str],
+        observe_wave: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
+        self.observe_wave = observe_wave  # seconds from a wave's release to its gate passing
         self.publish = publish
         self.leader = leader
         self.grant = grant  # (device id, bundle id) -> its download grant
@@ -397,6 +399,8 @@ class RolloutEngine:
                 rollout.wave_succeeded_at = now
                 rollout.updated_at = now
             if now - rollout.wave_succeeded_at >= opts["soak_s"]:
+                if self.observe_wave is not None and rollout.wave_started_at is not None:
+                    self.observe_wave(now - rollout.wave_started_at)
                 if rollout.current_wave + 1 >= len(rollout.waves):
                     self._set_state(rollout, "completed", f"all {len(rollout.waves)} waves healthy")
                     rollout.finished_at = now

@@ -1,173 +1,68 @@
-"""`/metrics` in Prometheus text format and `/healthz`."""
+"""`/metrics` (built by `lepton_edge.controller.observability`) and `/healthz`."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
-from sqlalchemy import func, select, text
+from fastapi import APIRouter, Response
+from prometheus_client import Histogram
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lepton_edge.controller import fleet
 from lepton_edge.controller.api.deps import ControllerDep
-from lepton_edge.controller.tables import Rollout, RolloutDevice
+from lepton_edge.controller.observability import CONTENT_TYPE
 
 router = APIRouter(tags=["observability"])
 
 
-def _esc(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class RequestTiming:
+    """Times every HTTP request into `histogram` by route template (not the raw path, which
+    would make a series per device). Pure ASGI, so streamed downloads are not buffered."""
 
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
 
-class _Text:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
 
-    def metric(
-        self, name: str, kind: str, help_: str, samples: list[tuple[dict[str, Any], float]]
-    ) -> None:
-        self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-        for labels, value in samples:
-            label_text = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
-            self.lines.append(
-                f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}"
+        async def send_seeing_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_seeing_status)
+        finally:
+            self.histogram.labels(scope["method"], _template(scope), str(status)).observe(
+                time.perf_counter() - started
             )
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(controller: ControllerDep) -> PlainTextResponse:
-    out = _Text()
-    with controller.db.session() as session:
-        c = fleet.counts(session)
-        rollouts = dict(
-            session.execute(select(Rollout.state, func.count()).group_by(Rollout.state)).all()
-        )
-        rollout_devices = dict(
-            session.execute(
-                select(RolloutDevice.state, func.count()).group_by(RolloutDevice.state)
-            ).all()
-        )
-    out.metric("lepton_devices", "gauge", "devices known", [({}, c["total"])])
-    out.metric("lepton_devices_online", "gauge", "devices online", [({}, c["online"])])
-    out.metric(
-        "lepton_devices_online_by_variant",
-        "gauge",
-        "online devices per active variant",
-        [
-            ({"variant": k or "none"}, v)
-            for k, v in sorted(c["per_variant"].items(), key=lambda kv: str(kv[0]))
-        ],
-    )
-    out.metric(
-        "lepton_devices_online_by_power_level",
-        "gauge",
-        "online devices per power level",
-        [
-            ({"level": k or "none"}, v)
-            for k, v in sorted(c["per_level"].items(), key=lambda kv: str(kv[0]))
-        ],
-    )
-    out.metric(
-        "lepton_telemetry_gaps_total",
-        "counter",
-        "telemetry samples lost (seq gaps)",
-        [({}, c["gaps"])],
-    )
-    out.metric(
-        "lepton_telemetry_duplicates_total",
-        "counter",
-        "telemetry samples seen twice",
-        [({}, c["duplicates"])],
-    )
-    out.metric(
-        "lepton_telemetry_resets_total",
-        "counter",
-        "device sequences started again (new epoch)",
-        [({}, c["resets"])],
-    )
-    out.metric(
-        "lepton_telemetry_suspect_total",
-        "counter",
-        "telemetry samples whose seq jumped too far ahead",
-        [({}, c["suspect"])],
-    )
-    out.metric(
-        "lepton_rollouts",
-        "gauge",
-        "rollouts by state",
-        [({"state": s}, rollouts.get(s, 0)) for s in ("running", "paused", "completed", "aborted")],
-    )
-    out.metric(
-        "lepton_rollout_devices",
-        "gauge",
-        "devices in rollouts by state",
-        [({"state": k}, v) for k, v in sorted(rollout_devices.items())],
-    )
-    bridge = controller.bridge
-    if bridge is not None:
-        counters = bridge.counters
-        out.metric(
-            "lepton_mqtt_connected",
-            "gauge",
-            "1 if the bridge is connected",
-            [({}, int(bridge.connected.is_set()))],
-        )
-        out.metric(
-            "lepton_mqtt_messages_received_total",
-            "counter",
-            "MQTT messages received",
-            [({}, counters.received)],
-        )
-        out.metric(
-            "lepton_telemetry_ingested_total",
-            "counter",
-            "telemetry samples stored",
-            [({}, counters.telemetry)],
-        )
-        out.metric(
-            "lepton_telemetry_rate",
-            "gauge",
-            "telemetry samples per second (last minute)",
-            [({}, round(bridge.telemetry_rate(), 3))],
-        )
-        out.metric(
-            "lepton_mqtt_rejected_total",
-            "counter",
-            "payloads dropped, by reason",
-            [
-                ({"reason": "malformed"}, counters.rejected_malformed),
-                ({"reason": "oversized"}, counters.rejected_oversized),
-                ({"reason": "wrong_topic"}, counters.rejected_topic),
-                ({"reason": "unknown_device"}, counters.rejected_unknown),
-                ({"reason": "results_queue_full"}, counters.dropped_queue_full),
-            ],
-        )
-        out.metric(
-            "lepton_ingest_failed_total",
-            "counter",
-            "messages that could not be written even one by one, by reason",
-            [({"reason": r}, n) for r, n in sorted(bridge.failures.items())]
-            or [({"reason": "none"}, 0)],
-        )
-        out.metric(
-            "lepton_ingest_backlog",
-            "gauge",
-            "messages waiting to be written",
-            [({}, bridge.backlog())],
-        )
-        out.metric(
-            "lepton_commands_published_total",
-            "counter",
-            "commands published",
-            [({}, counters.commands_published)],
-        )
-    out.metric(
-        "lepton_leader",
-        "gauge",
-        "1 if this controller runs the rollout loop",
-        [({}, int(controller.leader.is_leader()))],
-    )
-    return PlainTextResponse("\n".join(out.lines) + "\n", media_type="text/plain; version=0.0.4")
+def _template(scope: Scope) -> str:
+    """The matched route's path template with the router's prefix (`/api/v1/devices/{device_id}`);
+    the route object may hold it without the prefix, so the prefix is read off the request."""
+    route = scope.get("route")
+    pattern, template = getattr(route, "path_regex", None), getattr(route, "path", None)
+    if pattern is None or template is None:
+        return "unmatched"
+    path: str = scope["path"]
+    for i, char in enumerate(path):
+        if char == "/" and pattern.match(path[i:]):
+            return path[:i] + str(template)
+    return str(template)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(controller: ControllerDep) -> Response:
+    """The fleet, ingest, rollouts, API latency and this process, for Prometheus."""
+    return Response(controller.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 @router.get("/healthz")

@@ -61,7 +61,9 @@ def test_all_healthy_completes_through_four_waves(fleet) -> None:  # type: ignor
         for a in agents:
             assert a.installs["fmnist-1"] == 1 and len(a.deploy_commands) == 1
         assert all(d["active_bundle"] == "fmnist-1" for d in http.get("/api/v1/devices").json())
-        assert 'lepton_rollouts{state="completed"} 1' in http.get("/metrics").text
+        metrics = http.get("/metrics").text
+        assert 'lepton_rollouts{state="completed"} 1.0' in metrics
+        assert "lepton_rollout_wave_seconds_count 4.0" in metrics  # each wave timed once
     finally:
         for a in agents:
             a.stop()
