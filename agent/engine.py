@@ -74,6 +74,11 @@ class EngineSettings(BaseModel):
     )
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
     delegates: list[str] = Field(default_factory=list, description="LiteRT delegate libraries")
+    openvino_device: str | None = Field(
+        default=None,
+        description="OpenVINO device for openvino variants (CPU, GPU, NPU); null = the best "
+        "available; one that is not available falls back to CPU with a log line",
+    )
     warmup_runs: int = Field(default=3, ge=0, le=1000, description="runs before a swap-in")
     keep_warm: int = Field(
         default=3,
@@ -638,6 +643,7 @@ class Engine:
         stats = InferenceStats(
             frames_skipped=skipped - seen if source is self.source else skipped,
             variant=self._spec.id if self._spec else None,
+            precision=self._spec.precision if self._spec and self._spec.variant else None,
             frames=n,
             fps=n / elapsed,
             deadline_misses=iv.misses,

@@ -151,6 +151,7 @@ class InferenceRunner:
             cache_dir=state_dir / "cache" / "runtimes" if state_dir is not None else None,
             delegates=list(engine.delegates),
             has_gpu=(profile.gpu is not None) if profile is not None else None,
+            device=engine.openvino_device,
         )
         self._lock = threading.RLock()
         self._source = source

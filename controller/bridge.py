@@ -38,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from lepton_edge.controller.config import ControllerSettings
 from lepton_edge.controller.db import Database
 from lepton_edge.controller.fleet import Batch, Fleet, IngestResult
+from lepton_edge.controller.homeassistant import Discovery
 from lepton_edge.shared import messages, topics
 from lepton_edge.shared.errors import MessageError, TopicError
 from lepton_edge.shared.messages import Event, InferenceResult, Reply, State, Telemetry
@@ -111,6 +112,12 @@ class Bridge:
         self._last_prune = time.monotonic()
         self._rate_window: collections.deque[tuple[float, int]] = collections.deque(maxlen=600)
         self.latest_results: dict[str, InferenceResult] = {}
+        ha = settings.homeassistant
+        self.discovery = (
+            Discovery(ha.discovery_prefix, ha.controller_id, self._publish_retained)
+            if ha.discovery
+            else None
+        )
         self.latest_thumbnails: dict[str, InferenceResult] = {}
         m = settings.mqtt
         v5 = m.protocol == "5"
@@ -241,6 +248,8 @@ class Bridge:
             if kind not in SUBSCRIBED_KINDS:
                 self.counters.rejected_topic += 1
                 continue
+            if not payload and kind is Kind.STATE:
+                continue  # a retained state cleared (a device removed): nothing to store
             if len(payload) > messages.MAX_PAYLOAD_BYTES:
                 self.counters.rejected_oversized += 1
                 log.warning("dropped %d-byte payload on %s", len(payload), topic_name)
@@ -268,6 +277,8 @@ class Bridge:
         return batch
 
     def _keep_result(self, result: InferenceResult) -> None:
+        if self.discovery is not None:
+            self.discovery.saw(result)
         if result.thumbnail_jpeg is not None:
             self.latest_thumbnails[result.device_id] = result
         self.latest_results[result.device_id] = result
@@ -299,6 +310,11 @@ class Bridge:
                 c.rejected_unknown += result.unknown
         if self.observe_batch is not None:
             self.observe_batch(time.perf_counter() - started)
+        if self.discovery is not None:
+            for state in batch.states:
+                self.discovery.saw(state)
+            for telemetry, _ in batch.telemetry:
+                self.discovery.saw(telemetry)
         self._acknowledge(items)
         self.counters.processed += len(items)
         self.counters.batches += 1
@@ -360,6 +376,19 @@ class Bridge:
 
     def backlog(self) -> int:
         return len(self._queue)
+
+    # --- retained messages ------------------------------------------------------------------------
+
+    def _publish_retained(self, topic_name: str, payload: bytes) -> None:
+        """Retained QoS 1 (Home Assistant discovery, cleared state); paho queues it while the
+        link is down and sends it on reconnect."""
+        self.client.publish(topic_name, payload, qos=1, retain=True)
+
+    def forget(self, device_id: str) -> None:
+        """A removed device: clear its retained state and its Home Assistant entities."""
+        self._publish_retained(topics.topic(device_id, Kind.STATE), b"")
+        if self.discovery is not None:
+            self.discovery.forget(device_id)
 
     # --- commands -------------------------------------------------------------------------------
 

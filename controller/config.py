@@ -118,6 +118,24 @@ class SelectionSettings(_Strict):
     )
 
 
+class HomeAssistantSettings(_Strict):
+    """Home Assistant MQTT discovery (off by default: it publishes retained messages outside
+    the lepton topic tree, which the controller's broker account must be allowed to write)."""
+
+    discovery: bool = Field(default=False, description="announce every device to Home Assistant")
+    discovery_prefix: str = Field(
+        default="homeassistant",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="Home Assistant's discovery prefix (its MQTT integration's setting)",
+    )
+    controller_id: str = Field(
+        default="lepton",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="names this fleet's controller as every device's via_device (replicas "
+        "share it)",
+    )
+
+
 class ControllerSettings(LayeredSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEPTON_CONTROLLER_", env_nested_delimiter="__", extra="forbid"
@@ -147,6 +165,7 @@ class ControllerSettings(LayeredSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     rollout: RolloutDefaults = Field(default_factory=RolloutDefaults)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     rollout_loop: bool = Field(default=True, description="false: API only, no rollout loop")
 
     @field_validator("public_url")

@@ -4,6 +4,7 @@ the API (`lepton_edge.controller.app`) and in-process callers share this object.
 
 from __future__ import annotations
 
+from lepton_edge.controller import fleet
 from lepton_edge.controller.bridge import Bridge
 from lepton_edge.controller.bundles import BundleStore
 from lepton_edge.controller.config import ControllerSettings
@@ -45,6 +46,16 @@ class Controller:
 
     def publish(self, device_id: str, command: CommandMessage) -> bool:
         return self.bridge.publish_command(device_id, command) if self.bridge else False
+
+    def remove_device(self, device_id: str) -> bool:
+        """Forget a device in the registry, then on the broker: its retained state (or the next
+        controller start would register it again from that) and its Home Assistant entities."""
+        with self.db.session() as session:
+            if not fleet.remove_device(session, device_id):
+                return False
+        if self.bridge is not None:
+            self.bridge.forget(device_id)
+        return True
 
     def start(self) -> None:
         """Migrate, register the bootstrap token, start bridge and rollout loop (once)."""

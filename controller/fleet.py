@@ -30,10 +30,13 @@ from sqlalchemy.orm import Session
 from lepton_edge.controller import commands
 from lepton_edge.controller.tables import (
     BenchmarkRecord,
+    CommandRecord,
     Device,
     DeviceCredential,
     DeviceTag,
     EventRecord,
+    Rollout,
+    RolloutDevice,
     TelemetrySample,
 )
 from lepton_edge.shared.hardware import HardwareProfile
@@ -495,6 +498,32 @@ def device_tags(session: Session, device_ids: list[str]) -> dict[str, list[str]]
     ):
         out[device_id].append(tag)
     return out
+
+
+class DeviceInRollout(Exception):
+    """The device is part of a rollout still under way; removing it would stall that rollout."""
+
+
+def remove_device(session: Session, device_id: str) -> bool:
+    """Forget a device: its row, tags, history, events, commands and broker credential (a
+    finished rollout keeps its record). False when there was no such device."""
+    if session.get(Device, device_id) is None:
+        return False
+    active = session.scalar(
+        select(RolloutDevice.rollout_id)
+        .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+        .where(RolloutDevice.device_id == device_id, Rollout.state.in_(("running", "paused")))
+        .limit(1)
+    )
+    if active is not None:
+        raise DeviceInRollout(
+            f"device {device_id} is in rollout {active}, which is still under way: abort it "
+            "or let it finish, then remove the device"
+        )
+    for table in (DeviceTag, TelemetrySample, EventRecord, CommandRecord, DeviceCredential):
+        session.execute(delete(table).where(table.device_id == device_id))
+    session.execute(delete(Device).where(Device.id == device_id))
+    return True
 
 
 def set_tags(session: Session, device_id: str, tags: list[str]) -> None:

@@ -97,6 +97,9 @@ class InferenceStats(_Wire):
     """Engine figures over the last telemetry interval."""
 
     variant: str | None = None
+    precision: str | None = Field(
+        default=None, description="the active variant's: fp32, fp16, int8"
+    )
     frames: int = Field(default=0, ge=0)
     fps: float = Field(default=0.0, ge=0)
     latency_p50_ms: float | None = Field(default=None, ge=0)

@@ -44,12 +44,14 @@ class RuntimeOptions:
     delegates: list[str] = field(default_factory=list)
     #: From the hardware profile: False keeps CUDA/TensorRT out; None = trust what is installed.
     has_gpu: bool | None = None
+    #: OpenVINO device ("CPU", "GPU", "NPU"); None = the best it finds (GPU, NPU, CPU).
+    device: str | None = None
 
 
 class Runtime(ABC):
     """One loaded variant. `run` takes float32 input and returns float32 output."""
 
-    #: registry name: "onnxruntime" or "litert"
+    #: registry name: "onnxruntime", "litert" or "openvino"
     name: str = ""
     variant_id: str
     path: Path
@@ -92,8 +94,11 @@ class _Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "onnxruntime": "lepton_edge.agent.runtimes.onnx",
     "litert": "lepton_edge.agent.runtimes.litert",
+    "openvino": "lepton_edge.agent.runtimes.openvino",
 }
-_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
+_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert", ".xml": "openvino"}
+#: runtime name -> the lepton-edge extra that installs it
+_EXTRA = {"onnxruntime": "onnx", "litert": "litert", "openvino": "openvino"}
 
 #: runtime name -> distributions that provide it, in preference order.
 _DISTRIBUTIONS = {
@@ -105,8 +110,13 @@ _DISTRIBUTIONS = {
         "onnxruntime-silicon",
     ),
     "litert": ("ai-edge-litert", "tflite-runtime"),
+    "openvino": ("openvino",),
 }
-_MODULES = {"onnxruntime": ("onnxruntime",), "litert": ("ai_edge_litert", "tflite_runtime")}
+_MODULES = {
+    "onnxruntime": ("onnxruntime",),
+    "litert": ("ai_edge_litert", "tflite_runtime"),
+    "openvino": ("openvino",),
+}
 
 
 def _importable(module: str) -> bool:
@@ -148,7 +158,8 @@ def runtime_for(path: Path, variant: Variant | None = None) -> str:
         return _SUFFIX[Path(path).suffix]
     except KeyError:
         raise VariantLoadError(
-            f"{path}: unknown model format {Path(path).suffix!r}; expected .onnx or .tflite"
+            f"{path}: unknown model format {Path(path).suffix!r}; expected .onnx, .tflite or "
+            ".xml (OpenVINO IR)"
         ) from None
 
 
@@ -179,6 +190,6 @@ def load(
     if name not in installed():
         raise VariantLoadError(
             f"variant {variant_id} needs runtime {name}, which is not installed: "
-            f"pip install 'lepton-edge[{'onnx' if name == 'onnxruntime' else 'litert'}]'"
+            f"pip install 'lepton-edge[{_EXTRA.get(name, name)}]'"
         )
     return backend(name).load(path, variant_id, opts)

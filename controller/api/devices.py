@@ -176,6 +176,18 @@ def put_tags(device_id: str, body: TagsIn, session: SessionDep, _auth: AdminAuth
     return device_out(device, sorted(set(body.tags)))
 
 
+@router.delete("/devices/{device_id}", status_code=204)
+def delete_device(device_id: str, controller: ControllerDep, _auth: AdminAuth) -> None:
+    """Forget a device (409 while a rollout it is in is under way). A box that still runs
+    comes back with its next birth unless its enrollment is gone too (registration=enrolled)."""
+    try:
+        removed = controller.remove_device(device_id)
+    except fleet.DeviceInRollout as exc:
+        raise HTTPException(409, str(exc)) from None
+    if not removed:
+        raise HTTPException(404, f"device {device_id} not found")
+
+
 @router.get("/devices/{device_id}/ladder", response_model=LadderOut)
 def get_ladder(
     device_id: str, bundle_id: str, session: SessionDep, controller: ControllerDep, _auth: ReadAuth

@@ -36,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         db.migrate()
         with db.session() as session:
-            pw, acl = write_broker_files(session, args.out_dir, m.username, m.password)
+            ha = settings.homeassistant
+            prefix = ha.discovery_prefix if ha.discovery else None
+            pw, acl = write_broker_files(session, args.out_dir, m.username, m.password, prefix)
     finally:
         db.close()
     print(f"wrote {pw} and {acl}")

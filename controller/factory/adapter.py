@@ -210,7 +210,8 @@ class HardwareAdapter:
         rows = []
         for variant in sorted(manifest.variants, key=lambda v: v.precision != "fp32"):
             path = variant_path(self.bundle_dir, variant)
-            outputs = evaluate.Predictor(path, variant.format, self.threads).run_all(feeds)
+            runtime = variant.requirements.runtime
+            outputs = evaluate.Predictor(path, variant.format, self.threads, runtime).run_all(feeds)
             if variant.precision == "fp32":
                 reference[variant.format] = outputs
             ref = reference[variant.format]

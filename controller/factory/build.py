@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from lepton_edge.controller.factory import data as data_mod
 from lepton_edge.controller.factory import describe as describe_mod
 from lepton_edge.controller.factory import evaluate, quality
+from lepton_edge.controller.factory import openvino as openvino_mod
 from lepton_edge.controller.factory.data import Feeds
 from lepton_edge.shared.bundle import verify_bundle
 from lepton_edge.shared.errors import SignatureError, UserError
@@ -66,6 +67,7 @@ ALL_VARIANTS = (
     "onnx-fp16",
     "onnx-int8-static",
     "onnx-int8-dynamic",
+    "openvino-int8",
     "tflite-fp32",
     "tflite-fp16",
     "tflite-int8-static",
@@ -83,6 +85,8 @@ class _Plan:
     precision: Precision
     make: Callable[[Path], str]
     fallback: _Plan | None = None
+    #: what runs it, when not its format's usual runtime (openvino for an ONNX file)
+    runtime: str | None = None
 
 
 @dataclass
@@ -122,12 +126,12 @@ class _Job:
             self.progress(self.done, self.total, what)
 
     def judge(
-        self, path: Path, fmt: ModelFormat, count: int | None = None
+        self, path: Path, fmt: ModelFormat, count: int | None = None, runtime: str | None = None
     ) -> tuple[dict[str, Any], str | None]:
         """Run the variant at `path` on the first `count` (default all) evaluation samples:
         its metrics against fp32 (and the labels), and why it is outside the tolerance."""
         feeds = self.eval if count is None else self.eval.head(count)
-        outputs = evaluate.Predictor(path, fmt, self.threads).run_all(feeds)
+        outputs = evaluate.Predictor(path, fmt, self.threads, runtime).run_all(feeds)
         reference = self.reference[fmt][: len(feeds)]
         size = self.size or (0, 0)
         metrics: dict[str, Any] = {
@@ -441,6 +445,15 @@ def _build(
         by_tensorflow = keras_model if tflite_quantizer == "tensorflow" else None
         plans += _tflite_plans(tflite, work, job, by_tensorflow)
     plans = [p for p in plans if p.id not in skip]
+    missing = openvino_mod.missing_module()
+    if onnx is not None and missing is not None and "openvino-int8" not in skip:
+        job.not_built.append(
+            NotBuilt(
+                id="openvino-int8",
+                status="skipped",
+                reason=f"{missing} is not installed here: pip install 'lepton-edge[factory]'",
+            )
+        )
     job.total = len(plans) + 2
     for plan in plans:
         _run_plan(job, plan)
@@ -610,6 +623,7 @@ def _make_mixed(
     make: Callable[[Path, list[str]], str],
     job: _Job,
     fmt: ModelFormat,
+    runtime: str | None = None,
 ) -> str:
     """Keep the 1, 2, 4, ... most harmful layers float (at most half of them) until the
     variant is within the tolerance on a slice of the evaluation data; write it to `out`."""
@@ -618,7 +632,7 @@ def _make_mixed(
     while True:
         keep = [name for name, _ in ranked[:count]]
         scheme = make(out, keep)
-        _, why = job.judge(out, fmt, PROBE_SAMPLES)
+        _, why = job.judge(out, fmt, PROBE_SAMPLES, runtime)
         if why is None or count >= limit:
             break
         count = min(count * 2, limit)
@@ -645,7 +659,7 @@ def _onnx_plans(source: Path, work: Path, job: _Job) -> list[_Plan]:
         return _make_mixed(out, ranked, make, job, ModelFormat.ONNX)
 
     mixed = _Plan("onnx-int8-static-mixed", ModelFormat.ONNX, Precision.INT8, keep_sensitive)
-    return [
+    plans = [
         _Plan("onnx-fp32", ModelFormat.ONNX, Precision.FP32, lambda out: m.make_fp32(source, out)),
         _Plan("onnx-fp16", ModelFormat.ONNX, Precision.FP16, lambda out: m.make_fp16(fp32, out)),
         _Plan(
@@ -662,6 +676,38 @@ def _onnx_plans(source: Path, work: Path, job: _Job) -> list[_Plan]:
             lambda out: m.make_int8_dynamic(fp32, out),
         ),
     ]
+    if openvino_mod.missing_module() is None:
+        plans.append(_openvino_plan(fp32, work, job))
+    return plans
+
+
+def _openvino_plan(fp32: Path, work: Path, job: _Job) -> _Plan:
+    """NNCF's int8 of the fp32 ONNX graph, judged and timed on OpenVINO; its fallback keeps
+    the most harmful layers float, as the other static schemes' do."""
+    from lepton_edge.controller.factory import onnx as m
+
+    calib = job.calib
+    runtime = openvino_mod.RUNTIME
+
+    def keep_sensitive(out: Path) -> str:
+        ranked = m.sensitivity(fp32, calib, job.eval.head(64), work)
+
+        def make(path: Path, keep: list[str]) -> str:
+            return openvino_mod.make_int8(fp32, path, calib, keep)
+
+        return _make_mixed(out, ranked, make, job, ModelFormat.ONNX, runtime)
+
+    mixed = _Plan(
+        "openvino-int8-mixed", ModelFormat.ONNX, Precision.INT8, keep_sensitive, runtime=runtime
+    )
+    return _Plan(
+        "openvino-int8",
+        ModelFormat.ONNX,
+        Precision.INT8,
+        lambda out: openvino_mod.make_int8(fp32, out, calib),
+        fallback=mixed,
+        runtime=runtime,
+    )
 
 
 def _tflite_plans(source: Path, work: Path, job: _Job, keras_model: Any = None) -> list[_Plan]:
@@ -724,7 +770,7 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
             )
             job.done += 1
             return
-        evaluate.Predictor(path, plan.format, job.threads)
+        evaluate.Predictor(path, plan.format, job.threads, plan.runtime)
     except UserError:
         raise
     except Exception as exc:
@@ -737,7 +783,7 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
         if plan.precision is Precision.FP32:
             outputs = evaluate.Predictor(path, plan.format, job.threads).run_all(job.eval)
             job.reference[plan.format] = outputs
-        metrics, why = job.judge(path, plan.format)
+        metrics, why = job.judge(path, plan.format, runtime=plan.runtime)
     except UserError:
         raise
     except Exception as exc:
@@ -761,16 +807,20 @@ def _timed_variants(job: _Job) -> list[Variant]:
     job.step("timing")
     speed: dict[str, dict[str, float]] = {}
     for fmt in ModelFormat:
-        paths = {m.plan.id: m.path for m in job.made if m.plan.format is fmt}
+        of_format = [m for m in job.made if m.plan.format is fmt]
+        paths = {m.plan.id: m.path for m in of_format}
+        runtimes = {m.plan.id: m.plan.runtime for m in of_format if m.plan.runtime}
         if not paths:
             continue
         try:
-            speed |= evaluate.measure_speed_isolated(paths, fmt, job.eval, job.threads, job.budget)
+            speed |= evaluate.measure_speed_isolated(
+                paths, fmt, job.eval, job.threads, job.budget, runtimes
+            )
         except RuntimeError:
             for variant_id, path in paths.items():
                 with contextlib.suppress(RuntimeError):
                     speed |= evaluate.measure_speed_isolated(
-                        {variant_id: path}, fmt, job.eval, job.threads, job.budget
+                        {variant_id: path}, fmt, job.eval, job.threads, job.budget, runtimes
                     )
     variants = []
     for made in job.made:
@@ -778,7 +828,9 @@ def _timed_variants(job: _Job) -> list[Variant]:
         try:
             if plan.id not in speed:
                 raise RuntimeError("timing it failed")
-            memory = evaluate.measure_memory_isolated(made.path, plan.format, job.eval, job.threads)
+            memory = evaluate.measure_memory_isolated(
+                made.path, plan.format, job.eval, job.threads, plan.runtime
+            )
         except RuntimeError as exc:
             _failed(job, plan, _first_line(exc))
             continue
@@ -805,7 +857,7 @@ def _timed_variants(job: _Job) -> list[Variant]:
                 outputs=outputs,
                 metrics=metrics,
                 requirements=Requirements(
-                    runtime=RUNTIME_FOR_FORMAT[plan.format],
+                    runtime=plan.runtime or RUNTIME_FOR_FORMAT[plan.format],
                     cpu_features=["fp16"] if plan.precision is Precision.FP16 else [],
                     min_memory_mb=math.ceil(memory["process_peak_mb"]),
                 ),

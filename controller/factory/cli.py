@@ -273,7 +273,7 @@ def _print_table(manifest: Any, out: Path) -> None:
 
     table = Table(title=f"bundle {manifest.bundle_id} in {out}")
     table.add_column("variant", no_wrap=True)
-    table.add_column("format")
+    table.add_column("format / runtime")
     table.add_column("precision")
     metric = _metric_name(manifest)
     for column in ("size KiB", metric, "delta pt", "agreement", "cosine", "p50 ms", "spread"):
@@ -289,7 +289,7 @@ def _print_table(manifest: Any, out: Path) -> None:
         delta = m.accuracy_delta if m.accuracy_delta is not None else m.metric_delta
         table.add_row(
             v.id,
-            v.format.value,
+            f"{v.format.value} / {v.requirements.runtime}",
             v.precision.value,
             f"{v.size_bytes / 1024:.0f}",
             num(getattr(m, _METRIC_FIELD[metric]), "{:.4f}"),

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from lepton_edge.controller.factory import openvino as openvino_mod
 from lepton_edge.controller.factory.data import Feeds
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.manifest import ModelFormat, TensorSpec
@@ -38,11 +39,16 @@ class Predictor:
     """One loaded variant: `run(feed) -> outputs`, float32 in and out whatever its I/O types
     (integer inputs such as token ids pass through as the model's dtype)."""
 
-    def __init__(self, path: Path, fmt: ModelFormat, threads: int = 1) -> None:
+    def __init__(
+        self, path: Path, fmt: ModelFormat, threads: int = 1, runtime: str | None = None
+    ) -> None:
         self.path = Path(path)
         self.format = ModelFormat(fmt)
         self.threads = threads
-        if self.format is ModelFormat.ONNX:
+        self._openvino = None
+        if runtime == openvino_mod.RUNTIME:
+            self._openvino = openvino_mod.Predictor(self.path, threads)
+        elif self.format is ModelFormat.ONNX:
             import onnxruntime as ort
 
             ort.set_default_logger_severity(3)
@@ -64,6 +70,8 @@ class Predictor:
 
     def run(self, feed: list[np.ndarray]) -> list[np.ndarray]:
         """The outputs (float32) for one feed: an array per input, in the model's order."""
+        if self._openvino is not None:
+            return self._openvino.run(feed)
         if self.format is ModelFormat.ONNX:
             outputs = self._session.run(None, dict(zip(self._inputs, feed, strict=True)))
             return [np.asarray(o, dtype=np.float32) for o in outputs]
@@ -214,12 +222,18 @@ def _interleaved(
 
 
 def measure_speed(
-    paths: dict[str, Path], fmt: ModelFormat, feeds: Feeds, threads: int, budget: SpeedBudget
+    paths: dict[str, Path],
+    fmt: ModelFormat,
+    feeds: Feeds,
+    threads: int,
+    budget: SpeedBudget,
+    runtimes: dict[str, str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Latency percentiles (batch 1) and the spread of the round medians, and throughput (at
     batch 32 when every input has a batch axis, else one sample at a time), for all `paths`
     of one format in interleaved rounds in this process."""
-    predictors = {k: Predictor(p, fmt, threads) for k, p in paths.items()}
+    runtimes = runtimes or {}
+    predictors = {k: Predictor(p, fmt, threads, runtimes.get(k)) for k, p in paths.items()}
     one = feeds.feed(0)
     latency = _interleaved(predictors, one, budget, budget.warmup)
     batch_feed = feeds.batch_of(THROUGHPUT_BATCH)
@@ -248,15 +262,19 @@ def measure_speed(
     return result
 
 
-def measure_memory(path: Path, fmt: ModelFormat, feeds: Feeds, threads: int) -> dict[str, float]:
+def measure_memory(
+    path: Path, fmt: ModelFormat, feeds: Feeds, threads: int, runtime: str | None = None
+) -> dict[str, float]:
     """The rise of peak RSS from loading and running the variant over the runtimes' own
     baseline (`peak_memory_mb`), and the whole process's peak (`process_peak_mb`)."""
     import onnxruntime  # noqa: F401  (both runtimes imported first: the baseline includes them)
 
     with contextlib.suppress(ModuleNotFoundError):
         import ai_edge_litert.interpreter  # noqa: F401
+    if runtime == openvino_mod.RUNTIME:
+        openvino_mod.openvino()  # its libraries count in the baseline too
     baseline, _ = _rss_mb()
-    predictor = Predictor(path, fmt, threads)
+    predictor = Predictor(path, fmt, threads, runtime)
     for _ in range(3):
         predictor.run(feeds.feed(0))
     batch_feed = feeds.batch_of(THROUGHPUT_BATCH)
@@ -297,7 +315,12 @@ def _in_child(request: dict[str, Any], feeds: Feeds) -> Any:
 
 
 def measure_speed_isolated(
-    paths: dict[str, Path], fmt: ModelFormat, feeds: Feeds, threads: int, budget: SpeedBudget
+    paths: dict[str, Path],
+    fmt: ModelFormat,
+    feeds: Feeds,
+    threads: int,
+    budget: SpeedBudget,
+    runtimes: dict[str, str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """`measure_speed` in a fresh Python process."""
     request = {
@@ -306,13 +329,14 @@ def measure_speed_isolated(
         "format": str(fmt),
         "threads": threads,
         "budget": budget.__dict__,
+        "runtimes": runtimes or {},
     }
     result: dict[str, dict[str, float]] = _in_child(request, feeds)
     return result
 
 
 def measure_memory_isolated(
-    path: Path, fmt: ModelFormat, feeds: Feeds, threads: int
+    path: Path, fmt: ModelFormat, feeds: Feeds, threads: int, runtime: str | None = None
 ) -> dict[str, float]:
     """`measure_memory` in a fresh Python process."""
     request = {
@@ -320,6 +344,7 @@ def measure_memory_isolated(
         "path": str(path.absolute()),
         "format": str(fmt),
         "threads": threads,
+        "runtime": runtime,
     }
     result: dict[str, float] = _in_child(request, feeds)
     return result
@@ -332,10 +357,13 @@ def _child(request_json: str) -> None:
     feeds = Feeds(arrays, tuple(request["batched"]))
     fmt, threads = ModelFormat(request["format"]), int(request["threads"])
     if request["kind"] == "memory":
-        result: Any = measure_memory(Path(request["path"]), fmt, feeds, threads)
+        result: Any = measure_memory(
+            Path(request["path"]), fmt, feeds, threads, request.get("runtime")
+        )
     else:
         paths = {k: Path(v) for k, v in request["paths"].items()}
-        result = measure_speed(paths, fmt, feeds, threads, SpeedBudget(**request["budget"]))
+        budget = SpeedBudget(**request["budget"])
+        result = measure_speed(paths, fmt, feeds, threads, budget, request.get("runtimes"))
     print(json.dumps(result))
 
 

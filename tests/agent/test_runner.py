@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
 import threading
 import time
@@ -152,6 +153,32 @@ def test_benchmark_times_variants_and_reports_errors(
         assert isinstance(t, VariantTiming) and t.error is None
         assert 0 < t.p50_ms <= t.p95_ms <= t.p99_ms  # type: ignore[operator]
     assert "no-such-variant" in timings["no-such-variant"].error
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="OpenVINO: x86-64 only")
+def test_openvino_variant_is_run_switched_to_and_timed_by_the_agent(
+    runner: Any,
+    fm_bundle: Bundle,  # noqa: F811
+) -> None:
+    r, _, clock = runner
+    ladder = {level: "onnx-fp32" for level in PowerLevel} | {
+        PowerLevel.SAVER: "openvino-int8",
+        PowerLevel.CRITICAL: "openvino-int8",
+    }
+    r.update_power(bat(90), None)
+    r.activate(fm_bundle.dir, fm_bundle.manifest, ladder)
+    clock.now += 31
+    r.update_power(bat(45), None)
+    wait_for(lambda: r.active_variant() == "openvino-int8")
+    r.stats()  # the interval before the switch
+    before = r.cpu_seconds()
+    wait_for(lambda: r.cpu_seconds() > before + 0.05)
+    stats = r.stats()
+    assert stats is not None and stats.frames > 0 and stats.errors == 0
+    assert stats.variant == "openvino-int8" and stats.precision == "int8"
+    assert stats.accuracy is not None and stats.accuracy > 0.8
+    timing = r.benchmark(fm_bundle.dir, fm_bundle.manifest, ["openvino-int8"], 20)
+    assert timing["openvino-int8"].error is None and timing["openvino-int8"].p50_ms > 0
 
 
 def replace_with(path: Path, data: bytes) -> None:

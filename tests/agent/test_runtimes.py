@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,7 @@ from tests.agent.inference_bundle import Bundle, fm_bundle, fm_images  # noqa: F
 
 def test_installed_and_providers() -> None:
     found = runtimes.installed()
-    assert set(found) == {"onnxruntime", "litert"}
+    assert set(found) == {"onnxruntime", "litert", "openvino"}
     assert all(found.values())
     assert "CPUExecutionProvider" in runtimes.onnx_providers()
 
@@ -136,3 +140,79 @@ def test_tflite_runtime_fallback_when_ai_edge_litert_is_missing(
     x, y = fm_images(200)
     assert (rt.run(x).argmax(1) == y).mean() > 0.8
     rt.close()
+
+
+x86_only = pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64"),
+    reason="OpenVINO variants are built and timed on x86-64 hosts (its int8 kernels there)",
+)
+
+
+@x86_only
+def test_openvino_runs_fp32_as_fp32_and_its_int8_variant(fm_bundle: Bundle) -> None:  # noqa: F811
+    x, _ = fm_images(256)
+    reference = runtimes.load(fm_bundle.path("onnx-fp32"), threads=1).run(x)
+    backend = runtimes.backend("openvino")
+    with backend.load(fm_bundle.path("onnx-fp32"), "ov-fp32", RuntimeOptions(threads=1)) as rt:
+        assert rt.accelerator == "CPU" and rt.name == "openvino"
+        out = rt.run(x)
+        assert np.abs(out - reference).max() < 1e-4  # fp32 agrees to float rounding
+        # The hint itself: OpenVINO 2026.4 picks f32 on this CPU by default, bf16 on CPUs with
+        # AMX, where the comparison above would fail.
+        assert str(rt._compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"  # type: ignore[attr-defined]
+        assert [o.shape for o in rt.run_all(x[:3])] == [(3, 10)]
+    variant = fm_bundle.manifest.variant("openvino-int8")
+    assert variant.requirements.runtime == "openvino" and variant.precision == "int8"
+    with runtimes.load(fm_bundle.path("openvino-int8"), variant, threads=1) as rt:
+        assert rt.name == "openvino"
+        agreement = (rt.run(x).argmax(1) == reference.argmax(1)).mean()
+        assert agreement >= 0.97
+
+
+@x86_only
+def test_openvino_device_that_is_not_there_falls_back_to_cpu(
+    fm_bundle: Bundle,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from lepton_edge.agent.runtimes.openvino import choose_device
+
+    assert choose_device(["CPU", "GPU.0", "NPU"]) == "GPU.0"
+    assert choose_device(["CPU", "NPU"]) == "NPU"
+    assert choose_device(["CPU", "GPU.0"], "gpu") == "GPU.0"
+    options = RuntimeOptions(threads=1, device="NPU")
+    with caplog.at_level(logging.WARNING):
+        rt = runtimes.backend("openvino").load(fm_bundle.path("onnx-fp32"), "v", options)
+    assert rt.accelerator == "CPU"
+    assert "OpenVINO device NPU is not available here (CPU); using CPU" in caplog.text
+
+
+@x86_only
+def test_a_model_openvino_cannot_compile_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a model" * 10)
+    with pytest.raises(VariantLoadError) as info:
+        runtimes.backend("openvino").load(bad, "broken", RuntimeOptions())
+    message = str(info.value)
+    assert message.startswith("variant broken: OpenVINO could not compile broken.onnx for CPU")
+    assert "\n" not in message
+
+
+@x86_only
+def test_openvino_writes_nothing_to_the_home_directory(tmp_path: Path, fm_bundle: Bundle) -> None:  # noqa: F811
+    code = (
+        "import sys, numpy as np; from pathlib import Path;"
+        "from lepton_edge.agent.runtimes import RuntimeOptions, backend;"
+        "rt = backend('openvino').load(Path(sys.argv[1]), 'v', RuntimeOptions(threads=1));"
+        "rt.run(np.zeros((1, 28, 28, 1), np.float32))"
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(fm_bundle.path("onnx-fp32"))],
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(home.iterdir()) == []  # no ~/intel consent folder, no telemetry

@@ -94,6 +94,31 @@ def test_equal_latency_still_gives_a_cheaper_critical(manifest) -> None:  # type
     assert ladder[B] == "tflite-fp32" and ladder[S] == "tflite-int8-static"
 
 
+def test_openvino_variants_are_chosen_on_merit_where_openvino_is(manifest) -> None:  # type: ignore[no-untyped-def]
+    """An openvino-int8 variant needs the openvino runtime; where a device has it, its
+    measured speed decides (fixed figures here, as the device class reported them)."""
+    with_ov = manifest.model_copy(deep=True)
+    ov = with_ov.variant("onnx-int8-static").model_copy(deep=True)
+    ov.id = "openvino-int8"
+    ov.requirements.runtime = "openvino"
+    with_ov.variants.append(ov)
+    plain = profile(runtimes={"onnxruntime": "1.20"}, features=["avx2"])
+    sel = select(with_ov, plain)
+    assert (
+        sel.ladder.rejected["openvino-int8"] == "needs runtime openvino, the device has onnxruntime"
+    )
+    intel = profile(runtimes={"onnxruntime": "1.20", "openvino": "2026.4"}, features=["avx2"])
+    measured = {
+        "onnx-fp32": Measured(1.00),
+        "onnx-int8-static": Measured(0.60),
+        "openvino-int8": Measured(0.30),
+    }
+    ladder = select(with_ov, intel, measured).ladder.mapping()
+    assert ladder[C] == "openvino-int8"  # the fastest of all, within the tolerance
+    slower = {**measured, "openvino-int8": Measured(0.90)}
+    assert "openvino-int8" not in select(with_ov, intel, slower).ladder.mapping().values()
+
+
 def test_benchmark_command_feeds_selection_per_hardware_class(tmp_path, db_url, mosquitto) -> None:
     settings = make_settings(tmp_path, db_url, mosquitto)
     with TestClient(create_app(settings)) as client:
