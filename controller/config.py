@@ -134,6 +134,12 @@ class HomeAssistantSettings(_Strict):
         description="names this fleet's controller as every device's via_device (replicas "
         "share it)",
     )
+    broker_username: str | None = Field(
+        default=None,
+        description="a broker login for Home Assistant that `broker-config` writes: read on "
+        "the lepton tree, read and write on the discovery prefix",
+    )
+    broker_password: str | None = None
 
 
 class ControllerSettings(LayeredSettings):

@@ -17,7 +17,8 @@
 #   --ca-file FILE           CA that signed the broker's (and controller's) TLS certificate;
 #                            copied to /etc/lepton/ca.pem and pinned by the agent
 #   --runtimes LIST          pip extras for inference, comma-separated: onnx, litert,
-#                            tflite-runtime, or none (default: what this CPU has wheels for)
+#                            openvino, tflite-runtime, or none (default: onnx,litert where
+#                            this CPU has wheels for them)
 #   --source SPEC            what pip installs: a checkout, a wheel or a requirement
 #                            (default: this checkout if run from one, else lepton-edge)
 #   --pip-args "ARGS"        extra pip arguments, e.g. "--no-index --find-links /media/wheels"
@@ -130,9 +131,9 @@ fi
 EXTRAS=agent
 for runtime in ${RUNTIMES//,/ }; do
   case $runtime in
-    onnx|litert|tflite-runtime) EXTRAS+=",$runtime" ;;
+    onnx|litert|openvino|tflite-runtime) EXTRAS+=",$runtime" ;;
     none) ;;
-    *) die "--runtimes: unknown runtime '$runtime' (use onnx, litert, tflite-runtime or none)" ;;
+    *) die "--runtimes: unknown runtime '$runtime' (use onnx, litert, openvino, tflite-runtime or none)" ;;
   esac
 done
 

@@ -32,13 +32,19 @@ def run(args: argparse.Namespace) -> int:
             "the controller's own broker login is not set: set mqtt.username and mqtt.password "
             "(LEPTON_CONTROLLER_MQTT__PASSWORD)"
         )
+    ha = settings.homeassistant
+    if ha.broker_username and not ha.broker_password:
+        raise UserError(
+            f"homeassistant.broker_username = {ha.broker_username!r} has no password: set "
+            "homeassistant.broker_password (LEPTON_CONTROLLER_HOMEASSISTANT__BROKER_PASSWORD)"
+        )
     db = Database(settings.db_url())
     try:
         db.migrate()
         with db.session() as session:
-            ha = settings.homeassistant
-            prefix = ha.discovery_prefix if ha.discovery else None
-            pw, acl = write_broker_files(session, args.out_dir, m.username, m.password, prefix)
+            pw, acl = write_broker_files(
+                session, args.out_dir, m.username, m.password, settings.homeassistant
+            )
     finally:
         db.close()
     print(f"wrote {pw} and {acl}")

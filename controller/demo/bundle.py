@@ -101,6 +101,8 @@ def build(
         labels=list(FASHION_MNIST_LABELS),
         input_scale=1 / 255 if data_dir is not None else None,  # uint8 pixels in
         progress=progress,
+        # No demo profile has OpenVINO, and the batteries drain while the bundle builds.
+        skip=["openvino-int8"],
         # Build-host timings are only a fallback: the devices measure for themselves.
         budget=SpeedBudget(min_runs=20, max_runs=200, seconds=0.2),
     )

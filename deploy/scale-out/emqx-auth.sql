@@ -31,6 +31,9 @@ SELECT username, 'allow' AS permission, 'all' AS action,
        'lepton/v1/dev/' || device_id || '/#' AS topic
 FROM device_credentials
 UNION ALL
-SELECT username, 'allow', 'all', 'lepton/v1/#' FROM lepton_broker_admins;
+SELECT username, 'allow', 'all', 'lepton/v1/#' FROM lepton_broker_admins
+UNION ALL
+-- Home Assistant discovery ([homeassistant] discovery = true in controller.toml)
+SELECT username, 'allow', 'publish', 'homeassistant/#' FROM lepton_broker_admins;
 
 GRANT SELECT ON lepton_mqtt_users, lepton_mqtt_acl TO :"emqx_role";

@@ -91,6 +91,9 @@ def test_enroll_then_broker_acl_confines_each_device(
 
     monkeypatch.setenv("LEPTON_CONTROLLER_MQTT__USERNAME", "ctl")
     monkeypatch.setenv("LEPTON_CONTROLLER_MQTT__PASSWORD", "ctl-secret")
+    monkeypatch.setenv("LEPTON_CONTROLLER_HOMEASSISTANT__DISCOVERY", "true")
+    monkeypatch.setenv("LEPTON_CONTROLLER_HOMEASSISTANT__BROKER_USERNAME", "ha")
+    monkeypatch.setenv("LEPTON_CONTROLLER_HOMEASSISTANT__BROKER_PASSWORD", "ha-secret")
     out = tmp_path / "broker-files"
     rc = controller_main(
         [
@@ -105,6 +108,10 @@ def test_enroll_then_broker_acl_confines_each_device(
     assert rc == 0
     acl = (out / "acl").read_text()
     assert "user dev-a\ntopic readwrite lepton/v1/dev/dev-a/#" in acl
+    # announcing devices to Home Assistant: the controller may write its prefix, Home
+    # Assistant's own login reads the tree and its prefix
+    assert "user ctl\ntopic readwrite lepton/v1/#\ntopic write homeassistant/#\n" in acl
+    assert "user ha\ntopic read lepton/v1/#\ntopic readwrite homeassistant/#\n" in acl
     port = free_port()
     broker = mosquitto_factory(
         # as root, mosquitto would drop to its own user and not read files in a 0700 temp dir
@@ -121,6 +128,9 @@ def test_enroll_then_broker_acl_confines_each_device(
     _bad, _, rc_bad = _connect(broker.port, "dev-a", "wrong-password")
     assert rc_bad is not None and rc_bad.is_failure  # type: ignore[union-attr]
     _bad.loop_stop()
+    ha, ha_seen, rc_ha = _connect(broker.port, "ha", "ha-secret")
+    assert not rc_ha.is_failure  # type: ignore[union-attr]
+    ha.subscribe([("lepton/v1/#", 1), ("homeassistant/#", 1)])
     time.sleep(0.3)
     a.subscribe("lepton/v1/dev/dev-b/cmd", qos=1)  # refused by the ACL: nothing will arrive
     a.subscribe("lepton/v1/dev/dev-a/cmd", qos=1)
@@ -129,11 +139,18 @@ def test_enroll_then_broker_acl_confines_each_device(
     a.publish("lepton/v1/dev/dev-a/telemetry", b"own", qos=1).wait_for_publish(5)
     ctl.publish("lepton/v1/dev/dev-b/cmd", b"for b", qos=1).wait_for_publish(5)
     ctl.publish("lepton/v1/dev/dev-a/cmd", b"for a", qos=1).wait_for_publish(5)
+    ctl.publish("homeassistant/device/lepton_dev-a/config", b"{}", qos=1).wait_for_publish(5)
+    a.publish("homeassistant/device/evil/config", b"{}", qos=1).wait_for_publish(5)
+    ha.publish("lepton/v1/dev/dev-a/cmd", b"from ha", qos=1).wait_for_publish(5)
+    wait_for(lambda: ("homeassistant/device/lepton_dev-a/config", b"{}") in ha_seen, 5)
+    wait_for(lambda: ("lepton/v1/dev/dev-a/telemetry", b"own") in ha_seen, 5)
     wait_for(lambda: ("lepton/v1/dev/dev-a/telemetry", b"own") in seen, 5)
     wait_for(lambda: ("lepton/v1/dev/dev-a/cmd", b"for a") in a_seen, 5)
     time.sleep(0.5)
     assert ("lepton/v1/dev/dev-b/telemetry", b"spoofed") not in seen
     assert ("lepton/v1/dev/dev-b/cmd", b"for b") not in a_seen
-    for c in (a, ctl):
+    assert ("homeassistant/device/evil/config", b"{}") not in ha_seen  # devices may not announce
+    assert ("lepton/v1/dev/dev-a/cmd", b"from ha") not in a_seen  # Home Assistant only reads
+    for c in (a, ctl, ha):
         c.disconnect()
         c.loop_stop()

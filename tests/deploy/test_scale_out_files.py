@@ -100,10 +100,12 @@ def test_emqx_views_verify_device_passwords(postgres_url: str, postgres_admin_ur
         assert emqx_check("lepton-controller", "controller-secret")
         assert not emqx_check("nobody", "x")
         acl = admin.execute(
-            "SELECT username, permission, action, topic FROM lepton_mqtt_acl ORDER BY username"
+            "SELECT username, permission, action, topic FROM lepton_mqtt_acl "
+            "ORDER BY username, topic"
         ).fetchall()
         assert acl == [
             ("box-1", "allow", "all", "lepton/v1/dev/box-1/#"),
+            ("lepton-controller", "allow", "publish", "homeassistant/#"),
             ("lepton-controller", "allow", "all", "lepton/v1/#"),
         ]
     finally:
