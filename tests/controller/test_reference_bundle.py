@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: Latency per scheme (the part of the variant id after the format), in ms.
 FIXED_MS = {
+    "int8": 0.45,  # openvino-int8
+    "int8-mixed": 0.55,
     "fp32": 1.0,
     "fp16": 0.8,
     "int8-static": 0.5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 from pathlib import Path
 
@@ -28,8 +29,15 @@ EXPECTED = {
 }
 
 
-def run_plain(path: Path, fmt: ModelFormat, x: np.ndarray) -> np.ndarray:
+def run_plain(path: Path, fmt: ModelFormat, x: np.ndarray, runtime: str = "") -> np.ndarray:
     """Scores straight from the runtime, one image at a time (no factory code)."""
+    if runtime == "openvino":
+        import openvino
+
+        compiled = openvino.Core().compile_model(
+            str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}
+        )
+        return np.concatenate([compiled(x[i : i + 1])[0] for i in range(len(x))])
     if fmt is ModelFormat.ONNX:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
@@ -70,7 +78,10 @@ def test_variants_and_files(reference_bundle) -> None:
     assert on_disk == manifest
     for v in manifest.variants:
         assert v.size_bytes == (reference_bundle.dir / v.filename).stat().st_size
-        assert v.requirements.runtime == {"onnx": "onnxruntime", "tflite": "litert"}[v.format]
+        runtime = {"onnx": "onnxruntime", "tflite": "litert"}[v.format]
+        if v.id.startswith("openvino-"):
+            runtime = "openvino"  # an ONNX file NNCF quantized for OpenVINO
+        assert v.requirements.runtime == runtime
         assert v.requirements.cpu_features == (["fp16"] if v.precision is Precision.FP16 else [])
         assert v.requirements.min_memory_mb >= v.metrics.peak_memory_mb
         m = v.metrics
@@ -97,7 +108,7 @@ def test_metrics_match_an_independent_computation(reference_bundle) -> None:
     manifest: Manifest = reference_bundle.manifest
     baseline = {}
     for v in sorted(manifest.variants, key=lambda v: v.precision is not Precision.FP32):
-        scores = run_plain(reference_bundle.dir / v.filename, v.format, x)
+        scores = run_plain(reference_bundle.dir / v.filename, v.format, x, v.requirements.runtime)
         pred = scores.argmax(1)
         accuracy = float(np.mean(pred == y))
         precisions, recalls, f1s = [], [], []
@@ -118,6 +129,24 @@ def test_metrics_match_an_independent_computation(reference_bundle) -> None:
         assert m.f1_macro == pytest.approx(np.mean(f1s), abs=1e-9), v.id
         assert m.confusion == confusion, v.id
         assert m.accuracy_delta == pytest.approx((accuracy - baseline[v.format]) * 100), v.id
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64"), reason="OpenVINO variants: x86-64 hosts only"
+)
+def test_openvino_int8_is_built_judged_and_timed_on_openvino(reference_bundle) -> None:
+    manifest: Manifest = reference_bundle.manifest
+    built = [v for v in manifest.variants if v.id.startswith("openvino-int8")]
+    assert built, manifest.not_built
+    accepted = [v for v in built if v.status == "accepted"]
+    assert accepted, [(v.id, v.reason) for v in built]
+    variant = accepted[0]
+    assert variant.format is ModelFormat.ONNX and variant.precision is Precision.INT8
+    assert variant.scheme.startswith("nncf_ptq_mixed")
+    assert variant.metrics.accuracy_delta >= -manifest.tolerance_points
+    assert 0 < variant.metrics.latency_p50_ms <= variant.metrics.latency_p99_ms
+    # QDQ int8 in one ONNX file, a quarter of fp32's size or less
+    assert variant.size_bytes < 0.3 * manifest.variant("onnx-fp32").size_bytes
 
 
 def test_signature_verifies_and_tampering_is_caught(reference_bundle, tmp_path: Path) -> None:
