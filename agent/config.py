@@ -142,6 +142,14 @@ class AgentSettings(LayeredSettings):
         description="pinned controller Ed25519 public key (PEM); default {state_dir}/controller.pem",
     )
     telemetry_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics of this box on this port (for boxes scraped "
+        "directly); null = off",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address of the metrics port")
     log_json: bool = False
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from lepton_edge.agent.config import AgentSettings
 from lepton_edge.agent.handlers import CommandHandlers
@@ -42,6 +42,9 @@ from lepton_edge.shared.messages import (
 )
 from lepton_edge.shared.systemd import Notifier
 from lepton_edge.shared.topics import Kind, check_device_id
+
+if TYPE_CHECKING:
+    from lepton_edge.agent.metrics import TelemetryCollector
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,8 @@ class Agent:
         self._started = False
         #: publishes the runner's results on …/result (set by `build_agent`)
         self.results: ResultPublisher | None = None
+        self.metrics: TelemetryCollector | None = None
+        self._metrics_server: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -147,6 +152,17 @@ class Agent:
             raise UserError(f"controller key {key_path}: {exc}; re-enroll the device") from None
         if public_key is None:
             log.warning("no pinned controller key at %s: deploys will be refused", key_path)
+        if s.metrics_port is not None:
+            from lepton_edge.agent import metrics
+
+            self.metrics = metrics.TelemetryCollector(self.device_id)
+            try:
+                self._metrics_server = metrics.serve(self.metrics, s.metrics_host, s.metrics_port)
+            except OSError as exc:
+                raise UserError(
+                    f"metrics_port {s.metrics_port} on {s.metrics_host}: {exc.strerror}; "
+                    "choose a free port or unset metrics_port"
+                ) from None
         self.outbox = Outbox(s.state_dir, s.outbox.max_messages)
         self.command_log = CommandLog(s.state_dir)
         self.store = ArtifactStore(s.state_dir, public_key, s.store, key_hint=f" at {key_path}")
@@ -190,6 +206,9 @@ class Agent:
                 log.exception("runner close failed")
         self.outbox.close()
         self.command_log.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self._started = False
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -255,6 +274,8 @@ class Agent:
 
     def _send_telemetry(self) -> int:
         sample = self.sample()
+        if self.metrics is not None:
+            self.metrics.update(sample)
         dropped, epoch = self.outbox.dropped, self.outbox.epoch
         return self.outbox.append(
             Kind.TELEMETRY.value,
