@@ -53,7 +53,12 @@ class Candidate:
         lat = f"{self.latency_ms:.3f} ms ({self.source})" if self.latency_ms is not None else "?"
         acc = f"{self.accuracy * 100:.2f} %" if self.accuracy is not None else "?"
         what = "accuracy" if self.variant.metrics.accuracy is not None else "quality"
-        return f"{self.variant.id}: p50 {lat}, {what} {acc}"
+        v = self.variant
+        model = ""
+        if v.architecture is not None and v.parameters is not None:  # which model, how big
+            work = f", {v.macs / 1e6:.2f} M MACs" if v.macs is not None else ""
+            model = f" ({v.architecture}: {v.parameters:,} parameters{work})"
+        return f"{v.id}{model}: p50 {lat}, {what} {acc}"
 
 
 @dataclass
@@ -162,10 +167,15 @@ def select(
     """The ladder for one device; raise `NoEligibleVariant` when nothing fits."""
     measurements = measurements or {}
     tolerance = manifest.tolerance_points if tolerance_points is None else tolerance_points
+    # A smaller architecture may lose what the build allowed it on top (its accuracy delta is
+    # against the base model's fp32).
+    extra = manifest.tolerance.architecture_points if manifest.tolerance else None
     rejected: dict[str, str] = {}
     eligible: list[Candidate] = []
     for variant in manifest.variants:
-        why = _eligibility(variant, profile, tolerance, measurements.get(variant.id))
+        derived = variant.architecture not in (None, "base") and extra is not None
+        allowed = tolerance + (extra or 0.0) if derived else tolerance
+        why = _eligibility(variant, profile, allowed, measurements.get(variant.id))
         if why:
             rejected[variant.id] = why
         else:

@@ -160,6 +160,13 @@ class Tolerance(_Strict):
         description="top-1 agreement, mAP@0.5 against fp32's detections, or mask IoU",
     )
     max_rmse_rise: float = Field(default=0.05, ge=0, description="relative, for regression")
+    architecture_points: float | None = Field(
+        default=None,
+        ge=0,
+        description="labelled metric a smaller architecture (pruned, student) may lose vs the "
+        "base model's fp32, in points; its own quantized variants are held to `points` vs its "
+        "fp32",
+    )
 
 
 class OutputFidelity(_Strict):
@@ -257,6 +264,14 @@ class Variant(_Strict):
     requirements: Requirements
     status: Literal["accepted", "rejected"] = "accepted"
     reason: str = Field(default="", description="why rejected, or notes on how it was made")
+    architecture: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="which model it was made from: base, or one derived from it (pruned50, "
+        "student25); unset in bundles made before",
+    )
+    parameters: int | None = Field(default=None, ge=0, description="weights in the model")
+    macs: int | None = Field(default=None, ge=0, description="multiply-accumulates per sample")
 
     @property
     def filename(self) -> str:
@@ -266,6 +281,9 @@ class Variant(_Strict):
 
 #: Manifest fields added after schema 1 shipped; out of the signed bytes while unset.
 _ADDED_FIELDS = ("not_built", "input_scale", "model", "tolerance", "probe")
+#: Variant and tolerance fields added since; likewise.
+_ADDED_VARIANT_FIELDS = ("architecture", "parameters", "macs")
+_ADDED_TOLERANCE_FIELDS = ("architecture_points",)
 
 
 class NotBuilt(_Strict):
@@ -331,6 +349,12 @@ class Manifest(_Strict):
             for name in _ADDED_METRICS:
                 if metrics.get(name) is None:
                     metrics.pop(name, None)
+            for name in _ADDED_VARIANT_FIELDS:
+                if variant.get(name) is None:
+                    variant.pop(name, None)
+        for name in _ADDED_TOLERANCE_FIELDS:
+            if data.get("tolerance") and data["tolerance"].get(name) is None:
+                data["tolerance"].pop(name, None)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -141,11 +141,19 @@ class HardwareAdapter:
         y_train: np.ndarray | None = None,
         *,
         tflite_quantizer: str = "ai-edge-quantizer",
+        prune: float | bool = False,
+        distill: float | bool = False,
+        epochs: int = 2,
     ) -> HardwareAdapter:
         """Build the bundle from `model`: a Keras model, a `.keras` / `.onnx` / `.tflite`
         path, or a pair `(onnx_path, tflite_path)` of the same network. Without `y_train`
         the variants are judged by fidelity to fp32 only. `tflite_quantizer`: see
-        `build_bundle` ("tensorflow" for TensorFlow's converter, Keras models only)."""
+        `build_bundle` ("tensorflow" for TensorFlow's converter, Keras models only).
+
+        A Keras model can bring smaller architectures into the same bundle: `prune` (True =
+        0.5, or the fraction of filters to remove) adds the model pruned and fine-tuned for
+        `epochs`; `distill` (True = 0.5, or the student's width) adds a student distilled from
+        it for `epochs`. Both train on `x_train` minus the held-out part."""
         arrays = (
             {k: np.asarray(v) for k, v in x_train.items()}
             if isinstance(x_train, dict)
@@ -165,6 +173,9 @@ class HardwareAdapter:
         holdout = order[: min(self.holdout_samples, len(order) // 2)]
         calib = order[len(holdout) : len(holdout) + self.calibration_samples]
         sources = _sources(model)
+        architectures = self._smaller(
+            sources, arrays, y_train, order[len(holdout) :], prune, distill, epochs
+        )
         self.manifest = build_bundle(
             self.bundle_dir,
             **sources,
@@ -182,9 +193,51 @@ class HardwareAdapter:
             input_scale=self.input_scale,
             task=self.task,
             description=self.description,
+            architectures=architectures,
         )
         self.evaluate_results = VariantTable(_row(v) for v in self.manifest.variants)
         return self
+
+    def _smaller(
+        self,
+        sources: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        y_train: np.ndarray | None,
+        rows: np.ndarray,
+        prune: float | bool,
+        distill: float | bool,
+        epochs: int,
+    ) -> dict[str, Any]:
+        """The pruned model and the student asked for, trained on `rows` of the data."""
+        if not prune and not distill:
+            return {}
+        from lepton_edge.controller.factory import distill as distill_mod
+        from lepton_edge.controller.factory import keras as keras_mod
+        from lepton_edge.controller.factory import prune as prune_mod
+
+        model = sources.get("keras")
+        if model is None or list(arrays) != [""]:
+            raise UserError("prune= and distill= need a Keras model with one input")
+        if not keras_mod.is_keras_model(model):
+            model = keras_mod.load_keras(Path(model))
+            sources["keras"] = model
+        if y_train is None:
+            raise UserError("prune= and distill= train on labels: pass y_train")
+        rows = np.sort(rows)
+        x = arrays[""][rows].astype(np.float32) * np.float32(self.input_scale or 1.0)
+        y = np.asarray(y_train)[rows]
+        out: dict[str, Any] = {}
+        if prune:
+            fraction = 0.5 if prune is True else float(prune)
+            pruned, _ = prune_mod.prune(model, x, y, fraction=fraction, epochs=epochs)
+            out[f"pruned{round(fraction * 100)}"] = pruned
+        if distill:
+            width = 0.5 if distill is True else float(distill)
+            student = distill_mod.derive_student(model, width)
+            out[f"student{round(width * 100)}"] = distill_mod.distill(
+                model, student, x, y, epochs=epochs, seed=self.seed
+            )
+        return out
 
     def evaluate(self, x_test: np.ndarray, y_test: np.ndarray | None = None) -> VariantTable:
         """Run every variant on `x_test`: fidelity and agreement with fp32, and with

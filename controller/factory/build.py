@@ -120,6 +120,19 @@ class _Job:
     not_built: list[NotBuilt] = field(default_factory=list)
     reference: dict[ModelFormat, quality.Outputs] = field(default_factory=dict)
     baseline: dict[ModelFormat, VariantMetrics] = field(default_factory=dict)
+    #: the model these variants are made from: "base", or a smaller one derived from it
+    architecture: str = "base"
+    parameters: int | None = None
+    macs: int | None = None
+
+    @property
+    def work(self) -> Path:
+        """Where this architecture's variants are made (fp32 first: the others read it)."""
+        return self.staging / "work" / ("" if self.architecture == "base" else self.architecture)
+
+    @property
+    def prefix(self) -> str:
+        return "" if self.architecture == "base" else f"{self.architecture}-"
 
     def step(self, what: str) -> None:
         if self.progress:
@@ -182,6 +195,8 @@ def build_bundle(
     input_scale: float | None = None,
     input_mean: list[float] | None = None,
     input_std: list[float] | None = None,
+    architectures: dict[str, Any] | None = None,
+    architecture_points: float = 2.0,
 ) -> Manifest:
     """Build, measure and sign every variant of one model into the bundle folder `out_dir`.
 
@@ -197,8 +212,11 @@ def build_bundle(
     `tflite_quantizer="tensorflow"` makes the TFLite fp16/int8 variants of a Keras model with
     TensorFlow's converter instead of ai-edge-quantizer (weight-only int8 and the
     sensitive-layer fallback stay with ai-edge-quantizer). Schemes that fail or change nothing
-    go to the manifest's `not_built`. Returns the signed manifest, which is also written to
-    `out_dir/manifest.json`."""
+    go to the manifest's `not_built`. `architectures`: smaller Keras models made from the base
+    one (name -> model, e.g. {"pruned50": ..., "student25": ...}), each built into the same
+    schemes (ids `name-onnx-int8-static`, ...); each may lose `architecture_points` of the
+    labelled metric against the base fp32. Returns the signed manifest, which is also written
+    to `out_dir/manifest.json`."""
     out_dir = Path(out_dir).absolute()  # the measuring child runs elsewhere: no relative paths
     if tolerance_points < 0:
         raise UserError(f"tolerance {tolerance_points} must be >= 0 points")
@@ -215,10 +233,19 @@ def build_bundle(
         raise UserError(f"unknown variant ids to skip: {sorted(unknown)}; known: {ALL_VARIANTS}")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{out_dir} exists and is not empty: choose a new folder or overwrite it")
+    architectures = dict(architectures or {})
+    for name in architectures:
+        if name == "base" or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+            raise UserError(
+                f"architecture name {name!r}: use lower-case letters, digits and _ (e.g. "
+                "student25), not 'base'"
+            )
     given = describe_mod.read_description(description)
     tolerances = _tolerance(
         tolerance if tolerance is not None else given.get("tolerance"), tolerance_points
     )
+    if architectures:
+        tolerances = tolerances.model_copy(update={"architecture_points": architecture_points})
     signing_key = key if isinstance(key, Ed25519PrivateKey) else _load_key(Path(key))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
@@ -246,6 +273,7 @@ def build_bundle(
             budget=budget or evaluate.SpeedBudget(),
             tflite_quantizer=tflite_quantizer,
             scaling=scaling,
+            architectures=architectures,
         )
         _publish(staging, out_dir)
         return manifest
@@ -362,6 +390,7 @@ def _build(
     budget: evaluate.SpeedBudget,
     tflite_quantizer: str,
     scaling: data_mod.Scaling,
+    architectures: dict[str, Any],
 ) -> Manifest:
     from lepton_edge.controller.factory import onnx as onnx_mod
     from lepton_edge.controller.factory import tflite as tflite_mod
@@ -438,6 +467,7 @@ def _build(
         progress=progress,
         total=0,
     )
+    job.parameters, job.macs = _figures(keras_model, onnx)
     plans: list[_Plan] = []
     if onnx is not None:
         plans += _onnx_plans(onnx, work, job)
@@ -458,6 +488,8 @@ def _build(
     for plan in plans:
         _run_plan(job, plan)
     variants = _timed_variants(job)
+    for name, derived in architectures.items():
+        variants += _derived_variants(job, name, derived, inputs, outputs, skip)
 
     job.step("signing the manifest")
     sources = [p.read_bytes() for p in (onnx, tflite) if p is not None]
@@ -471,7 +503,11 @@ def _build(
         num_classes=num_classes,
         labels=list(labels or []),
         tolerance_points=tolerance.points,
-        baseline={v.format: v.id for v in variants if v.precision is Precision.FP32},
+        baseline={
+            v.format: v.id
+            for v in variants
+            if v.precision is Precision.FP32 and v.architecture == "base"
+        },
         variants=variants,
         not_built=job.not_built,
         input_scale=scaling.scale,
@@ -755,14 +791,15 @@ def _tflite_plans(source: Path, work: Path, job: _Job, keras_model: Any = None) 
 def _run_plan(job: _Job, plan: _Plan) -> None:
     """Make and judge one variant. A scheme that fails is recorded in `not_built` and the
     build goes on; only an fp32 variant (the baseline) failing stops it."""
-    job.step(f"{plan.id}: quantizing" if plan.precision is not Precision.FP32 else plan.id)
-    path = job.staging / "work" / f"{plan.id}.{plan.format.value}"
+    name = job.prefix + plan.id
+    job.step(f"{name}: quantizing" if plan.precision is not Precision.FP32 else name)
+    path = job.work / f"{plan.id}.{plan.format.value}"
     try:
         scheme = plan.make(path)
         if not _lowers_precision(path, plan):
             job.not_built.append(
                 NotBuilt(
-                    id=plan.id,
+                    id=name,
                     status="skipped",
                     reason=f"nothing to quantize: the {plan.precision.value} scheme left every "
                     "op of this graph in fp32",
@@ -778,7 +815,7 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
         what = f"op {op} is not supported by this scheme" if op else "this scheme failed"
         _failed(job, plan, f"{what}: {_first_line(exc)}")
         return
-    job.step(f"{plan.id}: evaluating")
+    job.step(f"{name}: evaluating")
     try:
         if plan.precision is Precision.FP32:
             outputs = evaluate.Predictor(path, plan.format, job.threads).run_all(job.eval)
@@ -847,7 +884,7 @@ def _timed_variants(job: _Job) -> list[Variant]:
             status, reason = "rejected", f"{made.reason}; {reason}"
         variants.append(
             Variant(
-                id=plan.id,
+                id=job.prefix + plan.id,
                 format=plan.format,
                 precision=plan.precision,
                 scheme=made.scheme.split(" (")[0],
@@ -863,10 +900,99 @@ def _timed_variants(job: _Job) -> list[Variant]:
                 ),
                 status=status,  # type: ignore[arg-type]
                 reason=reason,
+                architecture=job.architecture,
+                parameters=job.parameters,
+                macs=job.macs,
             )
         )
     job.done += 1
     return variants
+
+
+def _figures(keras_model: Any, onnx_path: Path | None) -> tuple[int | None, int | None]:
+    """(parameters, multiply-accumulates per sample) of the model: both from a Keras model,
+    the parameter count alone from an ONNX file."""
+    if keras_model is not None:
+        from lepton_edge.controller.factory import keras as keras_mod
+
+        return keras_mod.figures(keras_model)
+    if onnx_path is not None:
+        from lepton_edge.controller.factory import onnx as onnx_mod
+
+        model = onnx_mod.load(onnx_path)
+        return sum(math.prod(t.dims) for t in model.graph.initializer), None
+    return None, None
+
+
+def _derived_variants(
+    base: _Job,
+    name: str,
+    model: Any,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    skip: set[str],
+) -> list[Variant]:
+    """A smaller Keras model's variants, made by the same schemes as the base model's. Its
+    quantized variants are judged against its own fp32; its figures against the base fp32 are
+    what selection sees, and an architecture that loses more than `architecture_points` there
+    is rejected whole."""
+    from lepton_edge.controller.factory import keras as keras_mod
+
+    job = _Job(**{**base.__dict__, "made": [], "not_built": [], "reference": {}, "baseline": {}})
+    job.architecture = name
+    job.work.mkdir(parents=True)
+    if not keras_mod.is_keras_model(model):
+        raise UserError(f"architecture {name}: {type(model).__name__} is not a Keras model")
+    formats = set(base.reference)
+    onnx = (
+        keras_mod.to_onnx(model, job.work / "keras.onnx") if ModelFormat.ONNX in formats else None
+    )
+    tflite = (
+        keras_mod.to_tflite(model, job.work / "keras.tflite")
+        if ModelFormat.TFLITE in formats
+        else None
+    )
+    own_inputs, own_outputs = _model_io(onnx, tflite)
+    for what, theirs, ours in (("input", inputs, own_inputs), ("output", outputs, own_outputs)):
+        if len(theirs) != len(ours) or not _same_tensors(theirs, ours):
+            raise UserError(
+                f"architecture {name}: its {what}s {[t.shape for t in ours]} differ from the "
+                f"base model's {[t.shape for t in theirs]}: it must take and give the same tensors"
+            )
+    job.parameters, job.macs = keras_mod.figures(model)
+    plans: list[_Plan] = []
+    if onnx is not None:
+        plans += _onnx_plans(onnx, job.work, job)
+    if tflite is not None:
+        plans += _tflite_plans(tflite, job.work, job)
+    for plan in (p for p in plans if p.id not in skip):
+        _run_plan(job, plan)
+    variants = _timed_variants(job)
+    base.not_built += job.not_built
+    allowed = base.tolerance.architecture_points or 0.0
+    out = []
+    for variant in variants:
+        # Deltas against the base model's fp32: what a device gives up by running this one.
+        against_base = quality.with_deltas(
+            variant.metrics.model_dump(), base.baseline[variant.format].model_dump()
+        )
+        metrics = VariantMetrics(
+            **{k: v for k, v in against_base.items() if k in VariantMetrics.model_fields}
+        )
+        own_fp32 = job.baseline[variant.format]
+        loss = quality.with_deltas(
+            own_fp32.model_dump(), base.baseline[variant.format].model_dump()
+        )
+        delta = loss.get("accuracy_delta", loss.get("metric_delta"))
+        update: dict[str, Any] = {"metrics": metrics}
+        if delta is not None and delta < -allowed - 1e-9 and variant.status == "accepted":
+            update |= {
+                "status": "rejected",
+                "reason": f"architecture {name} fp32 loses {-delta:.2f} points vs the base fp32 "
+                f"> architecture tolerance {allowed:g} pt; {variant.reason}",
+            }
+        out.append(variant.model_copy(update=update))
+    return out
 
 
 def _lowers_precision(path: Path, plan: _Plan) -> bool:
@@ -890,8 +1016,8 @@ def _lowers_precision(path: Path, plan: _Plan) -> bool:
 
 def _failed(job: _Job, plan: _Plan, reason: str) -> None:
     if plan.precision is Precision.FP32:
-        raise UserError(f"{plan.id}: {reason}")
-    job.not_built.append(NotBuilt(id=plan.id, status="failed", reason=reason))
+        raise UserError(f"{job.prefix}{plan.id}: {reason}")
+    job.not_built.append(NotBuilt(id=job.prefix + plan.id, status="failed", reason=reason))
     job.done += 1
 
 

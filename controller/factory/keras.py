@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,22 @@ def to_tflite_quantized(model: Any, path: Path, kind: str, calib_x: Any = None) 
         raise ValueError(f"unknown TensorFlow quantization {kind!r}")
     to_tflite(model, path, **options)
     return f"tf_converter_{kind.replace('-', '_')}"
+
+
+def figures(model: Any) -> tuple[int, int]:
+    """(parameters, multiply-accumulates per sample) of a Keras model: its convolutions and
+    dense layers, the work that dominates inference."""
+    macs = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in {"Conv2D", "DepthwiseConv2D", "Dense"}:
+            continue
+        out = [int(d) for d in layer.output.shape[1:]]
+        kernel = [int(d) for d in layer.kernel.shape]
+        if kind == "Conv2D":  # every output value: kh * kw * (in / groups) products
+            macs += math.prod(out) * math.prod(kernel[:3])
+        elif kind == "DepthwiseConv2D":
+            macs += math.prod(out) * kernel[0] * kernel[1]
+        else:  # Dense over the last axis, once per leading position
+            macs += math.prod(out[:-1]) * kernel[0] * kernel[1]
+    return int(model.count_params()), macs

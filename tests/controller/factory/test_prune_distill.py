@@ -4,6 +4,7 @@ slice of Fashion-MNIST (seeded, a few seconds)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,11 +14,13 @@ from lepton_edge.controller.factory import distill as distill_mod
 from lepton_edge.controller.factory import prune as prune_mod
 from lepton_edge.shared.errors import UserError
 from lepton_edge.shared.idx import fashion_mnist
+from lepton_edge.shared.signing import generate_key
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
 pytestmark = pytest.mark.slow
+KEY = generate_key()
 
 
 def seed_cnn(name: str = "cnn") -> Any:
@@ -149,3 +152,110 @@ def test_bad_inputs_are_one_line_each(teacher: Any, data: Any) -> None:
     branched = keras.Model(inputs, keras.layers.Dense(4, name="out")(residual))
     with pytest.raises(UserError, match="one chain of layers"):
         prune_mod.prune_model(branched, 0.5)
+
+
+@pytest.fixture(scope="module")
+def two_architectures(
+    teacher: Any, data: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, Path]:
+    """The seed CNN and its pruned copy in one bundle, via `HardwareAdapter.fit`."""
+    from lepton_edge.controller.factory import HardwareAdapter
+
+    x, y, _, _ = data
+    out = tmp_path_factory.mktemp("arch") / "bundle"
+    pixels = np.round(x * 255).astype(np.uint8)  # as a user has them: uint8 with input_scale
+    adapter = HardwareAdapter(
+        out, model_name="seed", input_scale=1 / 255, holdout_samples=1000, key=KEY
+    )
+    # a quarter pruned: the bundle's plumbing is under test here, not how far pruning goes
+    adapter.fit(teacher, pixels, y, prune=0.25, epochs=2)
+    return adapter.manifest, out
+
+
+def test_one_bundle_holds_both_architectures(two_architectures: Any) -> None:
+    from lepton_edge.controller.factory import load_bundle
+
+    manifest, out = two_architectures
+    assert load_bundle(out, KEY.public_key()) == manifest  # signed, every file present
+    by_arch: dict[str, list[Any]] = {}
+    for v in manifest.variants:
+        by_arch.setdefault(v.architecture, []).append(v)
+    assert set(by_arch) == {"base", "pruned25"}
+    assert {v.id.removeprefix("pruned25-") for v in by_arch["pruned25"]} >= {
+        "onnx-fp32",
+        "onnx-int8-static",
+        "tflite-fp32",
+    }
+    base = manifest.variant("onnx-fp32")
+    pruned = manifest.variant("pruned25-onnx-fp32")
+    # conv 26x26x32 outputs of 3x3x1, hidden 5408x64, scores 64x10
+    assert (base.parameters, base.macs) == (347146, 26 * 26 * 32 * 9 + 5408 * 64 + 640)
+    # 24 of 32 filters and 48 of 64 units kept: 13 * 13 * 24 = 4056 inputs to the hidden layer
+    assert pruned.parameters == (24 * 9 + 24) + (4056 * 48 + 48) + (48 * 10 + 10)
+    assert pruned.macs == 26 * 26 * 24 * 9 + 4056 * 48 + 480
+    # a derived variant's accuracy delta is against the base fp32: what a device gives up
+    expected = (pruned.metrics.accuracy - base.metrics.accuracy) * 100
+    assert pruned.metrics.accuracy_delta == pytest.approx(expected)
+    assert manifest.baseline == {"onnx": "onnx-fp32", "tflite": "tflite-fp32"}
+    assert manifest.tolerance is not None and manifest.tolerance.architecture_points == 2.0
+    assert pruned.status == "accepted", pruned.reason  # within 2 points of the base
+
+
+def test_a_ladder_uses_both_architectures(two_architectures: Any) -> None:
+    """Fixed figures, as a device class might report them (the pruned model a point less
+    accurate than the base, and faster): the base model is the accurate end of the ladder,
+    the pruned int8 the cheap end."""
+    from lepton_edge.controller.selection import Measured, select
+    from lepton_edge.shared.messages import PowerLevel
+    from tests.controller.helpers import profile
+
+    manifest, _ = two_architectures
+    fixed = manifest.model_copy(deep=True)
+    base = fixed.variant("onnx-fp32").metrics.accuracy
+    for v in fixed.variants:
+        if v.architecture == "pruned25":
+            v.metrics.accuracy, v.metrics.accuracy_delta = base - 0.01, -1.0
+    measured = {
+        "onnx-fp32": Measured(0.6),
+        "onnx-int8-static": Measured(0.5),
+        "pruned25-onnx-fp32": Measured(0.35),
+        "pruned25-onnx-int8-static": Measured(0.25),
+    }
+    hw = profile(runtimes={"onnxruntime": "1.20"}, features=["avx2"])
+    ladder = select(fixed, hw, measured).ladder
+    arch = {level: fixed.variant(v).architecture for level, v in ladder.mapping().items()}
+    assert arch[PowerLevel.CRITICAL] == "pruned25", ladder
+    assert arch[PowerLevel.PERFORMANCE] == "base", ladder
+    assert ladder.mapping()[PowerLevel.CRITICAL] == "pruned25-onnx-int8-static"
+    # without the architecture allowance the pruned model (1 point down) is out
+    assert fixed.tolerance is not None
+    fixed.tolerance = fixed.tolerance.model_copy(update={"architecture_points": 0.0})
+    fixed.tolerance_points = 0.5
+    chosen = set(select(fixed, hw, measured).ladder.mapping().values())
+    assert chosen <= {"onnx-fp32", "onnx-int8-static"}, chosen
+
+
+def test_an_architecture_that_does_not_fit_is_one_line_and_writes_nothing(
+    teacher: Any, data: Any, tmp_path: Path
+) -> None:
+    from lepton_edge.controller.factory import build_bundle
+
+    x, _, xe, ye = data
+    other = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(5, name="out")]
+    )
+    common = {
+        "keras": teacher,
+        "calib_x": x[:100],
+        "eval_x": xe[:200],
+        "eval_y": ye[:200],
+        "key": KEY,
+        "model_name": "seed",
+        "skip": ["onnx-fp16", "onnx-int8-dynamic", "openvino-int8", "tflite-fp16"],
+    }
+    with pytest.raises(UserError, match=r"architecture five: its outputs .* differ from the base"):
+        build_bundle(tmp_path / "b", architectures={"five": other}, **common)
+    with pytest.raises(UserError, match="architecture name 'Big-One'"):
+        build_bundle(tmp_path / "b", architectures={"Big-One": other}, **common)
+    assert not (tmp_path / "b").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
