@@ -487,9 +487,14 @@ def _build(
     job.total = len(plans) + 2
     for plan in plans:
         _run_plan(job, plan)
-    variants = _timed_variants(job)
-    for name, derived in architectures.items():
-        variants += _derived_variants(job, name, derived, inputs, outputs, skip)
+    derived = [
+        _derived_job(job, name, model, inputs, outputs, skip)
+        for name, model in architectures.items()
+    ]
+    variants = _timed_variants([job, *derived])
+    for smaller in derived:
+        job.not_built += smaller.not_built
+    variants = [_against_base(job, derived, v) for v in variants]
 
     job.step("signing the manifest")
     sources = [p.read_bytes() for p in (onnx, tflite) if p is not None]
@@ -838,32 +843,44 @@ def _run_plan(job: _Job, plan: _Plan) -> None:
         _run_plan(job, plan.fallback)
 
 
-def _timed_variants(job: _Job) -> list[Variant]:
-    """Time every made variant (all of a format in one interleaved run, one alone when the
+def _timed_variants(jobs: list[_Job]) -> list[Variant]:
+    """Time every made variant of every architecture (all of a format in one interleaved
+    run, so the base model and its smaller copies see the same machine; one alone when the
     run fails), measure its memory, and file it under its sha256."""
-    job.step("timing")
+    head = jobs[0]
+    head.step("timing")
     speed: dict[str, dict[str, float]] = {}
     for fmt in ModelFormat:
-        of_format = [m for m in job.made if m.plan.format is fmt]
-        paths = {m.plan.id: m.path for m in of_format}
-        runtimes = {m.plan.id: m.plan.runtime for m in of_format if m.plan.runtime}
+        of_format = [
+            (j.prefix + m.plan.id, m) for j in jobs for m in j.made if m.plan.format is fmt
+        ]
+        paths = {key: m.path for key, m in of_format}
+        runtimes = {key: m.plan.runtime for key, m in of_format if m.plan.runtime}
         if not paths:
             continue
         try:
             speed |= evaluate.measure_speed_isolated(
-                paths, fmt, job.eval, job.threads, job.budget, runtimes
+                paths, fmt, head.eval, head.threads, head.budget, runtimes
             )
         except RuntimeError:
             for variant_id, path in paths.items():
                 with contextlib.suppress(RuntimeError):
                     speed |= evaluate.measure_speed_isolated(
-                        {variant_id: path}, fmt, job.eval, job.threads, job.budget, runtimes
+                        {variant_id: path}, fmt, head.eval, head.threads, head.budget, runtimes
                     )
+    variants = [v for job in jobs for v in _filed(job, speed)]
+    head.done += 1
+    return variants
+
+
+def _filed(job: _Job, speed: dict[str, dict[str, float]]) -> list[Variant]:
+    """The job's made variants with their timings and memory, copied into the bundle."""
     variants = []
     for made in job.made:
         plan = made.plan
+        key = job.prefix + plan.id
         try:
-            if plan.id not in speed:
+            if key not in speed:
                 raise RuntimeError("timing it failed")
             memory = evaluate.measure_memory_isolated(
                 made.path, plan.format, job.eval, job.threads, plan.runtime
@@ -871,7 +888,7 @@ def _timed_variants(job: _Job) -> list[Variant]:
         except RuntimeError as exc:
             _failed(job, plan, _first_line(exc))
             continue
-        measured = {**made.metrics, **speed[plan.id], **memory}
+        measured = {**made.metrics, **speed[key], **memory}
         metrics = VariantMetrics(
             **{k: v for k, v in measured.items() if k in VariantMetrics.model_fields}
         )
@@ -905,7 +922,6 @@ def _timed_variants(job: _Job) -> list[Variant]:
                 macs=job.macs,
             )
         )
-    job.done += 1
     return variants
 
 
@@ -924,18 +940,16 @@ def _figures(keras_model: Any, onnx_path: Path | None) -> tuple[int | None, int 
     return None, None
 
 
-def _derived_variants(
+def _derived_job(
     base: _Job,
     name: str,
     model: Any,
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],
     skip: set[str],
-) -> list[Variant]:
-    """A smaller Keras model's variants, made by the same schemes as the base model's. Its
-    quantized variants are judged against its own fp32; its figures against the base fp32 are
-    what selection sees, and an architecture that loses more than `architecture_points` there
-    is rejected whole."""
+) -> _Job:
+    """Make and judge a smaller Keras model's variants with the base model's schemes; its
+    quantized variants are judged against its own fp32."""
     from lepton_edge.controller.factory import keras as keras_mod
 
     job = _Job(**{**base.__dict__, "made": [], "not_built": [], "reference": {}, "baseline": {}})
@@ -965,34 +979,36 @@ def _derived_variants(
         plans += _onnx_plans(onnx, job.work, job)
     if tflite is not None:
         plans += _tflite_plans(tflite, job.work, job)
-    for plan in (p for p in plans if p.id not in skip):
+    plans = [p for p in plans if p.id not in skip]
+    job.total += len(plans)
+    for plan in plans:
         _run_plan(job, plan)
-    variants = _timed_variants(job)
-    base.not_built += job.not_built
+    return job
+
+
+def _against_base(base: _Job, derived: list[_Job], variant: Variant) -> Variant:
+    """A smaller architecture's variant with its deltas against the base model's fp32 (what a
+    device gives up by running it), rejected when that architecture's fp32 loses more than
+    `architecture_points` there. The base model's variants pass through."""
+    job = next((j for j in derived if j.architecture == variant.architecture), None)
+    if job is None:
+        return variant
+    base_fp32 = base.baseline[variant.format].model_dump()
+    against = quality.with_deltas(variant.metrics.model_dump(), base_fp32)
+    metrics = VariantMetrics(
+        **{k: v for k, v in against.items() if k in VariantMetrics.model_fields}
+    )
+    loss = quality.with_deltas(job.baseline[variant.format].model_dump(), base_fp32)
+    delta = loss.get("accuracy_delta", loss.get("metric_delta"))
     allowed = base.tolerance.architecture_points or 0.0
-    out = []
-    for variant in variants:
-        # Deltas against the base model's fp32: what a device gives up by running this one.
-        against_base = quality.with_deltas(
-            variant.metrics.model_dump(), base.baseline[variant.format].model_dump()
-        )
-        metrics = VariantMetrics(
-            **{k: v for k, v in against_base.items() if k in VariantMetrics.model_fields}
-        )
-        own_fp32 = job.baseline[variant.format]
-        loss = quality.with_deltas(
-            own_fp32.model_dump(), base.baseline[variant.format].model_dump()
-        )
-        delta = loss.get("accuracy_delta", loss.get("metric_delta"))
-        update: dict[str, Any] = {"metrics": metrics}
-        if delta is not None and delta < -allowed - 1e-9 and variant.status == "accepted":
-            update |= {
-                "status": "rejected",
-                "reason": f"architecture {name} fp32 loses {-delta:.2f} points vs the base fp32 "
-                f"> architecture tolerance {allowed:g} pt; {variant.reason}",
-            }
-        out.append(variant.model_copy(update=update))
-    return out
+    update: dict[str, Any] = {"metrics": metrics}
+    if delta is not None and delta < -allowed - 1e-9 and variant.status == "accepted":
+        update |= {
+            "status": "rejected",
+            "reason": f"architecture {job.architecture} fp32 loses {-delta:.2f} points vs the "
+            f"base fp32 > architecture tolerance {allowed:g} pt; {variant.reason}",
+        }
+    return variant.model_copy(update=update)
 
 
 def _lowers_precision(path: Path, plan: _Plan) -> bool:
