@@ -17,7 +17,9 @@ rate (PolicySettings.critical_max_fps, default 5).
 `--ladder sizes` runs a ladder that spans model size as well: the seed CNN trained by
 examples/fashion_mnist/train.py and the same model pruned by half (L1 norm, fine-tuned 2
 epochs), one bundle built by `HardwareAdapter.fit(..., prune=0.5)` (cached), the ladder chosen
-by the controller's selection for a LiteRT box from the build-host timings.
+by the controller's selection for a LiteRT box from the build-host timings. With
+`--model wide`, the wide reference CNN's bundle from bench/factory_sizes.py (base, pruned by
+half, half-width student) instead; give it fewer images per frame (`--batch 8`).
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def sizes_ladder(manifest: Manifest) -> dict[PowerLevel, str]:
     return select(manifest, box).ladder.mapping()
 
 
-def plot(path: Path, runs: dict[str, dict[str, Any]]) -> None:
+def plot(path: Path, runs: dict[str, dict[str, Any]], batch: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +184,7 @@ def plot(path: Path, runs: dict[str, dict[str, Any]]) -> None:
     axes[0].legend(loc="upper right", fontsize=8)
     axes[1].set_yticks(list(LEVEL_Y.values()), [lvl.value for lvl in LEVEL_Y], fontsize=8)
     axes[1].set_ylabel("level")
-    axes[2].set_ylabel("p50 latency ms\n(batch of 64)")
+    axes[2].set_ylabel(f"p50 latency ms\n(batch of {batch})")
     axes[2].set_xlabel("simulated hours on a 10 Wh battery")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -208,9 +210,15 @@ def main() -> int:
     parser.add_argument(
         "--ladder", choices=["precision", "sizes"], default="precision", help="see the docstring"
     )
+    parser.add_argument("--model", choices=["seed", "wide"], default="seed", help="for sizes")
     args = parser.parse_args()
     if args.ladder == "sizes":
-        bundle_dir = sizes_bundle()
+        if args.model == "wide":
+            from bench.factory_sizes import wide_bundle
+
+            bundle_dir = wide_bundle()[0]
+        else:
+            bundle_dir = sizes_bundle()
         manifest = Manifest.model_validate_json((bundle_dir / "manifest.json").read_bytes())
         ladder = sizes_ladder(manifest)
     else:
@@ -223,7 +231,9 @@ def main() -> int:
             PowerLevel.SAVER: "tflite-int8-static",
             PowerLevel.CRITICAL: "tflite-int8-static",
         }
-    suffix = "" if args.ladder == "precision" else "_sizes"
+    suffix = {"precision": "", "sizes": "_sizes"}[args.ladder] + (
+        "_wide" if args.ladder == "sizes" and args.model == "wide" else ""
+    )
     args.plot = args.plot or ROOT / "docs" / f"engine_battery{suffix}.png"
     print("ladder: " + ", ".join(f"{level.value} {vid}" for level, vid in ladder.items()))
     policies = {
@@ -259,7 +269,7 @@ def main() -> int:
     policy, fp32 = runs["power-aware policy"], runs["pinned fp32"]
     life = policy["hours"] / fp32["hours"]
     delta = (policy["accuracy"] - fp32["accuracy"]) * 100
-    plot(args.plot, runs)
+    plot(args.plot, runs, args.batch)
     print(
         f"\none run; power model: idle {args.idle_w} W + {args.w_per_cpu_s} W per CPU-second/s, "
         f"{args.capacity_wh} Wh, {args.fps:g} fps x {args.batch} images, time x{args.time_scale:g}"
