@@ -166,8 +166,10 @@ class Seen:
         """Take in one message; whether the announcement may have changed."""
         before = (self.battery, self.thermal, self.accuracy, self.labels, self.detections)
         if isinstance(message, State):
-            if message.status == "online" or self.state is None:
-                self.state = message  # an offline will carries no profile: keep the birth's
+            # Only a birth announces: an offline will carries no profile, and one that arrives
+            # after the device was removed must not bring its entities back.
+            if message.status == "online":
+                self.state = message
                 return True
         elif isinstance(message, Telemetry):
             self.battery |= message.battery is not None

@@ -210,7 +210,14 @@ def test_devices_appear_in_home_assistant_and_leave_with_their_availability(
                 what="availability offline after kill -9",
             )
 
-            # Removing the device takes its entities (and its retained state) away.
+            # Removing the device takes its entities (and its retained state) away. (Removed
+            # while its will is still on the way, the will would register it again.)
+            wait_for(
+                lambda: (
+                    client.get(f"/api/v1/devices/{DEVICE}", headers=AUTH).json()["online"] is False
+                ),
+                what="the controller to see the will",
+            )
             assert client.delete(f"/api/v1/devices/{DEVICE}", headers=AUTH).status_code == 204
             wait_for(lambda: latest(config_at) == b"", 10, what="an empty retained config")
             assert client.delete(f"/api/v1/devices/{DEVICE}", headers=AUTH).status_code == 404
@@ -249,7 +256,8 @@ def test_nothing_is_announced_before_a_birth_and_nothing_twice() -> None:
         memory=MemorySample(used_mb=1, available_mb=1, percent=50),
     )
     discovery.saw(sample)
-    assert sent == []  # no profile yet: announced with the birth
+    discovery.saw(State(device_id="d1", ts=1.0, status="offline"))  # e.g. a will in flight
+    assert sent == []  # no birth yet: announced with the birth
     discovery.saw(State(device_id="d1", ts=1.0, status="online", hardware=profile()))
     discovery.saw(sample)
     discovery.saw(sample)
