@@ -132,6 +132,11 @@ class Demo:
         self.view: ViewState | None = None
         self._setup_thread: threading.Thread | None = None
         self._build: demo_bundle.BuildProcess | None = None
+        self.public_key: Path | None = None  # the controller's, pinned by every agent
+        # The setup thread asks, the main thread starts the agents: a child dies with the
+        # thread that started it (PR_SET_PDEATHSIG), and the setup thread ends early.
+        self._agents_due = threading.Event()
+        self._agents_started = threading.Event()
         # Signals only set this flag: an exception raised at an arbitrary point (inside a
         # fork hook, a lock release, an import) can be swallowed or leave things half-made.
         self._stop = threading.Event()
@@ -202,7 +207,7 @@ class Demo:
         self._checkpoint()
 
         state_dir = self.workdir / "controller"
-        public_key = demo_bundle.prepare_key(state_dir, self.workdir / "controller.pem")
+        self.public_key = demo_bundle.prepare_key(state_dir, self.workdir / "controller.pem")
         from lepton_edge.controller.demo.server import (
             ControllerServer,  # imports FastAPI: only when needed
         )
@@ -222,6 +227,19 @@ class Demo:
             profiles={d: p for d, p in self._all_devices()},
         )
 
+        # The slow part (bundle build, benchmarks, rollout) runs beside the live view.
+        self._setup_thread = threading.Thread(
+            target=self._setup_fleet, name="demo-setup", daemon=True
+        )
+        self._setup_thread.start()
+
+    def _start_agents(self) -> None:
+        """One process per device. Started once the bundles are built, so the simulated
+        batteries (which drain from the agent's start) still cross their thresholds after the
+        rollout, however long the build took on this machine."""
+        assert self.workdir is not None and self.broker is not None
+        public_key = self.public_key
+        assert public_key is not None
         for device_id, profile in self.devices:
             self._checkpoint()
             self.agents.append(
@@ -246,14 +264,9 @@ class Demo:
                     video=self._camera_video(),
                 )
             )
-        say(
+        self.console.print(
             f"agents: {len(self.agents)} processes started ({', '.join(a.device_id for a in self.agents)})"
         )
-        # The slow part (bundle build, benchmarks, rollout) runs beside the live view.
-        self._setup_thread = threading.Thread(
-            target=self._setup_fleet, name="demo-setup", daemon=True
-        )
-        self._setup_thread.start()
 
     def _all_devices(self) -> list[tuple[str, Any]]:
         return [*self.devices, *([self.camera] if self.camera else [])]
@@ -331,6 +344,10 @@ class Demo:
                     started=self._remember_build,
                     detector=True,
                 )
+            view.phase = "starting the devices"
+            self._agents_due.set()
+            while not self._agents_started.wait(0.2):
+                self._checkpoint()
             everyone = self._all_devices()
             view.phase = "waiting for every device to come online"
             wait_until(
@@ -399,6 +416,9 @@ class Demo:
                     if self.view.deadline is None:
                         raise _Interrupted()
                     return True  # Ctrl-C once the fleet runs: end early, with the summary
+                if self._agents_due.is_set() and not self._agents_started.is_set():
+                    self._start_agents()
+                    self._agents_started.set()
                 self._check_children()
                 if self.setup_error is not None:
                     raise self.setup_error
