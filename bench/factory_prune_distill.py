@@ -48,17 +48,10 @@ def main() -> int:
         return float((model.predict(xe, verbose=0).argmax(1) == ye).mean())  # type: ignore[attr-defined]
 
     keras.utils.set_random_seed(0)
-    teacher = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(32, 3, activation="relu", name="conv"),
-            keras.layers.MaxPooling2D(2, name="pool"),
-            keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(64, activation="relu", name="hidden"),
-            keras.layers.Dense(10, activation="softmax", name="scores"),
-        ],
-        name="seed_cnn",
-    )
+    sys.path.insert(0, str(ROOT / "examples" / "fashion_mnist"))
+    import train as reference  # examples/fashion_mnist/train.py: the seed CNN
+
+    teacher = reference.build_model()
     teacher.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     teacher.fit(x, y, epochs=3, batch_size=64, verbose=0)
     base = accuracy(teacher)

@@ -75,6 +75,7 @@ def distill(
         alpha = 1.0
     elif len(y) != len(x):
         raise UserError(f"{len(x)} training samples but {len(y)} labels")
+    prune_mod.check_labels(teacher, np.zeros(0, np.int64) if y is None else y)
     import keras
     from keras import ops
 

@@ -157,6 +157,24 @@ def prune_model(model: Any, fraction: float) -> tuple[Any, PruneReport]:
     return narrow, report
 
 
+def check_labels(model: Any, y: np.ndarray) -> None:
+    """Fine-tuning and distillation train a classifier on class indices: anything else (a
+    regression, a detector, one-hot or float targets) would train it towards nonsense."""
+    classes = int(model.outputs[0].shape[-1])
+    y = np.asarray(y)
+    if (
+        len(model.outputs) != 1
+        or len(model.outputs[0].shape) != 2
+        or y.ndim != 1
+        or y.dtype.kind not in "iu"
+        or (len(y) and (y.min() < 0 or y.max() >= classes))
+    ):
+        raise UserError(
+            "pruning and distillation fine-tune classifiers only: one (N, classes) output and "
+            f"integer class labels in [0, {classes}); this model or these labels are not that"
+        )
+
+
 def check_budget(samples: int, epochs: int) -> None:
     if epochs < 1:
         raise UserError(f"a training budget of {epochs} epochs trains nothing: use 1 or more")
@@ -172,6 +190,7 @@ def fine_tune(
 ) -> Any:
     """Train a classifier for `epochs` on (x, y) with hard labels; returns the model."""
     check_budget(len(x), epochs)
+    check_labels(model, y)
     import keras
 
     keras.utils.set_random_seed(seed)

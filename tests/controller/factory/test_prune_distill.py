@@ -120,6 +120,10 @@ def test_bad_inputs_are_one_line_each(teacher: Any, data: Any) -> None:
         prune_mod.prune(teacher, x, y, epochs=0)
     with pytest.raises(UserError, match="too few to fine-tune"):
         prune_mod.prune(teacher, x[:50], y[:50])
+    with pytest.raises(UserError, match="fine-tune classifiers only"):  # float targets
+        prune_mod.prune(teacher, x, y.astype(np.float32))
+    with pytest.raises(UserError, match="fine-tune classifiers only"):  # a label past the classes
+        distill_mod.distill(teacher, distill_mod.derive_student(teacher, 0.5), x, y + 10)
     with pytest.raises(UserError, match=r"outside \(0, 1\)"):
         distill_mod.derive_student(teacher, 1.0)
     wrong = keras.Sequential(
