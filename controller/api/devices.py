@@ -64,11 +64,22 @@ class TagsIn(BaseModel):
     tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(max_length=64)
 
 
+class StepVariant(BaseModel):
+    """What a ladder step runs: which model (architecture) at which precision."""
+
+    architecture: str
+    precision: str
+    format: str
+    parameters: int | None
+    macs: int | None
+
+
 class LadderOut(BaseModel):
     device_id: str
     bundle_id: str
     hardware_class: str
     ladder: Ladder
+    variants: dict[str, StepVariant]
     latency_source: dict[str, str]
     latency_ms: dict[str, float | None]
     notes: list[str]
@@ -211,6 +222,17 @@ def get_ladder(
         bundle_id=bundle_id,
         hardware_class=selection.hardware_class,
         ladder=selection.ladder,
+        variants={
+            v.id: StepVariant(
+                architecture=v.architecture or "base",
+                precision=v.precision.value,
+                format=v.format.value,
+                parameters=v.parameters,
+                macs=v.macs,
+            )
+            for v in manifest.variants
+            if v.id in {step.variant_id for step in selection.ladder.steps}
+        },
         latency_source=dict(selection.latency_source),
         latency_ms=selection.latency_ms,
         notes=selection.notes,

@@ -34,9 +34,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print("ladder:")
     for step in result["ladder"]["steps"]:
-        print(f"  {step['level']:<12} {step['variant_id']:<22} {step['why']}")
+        facts = result["variants"].get(step["variant_id"], {})
+        model = f"{facts.get('architecture', '?')} {facts.get('precision', '?')}"
+        print(f"  {step['level']:<12} {step['variant_id']:<30} {model:<16} {step['why']}")
     if result["ladder"]["rejected"]:
         print("not chosen:")
         for variant, why in sorted(result["ladder"]["rejected"].items()):
-            print(f"  {variant:<22} {why}")
+            print(f"  {variant:<30} {why}")
     return 0

@@ -212,8 +212,9 @@ def build_bundle(
     `tflite_quantizer="tensorflow"` makes the TFLite fp16/int8 variants of a Keras model with
     TensorFlow's converter instead of ai-edge-quantizer (weight-only int8 and the
     sensitive-layer fallback stay with ai-edge-quantizer). Schemes that fail or change nothing
-    go to the manifest's `not_built`. `architectures`: smaller Keras models made from the base
-    one (name -> model, e.g. {"pruned50": ..., "student25": ...}), each built into the same
+    go to the manifest's `not_built`. `architectures`: smaller models of the same task (name
+    -> Keras model or `(onnx_path, tflite_path)`, e.g. {"pruned50": ..., "student25": ...}),
+    each built into the same
     schemes (ids `name-onnx-int8-static`, ...); each may lose `architecture_points` of the
     labelled metric against the base fp32. Returns the signed manifest, which is also written
     to `out_dir/manifest.json`."""
@@ -926,8 +927,8 @@ def _filed(job: _Job, speed: dict[str, dict[str, float]]) -> list[Variant]:
 
 
 def _figures(keras_model: Any, onnx_path: Path | None) -> tuple[int | None, int | None]:
-    """(parameters, multiply-accumulates per sample) of the model: both from a Keras model,
-    the parameter count alone from an ONNX file."""
+    """(parameters, multiply-accumulates per sample) of the model, from a Keras model or
+    else from its ONNX file."""
     if keras_model is not None:
         from lepton_edge.controller.factory import keras as keras_mod
 
@@ -935,8 +936,7 @@ def _figures(keras_model: Any, onnx_path: Path | None) -> tuple[int | None, int 
     if onnx_path is not None:
         from lepton_edge.controller.factory import onnx as onnx_mod
 
-        model = onnx_mod.load(onnx_path)
-        return sum(math.prod(t.dims) for t in model.graph.initializer), None
+        return onnx_mod.figures(onnx_mod.load(onnx_path))
     return None, None
 
 
@@ -948,24 +948,13 @@ def _derived_job(
     outputs: list[TensorSpec],
     skip: set[str],
 ) -> _Job:
-    """Make and judge a smaller Keras model's variants with the base model's schemes; its
-    quantized variants are judged against its own fp32."""
-    from lepton_edge.controller.factory import keras as keras_mod
-
+    """Make and judge a smaller model's variants with the base model's schemes; its quantized
+    variants are judged against its own fp32. `model` is a Keras model or a pair
+    `(onnx_path, tflite_path)` (either may be None) of the same network."""
     job = _Job(**{**base.__dict__, "made": [], "not_built": [], "reference": {}, "baseline": {}})
     job.architecture = name
     job.work.mkdir(parents=True)
-    if not keras_mod.is_keras_model(model):
-        raise UserError(f"architecture {name}: {type(model).__name__} is not a Keras model")
-    formats = set(base.reference)
-    onnx = (
-        keras_mod.to_onnx(model, job.work / "keras.onnx") if ModelFormat.ONNX in formats else None
-    )
-    tflite = (
-        keras_mod.to_tflite(model, job.work / "keras.tflite")
-        if ModelFormat.TFLITE in formats
-        else None
-    )
+    onnx, tflite, keras_model = _architecture_files(name, model, set(base.reference), job.work)
     own_inputs, own_outputs = _model_io(onnx, tflite)
     for what, theirs, ours in (("input", inputs, own_inputs), ("output", outputs, own_outputs)):
         if len(theirs) != len(ours) or not _same_tensors(theirs, ours):
@@ -973,7 +962,7 @@ def _derived_job(
                 f"architecture {name}: its {what}s {[t.shape for t in ours]} differ from the "
                 f"base model's {[t.shape for t in theirs]}: it must take and give the same tensors"
             )
-    job.parameters, job.macs = keras_mod.figures(model)
+    job.parameters, job.macs = _figures(keras_model, onnx)
     plans: list[_Plan] = []
     if onnx is not None:
         plans += _onnx_plans(onnx, job.work, job)
@@ -984,6 +973,39 @@ def _derived_job(
     for plan in plans:
         _run_plan(job, plan)
     return job
+
+
+def _architecture_files(
+    name: str, model: Any, formats: set[ModelFormat], work: Path
+) -> tuple[Path | None, Path | None, Any]:
+    """(onnx, tflite, keras model or None) of a smaller architecture, in the base's formats."""
+    from lepton_edge.controller.factory import keras as keras_mod
+
+    if keras_mod.is_keras_model(model):
+        onnx = (
+            keras_mod.to_onnx(model, work / "keras.onnx") if ModelFormat.ONNX in formats else None
+        )
+        tflite = (
+            keras_mod.to_tflite(model, work / "keras.tflite")
+            if ModelFormat.TFLITE in formats
+            else None
+        )
+        return onnx, tflite, model
+    if not (isinstance(model, tuple) and len(model) == 2):
+        raise UserError(
+            f"architecture {name}: {type(model).__name__} is neither a Keras model nor a pair "
+            "(onnx_path, tflite_path)"
+        )
+    files = {ModelFormat.ONNX: model[0], ModelFormat.TFLITE: model[1]}
+    for fmt in formats:
+        if files[fmt] is None or not Path(files[fmt]).is_file():
+            raise UserError(
+                f"architecture {name}: no {fmt.value} file ({files[fmt]}); the base model has "
+                f"one, so every architecture needs one"
+            )
+    onnx = Path(model[0]) if ModelFormat.ONNX in formats else None
+    tflite = Path(model[1]) if ModelFormat.TFLITE in formats else None
+    return onnx, tflite, None
 
 
 def _against_base(base: _Job, derived: list[_Job], variant: Variant) -> Variant:

@@ -7,6 +7,7 @@ int8 dynamic. Each maker writes one file and returns how it was made.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +30,49 @@ def load(path: Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise UserError(f"{path} is not a valid ONNX model (empty graph)")
     return model
+
+
+def figures(model: onnx.ModelProto) -> tuple[int, int | None]:
+    """(parameters, multiply-accumulates per sample): its convolutions and matrix products
+    with constant weights, the work that dominates inference. MACs are None where a shape
+    they need is not fixed (e.g. a dynamic image size)."""
+    weights = {
+        t.name: list(t.dims)
+        for t in model.graph.initializer
+        if t.data_type in {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    }
+    # per use, as Keras counts them: an exporter may share one all-zero bias between layers
+    parameters = sum(
+        math.prod(weights[name])
+        for node in model.graph.node
+        for name in node.input
+        if name in weights
+    )
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [
+            d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
+        ]
+        for v in (*inferred.graph.value_info, *inferred.graph.output)
+    }
+    macs = 0
+    for node in model.graph.node:
+        if node.op_type not in {"Conv", "Gemm", "MatMul"} or len(node.input) < 2:
+            continue
+        kernel = weights.get(node.input[1])
+        out = shapes.get(node.output[0])
+        if kernel is None:
+            continue
+        dims = [d for d in (out or [None])[1:] if d]  # a dynamic or unknown size: no figure
+        if out is None or len(dims) != len(out) - 1:
+            return parameters, None
+        if node.op_type == "Conv":  # every output value: (in / groups) * kh * kw products
+            macs += math.prod(dims) * math.prod(kernel[1:])
+        else:  # one dot product of length K per output value
+            macs += math.prod(dims) * (
+                kernel[0] if node.op_type == "MatMul" else math.prod(kernel) // dims[-1]
+            )
+    return parameters, macs
 
 
 def _first_line(exc: BaseException) -> str:

@@ -302,7 +302,13 @@ function ladderCard(view) {
   const { steps, rejected } = view.ladder;
   return h("section", { class: "card" }, h("h2", {}, "Ladder"),
     h("table", { class: "ladder" }, h("tbody", {},
-      steps.map(s => h("tr", {}, h("td", {}, levelBadge(s.level)), h("td", { class: "variant" }, s.variant_id), h("td", { class: "muted" }, s.why))))),
+      h("tr", {}, ["level", "variant", "model", "precision", "M MACs", "why"].map(c => h("th", {}, c))),
+      steps.map(s => {
+        const v = view.variants[s.variant_id] || {};
+        return h("tr", {}, h("td", {}, levelBadge(s.level)), h("td", { class: "variant" }, s.variant_id),
+          h("td", { class: "architecture" }, v.architecture || "–"), h("td", { "data-precision": v.precision || "" }, v.precision || "–"),
+          h("td", {}, v.macs != null ? (v.macs / 1e6).toFixed(1) : "–"), h("td", { class: "muted" }, s.why));
+      }))),
     Object.keys(rejected).length ? h("details", {}, h("summary", {}, `${Object.keys(rejected).length} variants not chosen`),
       h("ul", {}, Object.entries(rejected).map(([k, why]) => h("li", {}, h("code", {}, k), ` — ${why}`)))) : null);
 }

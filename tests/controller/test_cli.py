@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_cli_end_to_end(
     assert "pi-1" in out and "aarch64" in out
     assert main(["select", "--device", "pi-1"]) == 0
     out = capsys.readouterr().out
-    assert "performance  tflite-" in out
+    assert re.search(r"performance  tflite-\S+ +base (fp32|fp16|int8) ", out), out
     assert "onnx-fp32" in out and "needs runtime onnxruntime" in out
     assert (
         main(["rollout", "create", "fmnist-1", "--all", "--waves", "50,100", "--no-inference"]) == 0

@@ -162,6 +162,9 @@ def test_benchmark_command_feeds_selection_per_hardware_class(tmp_path, db_url, 
             ).json()
             assert set(after["latency_source"].values()) == {"device"}
             assert after["ladder"]["steps"][0]["variant_id"] == "onnx-fp32"
+            assert after["variants"]["onnx-fp32"]["precision"] == "fp32"
+            assert after["variants"]["onnx-fp32"]["architecture"] == "base"  # made before
+            assert set(after["variants"]) == {s["variant_id"] for s in after["ladder"]["steps"]}
             assert "slower" in after["ladder"]["rejected"]["tflite-int8-static"]
             bad = client.post(
                 "/api/v1/benchmarks",

@@ -263,3 +263,44 @@ def test_an_architecture_that_does_not_fit_is_one_line_and_writes_nothing(
         build_bundle(tmp_path / "b", architectures={"Big-One": other}, **common)
     assert not (tmp_path / "b").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
+
+
+def test_architectures_from_model_files(teacher: Any, data: Any, tmp_path: Path) -> None:
+    """The demo's path (no TensorFlow at build time): base and student given as ONNX and
+    TFLite files; the student's parameters and MACs are counted from its ONNX graph."""
+    from lepton_edge.controller.factory import build_bundle
+    from lepton_edge.controller.factory import keras as keras_mod
+    from lepton_edge.controller.factory.build import ALL_VARIANTS
+
+    x, _, xe, ye = data
+    student = distill_mod.derive_student(teacher, 0.5)
+    files = {}
+    for name, model in (("base", teacher), ("student", student)):
+        files[name] = (
+            keras_mod.to_onnx(model, tmp_path / f"{name}.onnx"),
+            keras_mod.to_tflite(model, tmp_path / f"{name}.tflite"),
+        )
+    common = {
+        "onnx": files["base"][0],
+        "tflite": files["base"][1],
+        "calib_x": x[:100],
+        "eval_x": xe[:200],
+        "eval_y": ye[:200],
+        "key": KEY,
+        "model_name": "seed",
+        "skip": [v for v in ALL_VARIANTS if v not in {"onnx-fp32", "tflite-fp32"}],
+    }
+    with pytest.raises(UserError, match="architecture student50: no tflite file"):
+        build_bundle(
+            tmp_path / "b", architectures={"student50": (files["student"][0], None)}, **common
+        )
+    assert not (tmp_path / "b").exists()
+    manifest = build_bundle(tmp_path / "b", architectures={"student50": files["student"]}, **common)
+    derived = manifest.variant("student50-onnx-fp32")
+    assert derived.architecture == "student50"
+    assert manifest.variant("student50-tflite-fp32").architecture == "student50"
+    # 16 filters and 32 units: conv 26x26x16 of 3x3x1, hidden 2704x32, scores 32x10
+    assert derived.macs == 26 * 26 * 16 * 9 + 2704 * 32 + 320
+    # the student is untrained: the exporter leaves out its all-zero biases
+    assert derived.parameters == 16 * 9 + 2704 * 32 + 32 * 10
+    assert manifest.variant("onnx-fp32").macs == 26 * 26 * 32 * 9 + 5408 * 64 + 640
