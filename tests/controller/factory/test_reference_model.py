@@ -48,7 +48,7 @@ def test_committed_models_match_train_py(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout[done.stdout.index("{") :])
-    assert report["test_accuracy"] >= 0.89
+    assert report["test_accuracy"]["model"] >= 0.89
     x, _ = fashion_mnist("t10k")
     x = (x[:1000].astype(np.float32) / 255.0)[..., None]
     for name, fmt in (("model.onnx", ModelFormat.ONNX), ("model.tflite", ModelFormat.TFLITE)):
@@ -81,6 +81,26 @@ def test_committed_models_are_the_seed_cnn() -> None:
     }
     assert accuracy[ModelFormat.ONNX] >= 0.89
     assert accuracy[ModelFormat.ONNX] == pytest.approx(accuracy[ModelFormat.TFLITE], abs=0.001)
+
+
+def test_committed_large_model_and_its_student() -> None:
+    """`train.py --large` (9 minutes of training: not re-run here): the large CNN and its
+    half-width student, the same network in both formats, with the figures the README gives."""
+    x, y = fashion_mnist("t10k")
+    x, y = (x[:2000].astype(np.float32) / 255.0)[..., None], y[:2000]
+    figures = {}
+    for stem in ("large", "large-student50"):
+        scores = {
+            fmt: Predictor(REFERENCE / f"{stem}.{fmt.value}", fmt).predict_all(x)
+            for fmt in ModelFormat
+        }
+        onnx_top, tflite_top = (scores[fmt].argmax(1) for fmt in ModelFormat)
+        assert float(np.mean(onnx_top == tflite_top)) >= 0.999, stem
+        assert float(np.mean(onnx_top == y)) >= 0.89, stem
+        figures[stem] = onnx_variants.figures(onnx_variants.load(REFERENCE / f"{stem}.onnx"))
+    assert figures["large"] == (549930, 36879744)  # 37 M MACs: conv 32, 96, 128, 128; dense 128
+    params, macs = figures["large-student50"]  # half the filters and units: about a quarter
+    assert macs is not None and 0.2 < macs / 36879744 < 0.3 and params < 549930 / 3
 
 
 def test_quantizers_are_deterministic(tmp_path: Path) -> None:
