@@ -9,8 +9,9 @@ The ladder is built on the cost/accuracy frontier of the eligible variants:
 - critical  = the cheapest variant: among those within `cheap_margin` (25 %) of the fastest
   latency, the smallest file (fewer bytes moved per inference; on small models latency
   differences of a few percent are noise, the 2-4x smaller int8 file is not);
-- performance = the most accurate among the fast ones (within `fast_factor` of the fastest;
-  accuracies within `accuracy_noise` points count as equal, then higher precision wins);
+- performance = the most accurate among the fast ones (within `fast_factor` of the fastest
+  variant of the same model: a slow scheme is left out, a bigger and more accurate model is
+  not; accuracies within `accuracy_noise` points count as equal, then higher precision wins);
 - balanced / saver = frontier points between the two (2/3 and 1/3 of the way down).
 So two devices with different hardware get different ladders, and a ladder has two distinct
 variants whenever a cheaper variant exists that is not slower.
@@ -207,8 +208,16 @@ def select(
             c for c in timed if c.latency_ms is not None and c.latency_ms <= fastest * margin
         ]
         critical = min(near_fastest, key=lambda c: (c.variant.size_bytes, c.latency_ms or 0.0))
+        # A bigger model is slower by design, so "fast" is measured against the fastest
+        # variant of the same model: a slow scheme is left out, a more accurate model is not.
+        fastest_of: dict[str, float] = {}
+        for c in timed:
+            arch = c.variant.architecture or "base"
+            fastest_of[arch] = min(fastest_of.get(arch, float("inf")), c.latency_ms or 0.0)
         fast = [
-            c for c in timed if c.latency_ms is not None and c.latency_ms <= fastest * fast_factor
+            c
+            for c in timed
+            if (c.latency_ms or 0.0) <= fastest_of[c.variant.architecture or "base"] * fast_factor
         ]
         performance = _most_accurate(fast, accuracy_noise)
     else:  # nothing timed anywhere: fall back to size as the cost

@@ -31,6 +31,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--keras", type=Path, metavar="M.keras", help="Keras model (needs the keras extra)"
     )
     models.add_argument(
+        "--architecture",
+        action="append",
+        default=[],
+        metavar="NAME=S.onnx[,S.tflite]",
+        help="a smaller model of the same task (a student, a pruned copy) built into the same "
+        "bundle, in the formats the model has; repeatable (e.g. student50=s.onnx,s.tflite)",
+    )
+    models.add_argument(
         "--task",
         default=None,
         help="classification, detection, segmentation, regression or raw (default: "
@@ -152,6 +160,26 @@ def _labels_path(images: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def _architectures(values: list[str]) -> dict[str, tuple[Path | None, Path | None]]:
+    """`NAME=S.onnx,S.tflite` -> {NAME: (onnx, tflite)}, the files told apart by suffix."""
+    out: dict[str, tuple[Path | None, Path | None]] = {}
+    for value in values:
+        name, _, files = value.partition("=")
+        paths = [Path(f) for f in files.split(",") if f]
+        by_suffix = {p.suffix.lower(): p for p in paths}
+        if (
+            not name
+            or not paths
+            or set(by_suffix) - {".onnx", ".tflite"}
+            or len(by_suffix) != len(paths)
+        ):
+            raise UserError(
+                f"--architecture {value!r}: use NAME=S.onnx, NAME=S.tflite or NAME=S.onnx,S.tflite"
+            )
+        out[name] = (by_suffix.get(".onnx"), by_suffix.get(".tflite"))
+    return out
+
+
 def _labels(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -214,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
             input_scale=args.input_scale,
             input_mean=args.input_mean,
             input_std=args.input_std,
+            architectures=_architectures(args.architecture),
         )
     if args.json:
         print(json.dumps(manifest.model_dump(mode="json"), indent=2))

@@ -6,6 +6,10 @@ teacher's softened outputs (temperature `T`, the loss scaled by T² as Hinton et
 with the hard labels (`alpha` is the teacher's share). The defaults (T = 2, alpha = 0.5) are
 what helped on the seed's CNN with a budget of a few epochs; T = 4 hurt there
 (`bench/factory_prune_distill.py`).
+
+A model that is not a classifier (a detector's raw head, a regression) is distilled by
+`distill_heads`: the student matches the teacher's head outputs (mean squared error), mixed
+with the model's own training loss on the labels where one is given.
 """
 
 from __future__ import annotations
@@ -97,6 +101,56 @@ def distill(
         return alpha * temperature**2 * kl + (1 - alpha) * ce
 
     student.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    student.fit(x, targets, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return student
+
+
+def distill_heads(
+    teacher: Any,
+    student: Any,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    task_loss: Any = None,
+    alpha: float = 0.5,
+    epochs: int = 3,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> Any:
+    """Train `student` to give `teacher`'s head outputs on `x` (one output, e.g. a detector's
+    raw per-cell logits and box terms): `alpha` of the loss is the mean squared error to the
+    teacher, `1 - alpha` the model's own `task_loss(y, output)` when `y` and it are given.
+    Returns the student."""
+    check_student(teacher, student)
+    prune_mod.check_budget(len(x), epochs)
+    if len(teacher.outputs) != 1:
+        raise UserError(
+            f"the teacher has {len(teacher.outputs)} outputs: distil the model that gives its "
+            "raw head as one tensor (before decoding), as examples/shapes_detector does"
+        )
+    if not 0 <= alpha <= 1:
+        raise UserError(f"alpha {alpha} is outside [0, 1]: the teacher's share of the loss")
+    if (y is None) != (task_loss is None):
+        raise UserError("give both y and task_loss (or neither: the teacher alone teaches)")
+    if y is not None and len(y) != len(x):
+        raise UserError(f"{len(x)} training samples but {len(y)} labels")
+    import keras
+    from keras import ops
+
+    keras.utils.set_random_seed(seed)
+    taught = np.asarray(teacher.predict(x, batch_size=64, verbose=0), dtype=np.float32)
+    width = taught.shape[-1]
+    targets = taught if y is None else np.concatenate([taught, y.astype(np.float32)], axis=-1)
+    share = alpha if y is not None else 1.0
+
+    def loss(target: Any, output: Any) -> Any:
+        matched = ops.mean(ops.square(output - target[..., :width]), axis=-1)
+        if task_loss is None:
+            return matched
+        return share * matched + (1 - share) * task_loss(target[..., width:], output)
+
+    student.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
     student.fit(x, targets, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
     return student
 

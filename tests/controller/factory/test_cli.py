@@ -66,6 +66,37 @@ def test_build_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "accepted" in out and "1.0000" in out
 
 
+def test_build_with_a_smaller_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--architecture NAME=S.onnx,S.tflite` puts a second model into the same bundle (here
+    the large reference's student beside the seed CNN: the same inputs and outputs)."""
+    student = [REFERENCE / f"large-student50.{suffix}" for suffix in ("onnx", "tflite")]
+    code = main(
+        [
+            "build",
+            "--onnx", str(REFERENCE / "model.onnx"),
+            "--tflite", str(REFERENCE / "model.tflite"),
+            "--architecture", f"student50={student[0]},{student[1]}",
+            "--calib", str(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
+            "--eval", str(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
+            "--eval-samples", "300",
+            "--input-scale", "1/255",
+            *(f"--skip={v}" for v in ("onnx-fp16", "onnx-int8-dynamic", "openvino-int8")),
+            *(f"--skip={v}" for v in ("tflite-fp16", "tflite-int8-dynamic", "tflite-int8-weight-only")),
+            "--out", str(tmp_path / "bundle"),
+            "--key", str(tmp_path / "k.pem"),
+            "--json",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    variants = json.loads(capsys.readouterr().out)["variants"]
+    by_id = {v["id"]: v for v in variants}
+    assert by_id["student50-tflite-fp32"]["architecture"] == "student50"
+    assert by_id["student50-onnx-int8-static"]["macs"] == 9268928
+    assert by_id["onnx-fp32"]["architecture"] == "base"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -115,6 +146,32 @@ def test_build_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         (
             ["--onnx", "m.onnx", "--calib", "x.npy", "--eval", "x.npy", "--input-scale", "0"],
             "--input-scale: '0' must be positive",
+        ),
+        (
+            [
+                "--onnx",
+                "m.onnx",
+                "--calib",
+                "x.npy",
+                "--eval",
+                "x.npy",
+                "--architecture",
+                "s=x.npy",
+            ],
+            "--architecture 's=x.npy': use NAME=S.onnx",
+        ),
+        (
+            [
+                "--onnx",
+                "m.onnx",
+                "--calib",
+                "x.npy",
+                "--eval",
+                "x.npy",
+                "--architecture",
+                "s=n.onnx",
+            ],
+            "architecture s: no onnx file (n.onnx)",
         ),
     ],
 )
