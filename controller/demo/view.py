@@ -108,7 +108,7 @@ def device_table(state: ViewState, wide: bool) -> Table:
     if wide:
         table.add_column("profile", no_wrap=True, overflow="ellipsis", ratio=1)
     table.add_column("power", no_wrap=True, min_width=11 if wide else 5)
-    table.add_column("variant", no_wrap=True, overflow="ellipsis", max_width=None if wide else 19)
+    table.add_column("variant", no_wrap=True, overflow="ellipsis", max_width=None if wide else 22)
     table.add_column("fps", justify="right", no_wrap=True, min_width=4)
     table.add_column("p99 ms", justify="right", no_wrap=True, min_width=6)
     table.add_column("battery", no_wrap=True)
@@ -134,7 +134,10 @@ def device_table(state: ViewState, wide: bool) -> Table:
             Text(
                 level if wide else SHORT_LEVEL.get(level, level), style=LEVEL_STYLE.get(level, "")
             ),
-            Text(row.variant or "–", style=PRECISION_STYLE.get(precision or "", "")),
+            Text(  # narrow: student50-tflite-int8-static -> student50-tflite-int8
+                (row.variant if wide else (row.variant or "").removesuffix("-static")) or "–",
+                style=PRECISION_STYLE.get(precision or "", ""),
+            ),
             _num(row.fps),
             _num(row.p99_ms, 2),
             _battery(row, profile),

@@ -215,7 +215,7 @@ def test_without_the_data_set_agents_get_synthetic_frames_and_labels_come_from_f
 ) -> None:
     import numpy as np
 
-    from lepton_edge.controller.demo.bundle import REFERENCE_DIR, _dataset
+    from lepton_edge.controller.demo.bundle import FLEET_MODEL, _dataset
 
     calib, eval_x, eval_y = _dataset(None)
     assert calib.shape[1:] == eval_x.shape[1:] == (28, 28, 1)
@@ -223,7 +223,7 @@ def test_without_the_data_set_agents_get_synthetic_frames_and_labels_come_from_f
     # The labels are the fp32 model's own answers, so "accuracy" means agreement with fp32.
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(REFERENCE_DIR / "model.onnx"))
+    session = ort.InferenceSession(str(FLEET_MODEL[0]))
     scores = session.run(None, {session.get_inputs()[0].name: eval_x[:50]})[0]
     assert (scores.argmax(axis=1) == eval_y[:50]).all()
     assert len(set(eval_y.tolist())) > 1
