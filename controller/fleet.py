@@ -16,11 +16,13 @@ from sqlalchemy import (
     JSON,
     Table,
     Text,
+    and_,
     bindparam,
     cast,
     delete,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -532,8 +534,8 @@ def set_tags(session: Session, device_id: str, tags: list[str]) -> None:
         session.add(DeviceTag(device_id=device_id, tag=tag))
 
 
-def list_devices(
-    session: Session,
+def _device_filters(
+    query: Any,
     *,
     tag: str | None = None,
     online: bool | None = None,
@@ -542,10 +544,7 @@ def list_devices(
     variant: str | None = None,
     power_level: str | None = None,
     bundle: str | None = None,
-    limit: int = 10_000,
-    offset: int = 0,
-) -> list[Device]:
-    query = select(Device).order_by(Device.id)
+) -> Any:
     if tag is not None:
         query = query.where(Device.id.in_(select(DeviceTag.device_id).where(DeviceTag.tag == tag)))
     if online is not None:
@@ -560,7 +559,55 @@ def list_devices(
         query = query.where(Device.power_level == power_level)
     if bundle is not None:
         query = query.where(Device.active_bundle == bundle)
+    return query
+
+
+def list_devices(
+    session: Session,
+    *,
+    sort: str = "id",
+    after: tuple[Any, str] | None = None,
+    limit: int = 10_000,
+    offset: int = 0,
+    **filters: Any,
+) -> list[Device]:
+    """Devices matching `filters`, ordered by `sort` ("-last_seen": newest first) then id;
+    `after` = the previous page's last (sort value, id)."""
+    descending = sort.startswith("-")
+    column = getattr(Device, sort.lstrip("-"))
+    order = (column.desc(), Device.id.desc()) if descending else (column, Device.id)
+    query = _device_filters(select(Device), **filters).order_by(*order)
+    if after is not None:
+        value, key = after
+        if descending:
+            query = query.where(or_(column < value, and_(column == value, Device.id < key)))
+        else:
+            query = query.where(or_(column > value, and_(column == value, Device.id > key)))
     return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+def summary(session: Session, **filters: Any) -> dict[str, Any]:
+    """How many devices match `filters`, and how they split by status, power level, active
+    variant, hardware class and bundle: what a fleet page draws without listing devices."""
+    base = _device_filters(select(Device.id), **filters).subquery()
+    out: dict[str, Any] = {"total": session.scalar(select(func.count()).select_from(base)) or 0}
+    for name, column in (
+        ("online", Device.online),
+        ("power_level", Device.power_level),
+        ("variant", Device.active_variant),
+        ("hardware_class", Device.hardware_class),
+        ("bundle", Device.active_bundle),
+    ):
+        rows = session.execute(
+            select(column, func.count()).where(Device.id.in_(select(base.c.id))).group_by(column)
+        ).all()
+        if name == "online":
+            out[name] = {"online": 0, "offline": 0} | {
+                "online" if value else "offline": n for value, n in rows
+            }
+        else:
+            out[name] = {("none" if value is None else str(value)): n for value, n in rows}
+    return out
 
 
 def history(session: Session, device_id: str, limit: int) -> list[Telemetry]:
@@ -574,9 +621,16 @@ def history(session: Session, device_id: str, limit: int) -> list[Telemetry]:
 
 
 def recent_events(
-    session: Session, device_id: str | None = None, kind: str | None = None, limit: int = 100
+    session: Session,
+    device_id: str | None = None,
+    kind: str | None = None,
+    limit: int = 100,
+    before: int | None = None,
 ) -> list[EventRecord]:
+    """Newest first; `before`: only events older than that event id (the next page)."""
     query = select(EventRecord).order_by(EventRecord.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(EventRecord.id < before)
     if device_id is not None:
         query = query.where(EventRecord.device_id == device_id)
     if kind is not None:

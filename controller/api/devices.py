@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from lepton_edge.controller import fleet
+from lepton_edge.controller import fleet, pagination
 from lepton_edge.controller.api.deps import AdminAuth, ControllerDep, ReadAuth, SessionDep
 from lepton_edge.controller.selection import NoEligibleVariant, ladder_for
 from lepton_edge.controller.tables import Bundle, Device, EventRecord
@@ -109,8 +111,45 @@ def _device(session: Session, device_id: str) -> Device:
     return device
 
 
+#: The device list's query parameters; any other is a 422, not silently ignored.
+DEVICE_FILTERS = ("tag", "online", "arch", "hardware_class", "variant", "power_level", "bundle")
+#: Columns that are never NULL, so a keyset cursor (value, id) orders every row; "-": descending.
+DeviceSort = Literal["id", "-id", "last_seen", "-last_seen", "first_seen", "-first_seen"]
+
+
+def _only_known(request: Request, known: Iterable[str]) -> None:
+    unknown = sorted(set(request.query_params) - set(known))
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"unknown parameter; use one of {', '.join(sorted(known))}",
+                    "type": "extra_forbidden",
+                }
+                for name in unknown
+            ]
+        )
+
+
+def _next_page(request: Request, response: Response, cursor: pagination.Cursor) -> None:
+    """The next page's cursor in `X-Next-Cursor` and as a `Link: <...>; rel="next"`."""
+    token = pagination.encode(cursor)
+    response.headers["X-Next-Cursor"] = token
+    response.headers["Link"] = f'<{request.url.include_query_params(cursor=token)}>; rel="next"'
+
+
+def _decode(text: str, query: str) -> pagination.Cursor:
+    try:
+        return pagination.decode(text, query)
+    except pagination.CursorError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 @router.get("/devices", response_model=list[DeviceOut])
 def list_devices(
+    request: Request,
+    response: Response,
     session: SessionDep,
     _auth: ReadAuth,
     tag: str | None = None,
@@ -120,10 +159,62 @@ def list_devices(
     variant: str | None = None,
     power_level: PowerLevel | None = None,
     bundle: str | None = None,
+    sort: DeviceSort = "id",
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[DeviceOut]:
+    """Devices by `sort`, a page of `limit`; when more follow, `X-Next-Cursor` (and `Link`)
+    name the next page: pass it back as `cursor` with the same sort and filters."""
+    _only_known(request, (*DEVICE_FILTERS, "sort", "cursor", "limit", "offset"))
+    filters: dict[str, Any] = {
+        "tag": tag,
+        "online": online,
+        "arch": arch,
+        "hardware_class": hardware_class,
+        "variant": variant,
+        "power_level": power_level.value if power_level else None,
+        "bundle": bundle,
+    }
+    query = pagination.query_digest(sort=sort, **filters)
+    after = None
+    if cursor is not None:
+        if offset:
+            raise HTTPException(400, "give a cursor or an offset, not both")
+        last = _decode(cursor, query)
+        after = (last.value, str(last.key))
     devices = fleet.list_devices(
+        session, sort=sort, after=after, limit=limit + 1, offset=offset, **filters
+    )
+    if len(devices) > limit:
+        devices = devices[:limit]
+        last_row = devices[-1]
+        _next_page(
+            request,
+            response,
+            pagination.Cursor(query, getattr(last_row, sort.lstrip("-")), last_row.id),
+        )
+    tags = fleet.device_tags(session, [d.id for d in devices])
+    return [device_out(d, tags[d.id]) for d in devices]
+
+
+@router.get("/devices/summary")
+def device_summary(
+    request: Request,
+    session: SessionDep,
+    _auth: ReadAuth,
+    tag: str | None = None,
+    online: bool | None = None,
+    arch: str | None = None,
+    hardware_class: str | None = None,
+    variant: str | None = None,
+    power_level: PowerLevel | None = None,
+    bundle: str | None = None,
+) -> dict[str, Any]:
+    """Counts of the devices matching the filters: in all, and by status, power level,
+    active variant, hardware class and bundle (what the fleet page draws)."""
+    _only_known(request, DEVICE_FILTERS)
+    return fleet.summary(
         session,
         tag=tag,
         online=online,
@@ -132,11 +223,7 @@ def list_devices(
         variant=variant,
         power_level=power_level.value if power_level else None,
         bundle=bundle,
-        limit=limit,
-        offset=offset,
     )
-    tags = fleet.device_tags(session, [d.id for d in devices])
-    return [device_out(d, tags[d.id]) for d in devices]
 
 
 @router.get("/devices/{device_id}", response_model=DeviceDetail)
@@ -241,10 +328,26 @@ def get_ladder(
 
 @router.get("/events", response_model=list[EventOut])
 def list_events(
+    request: Request,
+    response: Response,
     session: SessionDep,
     _auth: ReadAuth,
     device_id: str | None = None,
     kind: EventKind | None = None,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
 ) -> list[EventOut]:
-    return [event_out(e) for e in fleet.recent_events(session, device_id, kind, limit)]
+    """Newest first; when older ones follow, `X-Next-Cursor` names the next page."""
+    _only_known(request, ("device_id", "kind", "cursor", "limit"))
+    query = pagination.query_digest(device_id=device_id, kind=kind)
+    before = None
+    if cursor is not None:
+        last = _decode(cursor, query)
+        if not isinstance(last.key, int):
+            raise HTTPException(400, "the cursor is not one this server gave out")
+        before = last.key
+    events = fleet.recent_events(session, device_id, kind, limit + 1, before=before)
+    if len(events) > limit:
+        events = events[:limit]
+        _next_page(request, response, pagination.Cursor(query, events[-1].ts, events[-1].id))
+    return [event_out(e) for e in events]
