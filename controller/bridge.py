@@ -96,11 +96,13 @@ class Bridge:
         db: Database,
         fleet: Fleet | None = None,
         observe_batch: Callable[[float], None] | None = None,
+        observe_lag: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.fleet = fleet or Fleet()
         self.observe_batch = observe_batch  # seconds one batch took to decode and commit
+        self.observe_lag = observe_lag  # seconds from a sample's timestamp to its commit
         self.counters = BridgeCounters()
         self.connected = threading.Event()
         self._queue: collections.deque[Received] = collections.deque()
@@ -310,6 +312,10 @@ class Bridge:
                 c.rejected_unknown += result.unknown
         if self.observe_batch is not None:
             self.observe_batch(time.perf_counter() - started)
+        if self.observe_lag is not None:
+            committed = time.time()
+            for telemetry, _ in batch.telemetry:
+                self.observe_lag(max(0.0, committed - telemetry.ts))
         if self.discovery is not None:
             for state in batch.states:
                 self.discovery.saw(state)

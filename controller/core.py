@@ -74,6 +74,7 @@ class Controller:
                 self.db,
                 self.fleet,
                 observe_batch=self.metrics.ingest_batch_seconds.observe,
+                observe_lag=self.metrics.ingest_lag_seconds.observe,
             )
             self.bridge.start()
         if self.settings.rollout_loop:

@@ -47,6 +47,13 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        self.ingest_lag_seconds = Histogram(
+            "lepton_ingest_lag_seconds",
+            "from a telemetry sample's timestamp (the device's clock) to its commit: rises when "
+            "ingestion falls behind and the broker queues",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
         self.api_request_seconds = Histogram(
             "lepton_api_request_seconds",
             "time to answer an HTTP request, by route template, method and status",

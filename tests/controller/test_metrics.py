@@ -46,6 +46,12 @@ def test_metrics_pass_promtool_and_carry_histograms(live: LiveController) -> Non
                 ),
                 what="a telemetry batch written",
             )
+            wait_for(
+                lambda: _value(
+                    _samples(http.get("/metrics").text), "lepton_ingest_lag_seconds_count"
+                ),
+                what="a sample's ingest lag observed",
+            )
             text = http.get("/metrics").text
         checked = subprocess.run(
             ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
