@@ -112,6 +112,7 @@ def distill_heads(
     y: np.ndarray | None = None,
     *,
     task_loss: Any = None,
+    match: Any = None,
     alpha: float = 0.5,
     epochs: int = 3,
     batch_size: int = 32,
@@ -121,6 +122,8 @@ def distill_heads(
     """Train `student` to give `teacher`'s head outputs on `x` (one output, e.g. a detector's
     raw per-cell logits and box terms): `alpha` of the loss is the mean squared error to the
     teacher, `1 - alpha` the model's own `task_loss(y, output)` when `y` and it are given.
+    `match` maps both outputs before they are compared, e.g. the head's own activation
+    (`keras.ops.sigmoid`), so that a background cell's -12 against -9 costs nothing.
     Returns the student."""
     check_student(teacher, student)
     prune_mod.check_budget(len(x), epochs)
@@ -140,12 +143,15 @@ def distill_heads(
 
     keras.utils.set_random_seed(seed)
     taught = np.asarray(teacher.predict(x, batch_size=64, verbose=0), dtype=np.float32)
+    if match is not None:
+        taught = np.asarray(match(taught), dtype=np.float32)
     width = taught.shape[-1]
     targets = taught if y is None else np.concatenate([taught, y.astype(np.float32)], axis=-1)
     share = alpha if y is not None else 1.0
 
     def loss(target: Any, output: Any) -> Any:
-        matched = ops.mean(ops.square(output - target[..., :width]), axis=-1)
+        mine = output if match is None else match(output)
+        matched = ops.mean(ops.square(mine - target[..., :width]), axis=-1)
         if task_loss is None:
             return matched
         return share * matched + (1 - share) * task_loss(target[..., width:], output)

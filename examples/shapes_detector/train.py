@@ -57,7 +57,6 @@ def targets(boxes: list[np.ndarray]) -> np.ndarray:
 
 def build(keras: Any) -> tuple[Any, Any]:
     """(training model with raw outputs, export model with decoded boxes and scores)."""
-    ops = keras.ops
     image = keras.Input((shapes.SIZE, shapes.SIZE, 3), name="image")
     x = image
     for filters, stride in ((32, 2), (64, 2), (96, 2), (128, 1), (128, 1)):
@@ -65,7 +64,14 @@ def build(keras: Any) -> tuple[Any, Any]:
     raw = keras.layers.Conv2D(7, 1, name="head")(x)
     raw = keras.layers.Reshape((GRID * GRID, 7), name="cells")(raw)
     train_model = keras.Model(image, raw, name="shapes_detector_train")
+    return train_model, decoded(keras, train_model)
 
+
+def decoded(keras: Any, train_model: Any) -> Any:
+    """The export model: `train_model`'s raw cells decoded to boxes and scores."""
+    ops = keras.ops
+    image = keras.Input((shapes.SIZE, shapes.SIZE, 3), name="image")
+    raw = train_model(image)
     gy, gx = np.mgrid[0:GRID, 0:GRID].astype(np.float32)
     offsets = np.stack([gx.ravel(), gy.ravel()], axis=1)[None]
     centre = (ops.sigmoid(raw[..., 0:2]) + offsets) / GRID
@@ -73,7 +79,7 @@ def build(keras: Any) -> tuple[Any, Any]:
     boxes = ops.concatenate([centre - size / 2, centre + size / 2], axis=-1)
     boxes = keras.layers.Identity(name="boxes")(boxes)
     scores = keras.layers.Activation("sigmoid", name="scores")(raw[..., 4:7])
-    return train_model, keras.Model(image, [boxes, scores], name="shapes_detector")
+    return keras.Model(image, [boxes, scores], name="shapes_detector")
 
 
 def loss(keras: Any) -> Any:
@@ -93,25 +99,50 @@ def loss(keras: Any) -> Any:
     return detector_loss
 
 
-def train(epochs: int, images: int) -> Any:
+def training_data(images: int) -> tuple[np.ndarray, np.ndarray]:
+    x, boxes = shapes.render(images, TRAIN_SEED)
+    return x.astype(np.float32) / 255.0, targets(boxes)
+
+
+def train(epochs: int, images: int) -> tuple[Any, Any]:
+    """(training model, export model), trained from the seed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
-    x, boxes = shapes.render(images, TRAIN_SEED)
+    x, y = training_data(images)
     train_model, export_model = build(keras)
     train_model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=loss(keras))
-    train_model.fit(
-        x.astype(np.float32) / 255.0,
-        targets(boxes),
+    train_model.fit(x, y, epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, verbose=2)
+    return train_model, export_model
+
+
+def student(teacher: Any, width: float, epochs: int, images: int, alpha: float = 0.5) -> Any:
+    """A `width` student of the trained detector (`teacher`: its training model), its head
+    distilled by the factory's code (alpha = 0: the same student on the labels alone); returns
+    its export model."""
+    import keras
+
+    from lepton_edge.controller.factory import distill
+
+    x, y = training_data(images)
+    narrow = distill.derive_student(teacher, width)
+    distill.distill_heads(
+        teacher,
+        narrow,
+        x,
+        y,
+        task_loss=loss(keras),
+        match=keras.ops.sigmoid,  # every raw channel is read through a sigmoid
+        alpha=alpha,
         epochs=epochs,
         batch_size=BATCH_SIZE,
-        shuffle=True,
-        verbose=2,
+        learning_rate=2e-3,
+        seed=SEED,
     )
-    return export_model
+    return decoded(keras, narrow)
 
 
 def name_outputs(path: Path, names: tuple[str, ...] = ("boxes", "scores")) -> Path:
@@ -131,11 +162,11 @@ def name_outputs(path: Path, names: tuple[str, ...] = ("boxes", "scores")) -> Pa
     return path
 
 
-def export(model: Any, out_dir: Path) -> dict[str, str]:
-    """Write detector.onnx and detector.tflite; return their sha256."""
+def export(model: Any, out_dir: Path, stem: str = "detector") -> dict[str, str]:
+    """Write <stem>.onnx and <stem>.tflite; return their sha256."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = name_outputs(keras_export.to_onnx(model, out_dir / "detector.onnx"))
-    tflite_path = keras_export.to_tflite(model, out_dir / "detector.tflite")
+    onnx_path = name_outputs(keras_export.to_onnx(model, out_dir / f"{stem}.onnx"))
+    tflite_path = keras_export.to_tflite(model, out_dir / f"{stem}.tflite")
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (onnx_path, tflite_path)}
 
 
@@ -149,9 +180,19 @@ def main() -> int:
     )
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--images", type=int, default=TRAIN_IMAGES)
+    parser.add_argument(
+        "--student",
+        type=float,
+        default=None,
+        help="also distil a student of this width (e.g. 0.5: detector-student50.*)",
+    )
     args = parser.parse_args()
-    model = train(args.epochs, args.images)
-    print(json.dumps({"sha256": export(model, args.out)}, indent=2))
+    teacher, model = train(args.epochs, args.images)
+    hashes = export(model, args.out)
+    if args.student:
+        narrow = student(teacher, args.student, args.epochs, args.images)
+        hashes |= export(narrow, args.out, f"detector-student{round(args.student * 100)}")
+    print(json.dumps({"sha256": hashes}, indent=2))
     return 0
 
 
