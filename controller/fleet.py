@@ -537,6 +537,7 @@ def set_tags(session: Session, device_id: str, tags: list[str]) -> None:
 def _device_filters(
     query: Any,
     *,
+    q: str | None = None,
     tag: str | None = None,
     online: bool | None = None,
     arch: str | None = None,
@@ -545,6 +546,8 @@ def _device_filters(
     power_level: str | None = None,
     bundle: str | None = None,
 ) -> Any:
+    if q:
+        query = query.where(Device.id.contains(q, autoescape=True))
     if tag is not None:
         query = query.where(Device.id.in_(select(DeviceTag.device_id).where(DeviceTag.tag == tag)))
     if online is not None:
@@ -588,7 +591,8 @@ def list_devices(
 
 def summary(session: Session, **filters: Any) -> dict[str, Any]:
     """How many devices match `filters`, and how they split by status, power level, active
-    variant, hardware class and bundle: what a fleet page draws without listing devices."""
+    variant, hardware class, architecture, bundle and tag: what a fleet page draws without
+    listing devices."""
     base = _device_filters(select(Device.id), **filters).subquery()
     out: dict[str, Any] = {"total": session.scalar(select(func.count()).select_from(base)) or 0}
     for name, column in (
@@ -596,6 +600,7 @@ def summary(session: Session, **filters: Any) -> dict[str, Any]:
         ("power_level", Device.power_level),
         ("variant", Device.active_variant),
         ("hardware_class", Device.hardware_class),
+        ("arch", Device.arch),
         ("bundle", Device.active_bundle),
     ):
         rows = session.execute(
@@ -607,6 +612,12 @@ def summary(session: Session, **filters: Any) -> dict[str, Any]:
             }
         else:
             out[name] = {("none" if value is None else str(value)): n for value, n in rows}
+    tags = session.execute(
+        select(DeviceTag.tag, func.count())
+        .where(DeviceTag.device_id.in_(select(base.c.id)))
+        .group_by(DeviceTag.tag)
+    ).all()
+    out["tag"] = dict(tags)
     return out
 
 

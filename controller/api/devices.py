@@ -112,7 +112,16 @@ def _device(session: Session, device_id: str) -> Device:
 
 
 #: The device list's query parameters; any other is a 422, not silently ignored.
-DEVICE_FILTERS = ("tag", "online", "arch", "hardware_class", "variant", "power_level", "bundle")
+DEVICE_FILTERS = (
+    "q",
+    "tag",
+    "online",
+    "arch",
+    "hardware_class",
+    "variant",
+    "power_level",
+    "bundle",
+)
 #: Columns that are never NULL, so a keyset cursor (value, id) orders every row; "-": descending.
 DeviceSort = Literal["id", "-id", "last_seen", "-last_seen", "first_seen", "-first_seen"]
 
@@ -152,6 +161,7 @@ def list_devices(
     response: Response,
     session: SessionDep,
     _auth: ReadAuth,
+    q: Annotated[str | None, Query(max_length=64, description="part of the device id")] = None,
     tag: str | None = None,
     online: bool | None = None,
     arch: str | None = None,
@@ -168,6 +178,7 @@ def list_devices(
     name the next page: pass it back as `cursor` with the same sort and filters."""
     _only_known(request, (*DEVICE_FILTERS, "sort", "cursor", "limit", "offset"))
     filters: dict[str, Any] = {
+        "q": q,
         "tag": tag,
         "online": online,
         "arch": arch,
@@ -203,6 +214,7 @@ def device_summary(
     request: Request,
     session: SessionDep,
     _auth: ReadAuth,
+    q: Annotated[str | None, Query(max_length=64, description="part of the device id")] = None,
     tag: str | None = None,
     online: bool | None = None,
     arch: str | None = None,
@@ -216,6 +228,7 @@ def device_summary(
     _only_known(request, DEVICE_FILTERS)
     return fleet.summary(
         session,
+        q=q,
         tag=tag,
         online=online,
         arch=arch,

@@ -18,11 +18,26 @@ const token = (() => {
   return sessionStorage.getItem("lepton-token");
 })();
 
-async function api(path) {
+async function fetchApi(path) {
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const res = await fetch(`${API}${path}`, { headers, cache: "no-store" });
   if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
-  return res.json();
+  return res;
+}
+
+async function api(path) {
+  return (await fetchApi(path)).json();
+}
+
+/* One page of a cursor-paged list: its rows and the cursor of the next page (or null). */
+async function apiPage(path) {
+  const res = await fetchApi(path);
+  return { rows: await res.json(), next: res.headers.get("X-Next-Cursor") };
+}
+
+function queryString(params) {
+  return Object.entries(params).filter(([, v]) => v !== "" && v !== null && v !== undefined)
+    .map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&");
 }
 
 function h(tag, attrs, ...children) {
@@ -101,37 +116,59 @@ function deviceView(d) {
 /* --- pages --------------------------------------------------------------------------------- */
 
 const filters = { q: "", online: "", arch: "", level: "", variant: "", tag: "" };
+/* The fleet table shows one page of PAGE devices; `cursors[i]` opens page i (null: the first). */
+const PAGE = 100;
+const paging = { cursors: [null], page: 0 };
 
 function option(value, label, current) {
   return h("option", { value, selected: value === current }, label);
 }
 
-function filterBar(devices, rerender) {
-  const uniq = f => [...new Set(devices.map(f).flat().filter(Boolean))].sort();
+/* The filters go to the server: a change starts again from the first page. */
+function setFilter(key, value) {
+  filters[key] = value;
+  paging.cursors = [null];
+  paging.page = 0;
+  refresh();
+}
+
+function serverFilters() {
+  return {
+    q: filters.q, online: filters.online === "" ? "" : filters.online === "online",
+    arch: filters.arch, power_level: filters.level, variant: filters.variant, tag: filters.tag,
+  };
+}
+
+/* Options from the unfiltered fleet summary: every value any device has. */
+function filterBar(summary) {
+  const keys = counts => Object.keys(counts || {}).filter(k => k !== "none").sort();
   const select = (key, label, values) =>
     h("label", {}, `${label} `,
-      h("select", { "data-filter": key, onchange: e => { filters[key] = e.target.value; rerender(); } },
+      h("select", { "data-filter": key, onchange: e => setFilter(key, e.target.value) },
         option("", "all", filters[key]), values.map(v => option(v, v, filters[key]))));
+  let typing = null;
   return h("div", { class: "filters" },
     h("input", {
       type: "search", placeholder: "search device…", value: filters.q, "data-filter": "q",
-      oninput: e => { filters.q = e.target.value; rerender(); },
+      oninput: e => { clearTimeout(typing); typing = setTimeout(() => setFilter("q", e.target.value), 250); },
     }),
     select("online", "status", ["online", "offline"]),
-    select("arch", "arch", uniq(d => d.arch)),
+    select("arch", "arch", keys(summary.arch)),
     select("level", "power", LEVELS),
-    select("variant", "variant", uniq(d => d.variant)),
-    select("tag", "tag", uniq(d => d.tags)));
+    select("variant", "variant", keys(summary.variant)),
+    select("tag", "tag", keys(summary.tag)));
 }
 
-function matches(d) {
-  if (filters.q && !d.id.toLowerCase().includes(filters.q.toLowerCase())) return false;
-  if (filters.online && (filters.online === "online") !== d.online) return false;
-  if (filters.arch && d.arch !== filters.arch) return false;
-  if (filters.level && d.level !== filters.level) return false;
-  if (filters.variant && d.variant !== filters.variant) return false;
-  if (filters.tag && !d.tags.includes(filters.tag)) return false;
-  return true;
+/* Horizontal bars of a summary breakdown (power levels, variants): counts, not device lists. */
+function mixBars(title, counts, order) {
+  const entries = (order || Object.keys(counts).sort()).filter(k => counts[k]).map(k => [k, counts[k]]);
+  const total = entries.reduce((a, [, n]) => a + n, 0) || 1;
+  return h("div", { class: "mix", "data-mix": title },
+    h("h3", {}, title),
+    entries.map(([k, n]) => h("div", { class: "mix-row" },
+      h("span", { class: "mix-label" }, k),
+      h("span", { class: "bar" }, h("span", { style: `width:${Math.max(1, (100 * n) / total)}%` })),
+      h("span", { class: "num" }, String(n)))));
 }
 
 function levelBadge(level) {
@@ -139,44 +176,57 @@ function levelBadge(level) {
 }
 
 async function fleetPage(root) {
-  const [devicesRaw, rollouts, events] = await Promise.all([
-    api("/devices"), api("/rollouts").catch(() => []),
+  const filtered = queryString(serverFilters());
+  const cursor = paging.cursors[paging.page];
+  const [summary, shownSummary, page, rollouts, events] = await Promise.all([
+    api("/devices/summary"),
+    filtered ? api(`/devices/summary?${filtered}`) : null,
+    apiPage(`/devices?${queryString({ ...serverFilters(), limit: PAGE, cursor })}`),
+    api("/rollouts").catch(() => []),
     api("/events?kind=precision_switch&limit=500").catch(() => []),
   ]);
-  const devices = devicesRaw.map(deviceView).sort((a, b) => a.id.localeCompare(b.id));
-  const online = devices.filter(d => d.online).length;
+  const devices = page.rows.map(deviceView);
+  const matching = (shownSummary || summary).total;
   const switches = events;
   const active = rollouts.find(r => ["running", "paused"].includes(r.state)) || rollouts[0];
-
-  const tableBox = h("div", { class: "card" });
-  const draw = () => {
-    const shown = devices.filter(matches);
-    tableBox.replaceChildren(
-      filterBar(devices, draw),
-      h("table", { class: "fleet", id: "fleet-table" },
-        h("thead", {}, h("tr", {}, ["device", "status", "hardware", "power", "variant", "fps", "p99 ms",
-          "battery", "accuracy (last s)", "last seen"].map(t => h("th", {}, t)))),
-        h("tbody", {}, shown.map(d => h("tr", { "data-device": d.id, class: d.online ? "" : "offline" },
-          h("td", {}, h("a", { href: `#/device/${encodeURIComponent(d.id)}` }, d.id)),
-          h("td", {}, h("span", { class: `dot ${d.online ? "on" : "off"}` }), d.online ? "online" : "offline"),
-          h("td", { class: "hw" }, `${d.arch}`, d.gpu ? h("span", { class: "muted" }, ` · ${d.gpu}`) : null),
-          h("td", {}, levelBadge(d.level)),
-          h("td", { class: "variant", "data-precision": d.precision || "" }, d.variant || "–"),
-          h("td", { class: "num" }, fmt.num(d.fps)),
-          h("td", { class: "num" }, fmt.num(d.p99, 2)),
-          h("td", {}, batteryCell(d.battery)),
-          h("td", { class: "num" }, fmt.pct(d.accuracy)),
-          h("td", { class: "muted" }, fmt.ago(d.lastSeen)))))),
-      h("p", { class: "muted" }, `${shown.length} of ${devices.length} devices shown`));
+  const first = paging.page * PAGE;
+  const go = step => {
+    if (step > 0) paging.cursors[paging.page + 1] = page.next;
+    paging.page += step;
+    refresh();
   };
-  draw();
 
-  fill(root, 
+  const tableBox = h("div", { class: "card" },
+    filterBar(summary),
+    h("table", { class: "fleet", id: "fleet-table" },
+      h("thead", {}, h("tr", {}, ["device", "status", "hardware", "power", "variant", "fps", "p99 ms",
+        "battery", "accuracy (last s)", "last seen"].map(t => h("th", {}, t)))),
+      h("tbody", {}, devices.map(d => h("tr", { "data-device": d.id, class: d.online ? "" : "offline" },
+        h("td", {}, h("a", { href: `#/device/${encodeURIComponent(d.id)}` }, d.id)),
+        h("td", {}, h("span", { class: `dot ${d.online ? "on" : "off"}` }), d.online ? "online" : "offline"),
+        h("td", { class: "hw" }, `${d.arch}`, d.gpu ? h("span", { class: "muted" }, ` · ${d.gpu}`) : null),
+        h("td", {}, levelBadge(d.level)),
+        h("td", { class: "variant", "data-precision": d.precision || "" }, d.variant || "–"),
+        h("td", { class: "num" }, fmt.num(d.fps)),
+        h("td", { class: "num" }, fmt.num(d.p99, 2)),
+        h("td", {}, batteryCell(d.battery)),
+        h("td", { class: "num" }, fmt.pct(d.accuracy)),
+        h("td", { class: "muted" }, fmt.ago(d.lastSeen)))))),
+    h("div", { class: "pager" },
+      h("button", { id: "page-prev", disabled: paging.page === 0, onclick: () => go(-1) }, "‹ prev"),
+      h("span", { class: "muted", id: "page-info" },
+        devices.length ? ` ${first + 1}–${first + devices.length} of ${matching} devices ` : ` 0 of ${matching} devices `),
+      h("button", { id: "page-next", disabled: !page.next, onclick: () => go(1) }, "next ›")));
+
+  fill(root,
     h("section", { class: "stats" },
-      stat("devices", devices.length),
-      stat("online", `${online} / ${devices.length}`),
+      stat("devices", summary.total),
+      stat("online", `${summary.online.online} / ${summary.total}`),
       stat("precision switches", switches.length),
       active ? stat("rollout", `${rolloutPercent(active)} %`, active.state, `#/rollout/${active.id}`) : stat("rollout", "none")),
+    h("section", { class: "card mixes", id: "fleet-mix" },
+      mixBars("power level", summary.power_level, [...LEVELS].reverse().concat(["none"])),
+      mixBars("variant", summary.variant)),
     tableBox,
     h("section", { class: "card", id: "switches" }, h("h2", {}, "Recent precision switches"), eventList(switches.slice(0, 12), true)));
 }

@@ -95,6 +95,9 @@ def test_bad_cursor_is_400_and_an_unknown_filter_422(client: TestClient) -> None
 def test_fleet_summary_counts_without_listing_devices(client: TestClient) -> None:
     """The aggregates match what counting the full device list gives."""
     register(client, range(120), time.time())
+    for n in (1, 2, 7):
+        r = client.put(f"/api/v1/devices/dev-{n:05d}/tags", json={"tags": ["field"]}, headers=AUTH)
+        assert r.status_code == 200, r.text
     summary = client.get("/api/v1/devices/summary", headers=AUTH).json()
     devices = client.get("/api/v1/devices", headers=AUTH).json()
 
@@ -108,6 +111,13 @@ def test_fleet_summary_counts_without_listing_devices(client: TestClient) -> Non
     assert summary["variant"] == count("active_variant")
     assert summary["hardware_class"] == count("hardware_class")
     assert summary["bundle"] == count("active_bundle")
+    assert summary["arch"] == count("arch") and summary["tag"] == {"field": 3}
+    # part of the id, as the dashboard's search box sends it (LIKE wildcards are literal)
+    found = client.get("/api/v1/devices", params={"q": "-0011"}, headers=AUTH).json()
+    assert [d["id"] for d in found] == [f"dev-0011{n}" for n in range(10)]
+    assert client.get("/api/v1/devices", params={"q": "%"}, headers=AUTH).json() == []
+    field = client.get("/api/v1/devices/summary", params={"tag": "field"}, headers=AUTH).json()
+    assert field["total"] == 3
     only = client.get("/api/v1/devices/summary", params={"online": False}, headers=AUTH).json()
     assert only["total"] == 40 and only["online"] == {"online": 0, "offline": 40}
 
