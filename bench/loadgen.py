@@ -6,7 +6,10 @@
 Each device is its own MQTT 3.1.1 connection (client id = device id) with a will that
 marks it offline, a retained birth on `…/state` with a hardware profile, a subscription to
 its `…/cmd`, and telemetry with `seq` at a fixed interval (QoS 1, counted once the broker
-acknowledges it). Commands get a reply that says the device is simulated.
+acknowledges it). A deploy command is carried out as the agent's store would, minus the
+signature check and the runtimes: the manifest and the ladder's files are downloaded over HTTP
+with the command's grant (sha256 checked), then the bundle is reported active on `…/state`
+and the command answered `done`. Other commands are answered `rejected`.
 
 This is a lean implementation of the contract, not the agent's own link and outbox: those use
 one paho client and a thread per device (about 4 MB and a thread each), so 10,000 of them do
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
 import json
 import random
 import struct
@@ -27,14 +32,26 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lepton_edge.shared import topics  # noqa: E402
+import httpx  # noqa: E402
+
+from lepton_edge.shared import messages, topics  # noqa: E402
+from lepton_edge.shared.hardware import HardwareProfile  # noqa: E402
+from lepton_edge.shared.messages import (  # noqa: E402
+    CpuSample,
+    MemorySample,
+    Reply,
+    State,
+    Telemetry,
+)
 from lepton_edge.shared.topics import Kind  # noqa: E402
 
 TS, SEQ = 1234567890.125, 987654321  # placeholders in the encoded template
+START = int(time.time())
 
 
 def _varint(n: int) -> bytes:
@@ -82,27 +99,32 @@ class Counts:
     samples: int = 0  # telemetry sent
     published: int = 0  # every QoS 1 publish: births, samples, goodbyes
     acked: int = 0  # of those, acknowledged by the broker
+    deployed: int = 0  # deploy commands carried out
+    downloaded: int = 0  # artifact bytes
     commands: int = 0
     failed: int = 0
 
 
-def _templates(device_id: str) -> tuple[bytes, bytes, bytes]:
-    """(birth, will, telemetry template with TS and SEQ placeholders) for one device."""
-    from lepton_edge.shared import messages
-    from lepton_edge.shared.hardware import HardwareProfile
-    from lepton_edge.shared.messages import CpuSample, MemorySample, State, Telemetry
-
-    board = HardwareProfile(
+def _board() -> HardwareProfile:
+    return HardwareProfile(
         arch="aarch64",
         cpu_model="Cortex-A72 (loadgen)",
         cores=4,
         features=["neon"],
         memory_mb=2048,
-        runtimes={"litert": "loadgen"},
+        runtimes={"onnxruntime": "loadgen", "litert": "loadgen"},
     )
+
+
+def _templates(
+    device_id: str, bundle: str | None = None, variant: str | None = None
+) -> tuple[bytes, bytes, bytes]:
+    """(birth, will, telemetry template with TS and SEQ placeholders) for one device."""
     now = time.time()
     birth = messages.encode(
-        State(device_id=device_id, ts=now, status="online", hardware=board, agent_version="loadgen")
+        State(
+            device_id=device_id, ts=now, status="online", hardware=_board(), agent_version="loadgen"
+        )
     )
     will = messages.encode(State(device_id=device_id, ts=now, status="offline"))
     telemetry = messages.encode(
@@ -110,7 +132,9 @@ def _templates(device_id: str) -> tuple[bytes, bytes, bytes]:
             device_id=device_id,
             ts=TS,
             seq=SEQ,
-            epoch=f"loadgen{int(now)}",  # a new run is a new sequence, not a reset
+            epoch=f"loadgen{START}",  # a new run is a new sequence, not a reset
+            active_bundle=bundle,
+            active_variant=variant,
             cpu=CpuSample(percent=12.5),
             memory=MemorySample(used_mb=512, available_mb=1536, percent=25.0),
         )
@@ -121,15 +145,28 @@ def _templates(device_id: str) -> tuple[bytes, bytes, bytes]:
 class Device:
     """One simulated device on one MQTT connection."""
 
-    def __init__(self, device_id: str, args: argparse.Namespace, counts: Counts) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        args: argparse.Namespace,
+        counts: Counts,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self.id = device_id
         self.args = args
         self.counts = counts
+        self.http = http  # for deploys: manifests and artifacts
+        self.hardware = _board()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.birth, self.will, template = _templates(device_id)
-        self.head, _, rest = template.partition(json.dumps(TS).encode())
-        self.middle, _, self.tail = rest.partition(str(SEQ).encode())
+        self._use(template)
         self.packet_id = 0
         self.writer: asyncio.StreamWriter | None = None
+
+    def _use(self, template: bytes) -> None:
+        """Telemetry from now on: `template` with this sample's ts and seq."""
+        self.head, _, rest = template.partition(json.dumps(TS).encode())
+        self.middle, _, self.tail = rest.partition(str(SEQ).encode())
 
     def _next_id(self) -> int:
         self.packet_id = self.packet_id % 65535 + 1
@@ -178,6 +215,10 @@ class Device:
         writer.close()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await self._packets(reader)
+
+    async def _packets(self, reader: asyncio.StreamReader) -> None:
         while True:
             first = (await reader.readexactly(1))[0]
             length, shift = 0, 0
@@ -193,16 +234,84 @@ class Device:
                 self.counts.acked += 1
             elif kind == 0x30:  # a command
                 self.counts.commands += 1
-                if first & 0x06 and self.writer is not None:  # QoS 1: acknowledge it
-                    (size,) = struct.unpack("!H", body[:2])
+                (size,) = struct.unpack("!H", body[:2])
+                qos = (first >> 1) & 0x03
+                payload = body[2 + size + (2 if qos else 0) :]
+                if qos and self.writer is not None:  # acknowledge it
                     self.writer.write(b"\x40\x02" + body[2 + size : 4 + size])
+                self._command(payload)
             elif kind == 0x20 and body[1] != 0:
                 raise ConnectionError(f"{self.id}: broker refused the connection ({body[1]})")
+
+    def _command(self, payload: bytes) -> None:
+        try:
+            command = json.loads(payload)
+            command_id = str(command["command_id"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if command.get("type") == "deploy" and self.http is not None:
+            task = asyncio.create_task(self._deploy(command))
+            self.tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self.tasks.discard)
+        else:
+            self._reply(command_id, "rejected", "a simulated device takes deploy commands only")
+
+    def _reply(self, command_id: str, status: Any, detail: str = "") -> None:
+        reply = Reply(
+            device_id=self.id, ts=time.time(), command_id=command_id, status=status, detail=detail
+        )
+        self._publish(topics.topic(self.id, Kind.REPLY), messages.encode(reply))
+
+    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        if self.writer is not None:
+            self.writer.write(publish_packet(topic, payload, self._next_id(), retain))
+            self.counts.published += 1
+
+    async def _deploy(self, command: dict[str, Any]) -> None:
+        """Fetch the manifest and the ladder's files (sha256 checked), then report the bundle
+        active: what the agent's store does, minus the signature check and the runtimes."""
+        assert self.http is not None
+        auth = {"Authorization": f"Bearer {command['download_token']}"}
+        try:
+            reply = await self.http.get(command["manifest_url"], headers=auth)
+            reply.raise_for_status()
+            files = {v["id"]: v["sha256"] for v in reply.json()["variants"]}
+            for variant in sorted(set(command["ladder"].values())):
+                digest = hashlib.sha256()
+                url = f"{command['artifact_base_url']}/{files[variant]}"
+                async with self.http.stream("GET", url, headers=auth) as stream:
+                    stream.raise_for_status()
+                    async for chunk in stream.aiter_bytes(1 << 16):
+                        digest.update(chunk)
+                        self.counts.downloaded += len(chunk)
+                if digest.hexdigest() != files[variant]:
+                    raise ValueError(f"{variant}: sha256 differs")
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            self._reply(command["command_id"], "failed", str(exc)[:200])
+            return
+        state = State(
+            device_id=self.id,
+            ts=time.time(),
+            status="online",
+            hardware=self.hardware,
+            agent_version="loadgen",
+            active_bundle=command["bundle_id"],
+            active_variant=command["ladder"].get("performance"),
+        )
+        self._publish(topics.topic(self.id, Kind.STATE), messages.encode(state), retain=True)
+        self._use(_templates(self.id, state.active_bundle, state.active_variant)[2])
+        self._reply(command["command_id"], "done", f"bundle {command['bundle_id']} active")
+        self.counts.deployed += 1
 
 
 async def _fleet(first: int, count: int, args: argparse.Namespace, counts: Counts) -> None:
     stop_at = time.monotonic() + args.seconds + args.ramp
-    devices = [Device(f"{args.prefix}-{n:05d}", args, counts) for n in range(first, first + count)]
+    # One pool per process: at most `downloads` artifact transfers at once from it.
+    limits = httpx.Limits(max_connections=args.downloads, max_keepalive_connections=args.downloads)
+    http = httpx.AsyncClient(limits=limits, timeout=120)
+    devices = [
+        Device(f"{args.prefix}-{n:05d}", args, counts, http) for n in range(first, first + count)
+    ]
     tasks = []
     for i, device in enumerate(devices):  # connect at `ramp` seconds for the whole fleet
         tasks.append(asyncio.create_task(device.run(stop_at)))
@@ -210,6 +319,7 @@ async def _fleet(first: int, count: int, args: argparse.Namespace, counts: Count
     for result in await asyncio.gather(*tasks, return_exceptions=True):
         if isinstance(result, BaseException):
             counts.failed += 1
+    await http.aclose()
 
 
 def run(args: argparse.Namespace) -> Counts:
@@ -247,6 +357,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--username", default=None)
     p.add_argument("--password", default=None)
     p.add_argument("--prefix", default="load")
+    p.add_argument(
+        "--downloads", type=int, default=50, help="artifact downloads at once, per process"
+    )
     p.add_argument("--first", type=int, default=None, help=argparse.SUPPRESS)  # one worker's share
     p.add_argument("--share", type=int, default=None, help=argparse.SUPPRESS)
     return p

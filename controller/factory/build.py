@@ -214,10 +214,9 @@ def build_bundle(
     sensitive-layer fallback stay with ai-edge-quantizer). Schemes that fail or change nothing
     go to the manifest's `not_built`. `architectures`: smaller models of the same task (name
     -> Keras model or `(onnx_path, tflite_path)`, e.g. {"pruned50": ..., "student25": ...}),
-    each built into the same
-    schemes (ids `name-onnx-int8-static`, ...); each may lose `architecture_points` of the
-    labelled metric against the base fp32. Returns the signed manifest, which is also written
-    to `out_dir/manifest.json`."""
+    each built into the same schemes (ids `name-onnx-int8-static`, ...); each may lose
+    `architecture_points` of the labelled metric against the base fp32. Returns the signed
+    manifest, which is also written to `out_dir/manifest.json`."""
     out_dir = Path(out_dir).absolute()  # the measuring child runs elsewhere: no relative paths
     if tolerance_points < 0:
         raise UserError(f"tolerance {tolerance_points} must be >= 0 points")
@@ -235,12 +234,15 @@ def build_bundle(
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{out_dir} exists and is not empty: choose a new folder or overwrite it")
     architectures = dict(architectures or {})
-    for name in architectures:
+    for name, smaller in architectures.items():
         if name == "base" or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
             raise UserError(
                 f"architecture name {name!r}: use lower-case letters, digits and _ (e.g. "
                 "student25), not 'base'"
             )
+        for path in smaller if isinstance(smaller, tuple) else ():  # before any work is done
+            if path is not None and not Path(path).is_file():
+                raise UserError(f"architecture {name}: model file {path} does not exist")
     given = describe_mod.read_description(description)
     tolerances = _tolerance(
         tolerance if tolerance is not None else given.get("tolerance"), tolerance_points

@@ -171,7 +171,7 @@ def test_build_with_a_smaller_architecture(
                 "--architecture",
                 "s=n.onnx",
             ],
-            "architecture s: no onnx file (n.onnx)",
+            "architecture s: model file n.onnx does not exist",
         ),
     ],
 )
