@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
@@ -111,17 +112,6 @@ def _device(session: Session, device_id: str) -> Device:
     return device
 
 
-#: The device list's query parameters; any other is a 422, not silently ignored.
-DEVICE_FILTERS = (
-    "q",
-    "tag",
-    "online",
-    "arch",
-    "hardware_class",
-    "variant",
-    "power_level",
-    "bundle",
-)
 #: Columns that are never NULL, so a keyset cursor (value, id) orders every row; "-": descending.
 DeviceSort = Literal["id", "-id", "last_seen", "-last_seen", "first_seen", "-first_seen"]
 
@@ -155,12 +145,7 @@ def _decode(text: str, query: str) -> pagination.Cursor:
         raise HTTPException(400, str(exc)) from None
 
 
-@router.get("/devices", response_model=list[DeviceOut])
-def list_devices(
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    _auth: ReadAuth,
+def device_filters(
     q: Annotated[str | None, Query(max_length=64, description="part of the device id")] = None,
     tag: str | None = None,
     online: bool | None = None,
@@ -169,15 +154,9 @@ def list_devices(
     variant: str | None = None,
     power_level: PowerLevel | None = None,
     bundle: str | None = None,
-    sort: DeviceSort = "id",
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-) -> list[DeviceOut]:
-    """Devices by `sort`, a page of `limit`; when more follow, `X-Next-Cursor` (and `Link`)
-    name the next page: pass it back as `cursor` with the same sort and filters."""
-    _only_known(request, (*DEVICE_FILTERS, "sort", "cursor", "limit", "offset"))
-    filters: dict[str, Any] = {
+) -> dict[str, Any]:
+    """The device filters both the list and the summary take (None: not filtered)."""
+    return {
         "q": q,
         "tag": tag,
         "online": online,
@@ -187,6 +166,28 @@ def list_devices(
         "power_level": power_level.value if power_level else None,
         "bundle": bundle,
     }
+
+
+DeviceFilters = Annotated[dict[str, Any], Depends(device_filters)]
+#: Any query parameter beside these (and a list's paging) is a 422, not silently ignored.
+DEVICE_FILTERS = tuple(inspect.signature(device_filters).parameters)
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+def list_devices(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    _auth: ReadAuth,
+    filters: DeviceFilters,
+    sort: DeviceSort = "id",
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> list[DeviceOut]:
+    """Devices by `sort`, a page of `limit`; when more follow, `X-Next-Cursor` (and `Link`)
+    name the next page: pass it back as `cursor` with the same sort and filters."""
+    _only_known(request, (*DEVICE_FILTERS, "sort", "cursor", "limit", "offset"))
     query = pagination.query_digest(sort=sort, **filters)
     after = None
     if cursor is not None:
@@ -211,32 +212,12 @@ def list_devices(
 
 @router.get("/devices/summary")
 def device_summary(
-    request: Request,
-    session: SessionDep,
-    _auth: ReadAuth,
-    q: Annotated[str | None, Query(max_length=64, description="part of the device id")] = None,
-    tag: str | None = None,
-    online: bool | None = None,
-    arch: str | None = None,
-    hardware_class: str | None = None,
-    variant: str | None = None,
-    power_level: PowerLevel | None = None,
-    bundle: str | None = None,
+    request: Request, session: SessionDep, _auth: ReadAuth, filters: DeviceFilters
 ) -> dict[str, Any]:
     """Counts of the devices matching the filters: in all, and by status, power level,
-    active variant, hardware class and bundle (what the fleet page draws)."""
+    active variant, hardware class, architecture, bundle and tag (what the fleet page draws)."""
     _only_known(request, DEVICE_FILTERS)
-    return fleet.summary(
-        session,
-        q=q,
-        tag=tag,
-        online=online,
-        arch=arch,
-        hardware_class=hardware_class,
-        variant=variant,
-        power_level=power_level.value if power_level else None,
-        bundle=bundle,
-    )
+    return fleet.summary(session, **filters)
 
 
 @router.get("/devices/{device_id}", response_model=DeviceDetail)
