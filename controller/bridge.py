@@ -369,7 +369,9 @@ class Bridge:
             return
         self._last_prune = time.monotonic()
         with self.db.session() as session:
-            self.fleet.prune(session, ing.history_per_device, ing.events_per_device)
+            self.fleet.prune(
+                session, ing.history_per_device, ing.events_per_device, ing.history_max_age_s
+            )
 
     def telemetry_rate(self, window_s: float = 60.0) -> float:
         """Telemetry samples per second ingested over the last `window_s`."""

@@ -70,6 +70,11 @@ class IngestSettings(_Strict):
     batch_max: int = Field(default=5000, ge=1)
     queue_max: int = Field(default=200_000, ge=100)
     history_per_device: int = Field(default=300, ge=1, description="telemetry samples kept")
+    history_max_age_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="also drop samples older than this (by their timestamp); None: by count only",
+    )
     events_per_device: int = Field(default=200, ge=1)
     prune_interval_s: float = Field(default=10.0, gt=0)
     max_seq_jump: int = Field(

@@ -466,12 +466,26 @@ class Fleet:
 
     # --- housekeeping -------------------------------------------------------------------------
 
-    def prune(self, session: Session, history_per_device: int, events_per_device: int) -> int:
-        """Keep the newest `history_per_device` samples of each device touched since last time."""
+    def prune(
+        self,
+        session: Session,
+        history_per_device: int,
+        events_per_device: int,
+        max_age_s: float | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Keep the newest `history_per_device` samples of each device touched since last
+        time, and none older than `max_age_s`."""
         with self._lock:
             touched, self._touched = self._touched, set()
         if not touched:
             return 0
+        aged = 0
+        if max_age_s is not None:
+            cut = (time.time() if now is None else now) - max_age_s
+            old = text("DELETE FROM telemetry_samples WHERE device_id = :d AND ts < :cut")
+            result = session.execute(old, [{"d": d, "cut": cut} for d in sorted(touched)])
+            aged = int(getattr(result, "rowcount", 0) or 0)
         cutoff = text(
             "DELETE FROM telemetry_samples WHERE device_id = :d AND id <= ("
             "SELECT id FROM telemetry_samples WHERE device_id = :d "
@@ -483,7 +497,7 @@ class Fleet:
             "SELECT id FROM events WHERE device_id = :d ORDER BY id DESC LIMIT 1 OFFSET :n)"
         )
         session.execute(ev_cut, [{"d": d, "n": events_per_device} for d in sorted(touched)])
-        return int(getattr(res, "rowcount", 0) or 0)
+        return aged + int(getattr(res, "rowcount", 0) or 0)
 
 
 # --- queries (API, rollouts) ------------------------------------------------------------------

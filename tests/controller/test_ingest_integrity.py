@@ -96,6 +96,25 @@ def test_sequences_jumps_resets_redeliveries_and_late_arrivals(tmp_path: Path, d
     db.close()
 
 
+def test_history_is_kept_by_count_and_by_age(tmp_path: Path, db_url: str) -> None:
+    db = Database(db_url)
+    db.migrate()
+    fleet = Fleet()
+    now = time.time()
+    old = [_sample("d1", s).model_copy(update={"ts": now - 7200 + s}) for s in range(5)]
+    _apply(db, fleet, [*old, *(_sample("d1", s) for s in range(5, 12))])
+    _apply(db, fleet, [_sample("d2", s) for s in range(3)])
+    with db.session() as session:  # two hours' history at most: d1's first five go
+        assert fleet.prune(session, 10, 100, max_age_s=3600, now=now) == 5
+    assert [s for _, s in _stored(db, "d1")] == list(range(5, 12))
+    assert [s for _, s in _stored(db, "d2")] == [0, 1, 2]
+    _apply(db, fleet, [_sample("d1", 12)])
+    with db.session() as session:  # and by count, newest first
+        assert fleet.prune(session, 3, 100) == 5
+    assert [s for _, s in _stored(db, "d1")] == [10, 11, 12]
+    db.close()
+
+
 def _publisher(port: int) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.connect("127.0.0.1", port)
