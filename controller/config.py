@@ -97,6 +97,12 @@ class RolloutDefaults(_Strict):
     require_inferring: bool = Field(default=True, description="healthy needs inference frames")
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     p99_factor: float = Field(default=1.5, ge=1, description="allowed p99 growth vs before")
+    max_concurrent_deploys: int | None = Field(
+        default=None,
+        ge=1,
+        description="devices downloading and activating at once (None: a whole wave), so a "
+        "wave does not saturate the controller's uplink",
+    )
     resend_after_s: float = Field(
         default=30.0, gt=0, description="resend an unanswered command, then back off (x2)"
     )

@@ -79,6 +79,7 @@ class RolloutOptions(BaseModel):
     require_inferring: bool | None = None
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     p99_factor: float | None = Field(default=None, ge=1, le=1000)
+    max_concurrent_deploys: int | None = Field(default=None, ge=1, le=1_000_000)
 
     def resolve(self, defaults: RolloutDefaults) -> dict[str, Any]:
         out = {k: getattr(defaults, k) for k in type(self).model_fields}
@@ -367,12 +368,18 @@ class RolloutEngine:
         if rollout.state == "aborted" or rollout.state == "paused":
             return
 
-        # 2) deploy to pending devices of released waves that are online now
+        # 2) deploy to pending devices of released waves that are online now, at most
+        #    `max_concurrent_deploys` deploying at once (a rollout made before has no limit)
+        limit = opts.get("max_concurrent_deploys")
+        busy = sum(r.state == "deploying" for r in rds)
         for rd in rds:
+            if limit is not None and busy >= limit:
+                break
             if rd.state == "pending" and rd.wave <= rollout.current_wave:
                 device = devices.get(rd.device_id)
                 if device is not None and device.online:
                     self._deploy(session, rd, device, manifest, rollout, now, outbox)
+                    busy += rd.state == "deploying"
 
         if rollout.state == "completed":
             return

@@ -163,6 +163,35 @@ def test_wave_timeout_pauses_and_resume_waits_again(tmp_path: Path, db_url: str)
     assert sum(isinstance(c, Deploy) for _, c in f.sent) == 1  # the same deploy, not a second one
 
 
+def test_at_most_max_concurrent_deploys_at_once(tmp_path: Path, db_url: str) -> None:
+    """A wave of five with room for two: two deploys, then one more as each finishes."""
+    f = Fleet(tmp_path, db_url, soak_s=0)
+    f.online("a", "b", "c", "d", "e")
+    rid = f.create(waves=[100], options={"require_inferring": False, "max_concurrent_deploys": 2})
+
+    def deployed() -> list[str]:
+        return [d for d, c in f.sent if isinstance(c, Deploy)]
+
+    f.ctl.engine.tick()
+    assert deployed() == ["a", "b"]
+    f.ctl.engine.tick()  # nothing finished: nothing more sent
+    assert deployed() == ["a", "b"]
+    f.finish_deploy("a")
+    f.ctl.engine.tick()  # a is healthy now; its slot goes to c
+    f.ctl.engine.tick()
+    assert deployed() == ["a", "b", "c"]
+    for device in ("b", "c", "d", "e"):
+        if device not in deployed():
+            f.ctl.engine.tick()
+        f.finish_deploy(device)
+        f.ctl.engine.tick()
+    assert f.status(rid)["state"] == "completed" and deployed() == ["a", "b", "c", "d", "e"]
+    with pytest.raises(ValueError):
+        RolloutCreate.model_validate(
+            {"bundle_id": "x", "target": {"all": True}, "options": {"max_concurrent_deploys": 0}}
+        )
+
+
 def test_rollout_loop_runs_only_on_the_leader(tmp_path: Path, db_url: str) -> None:
     class Follower:
         def is_leader(self) -> bool:
