@@ -14,6 +14,8 @@ class Base(DeclarativeBase):
 
 class Device(Base):
     __tablename__ = "devices"
+    # the device list sorted by last seen, in the cursor's order (ties by id)
+    __table_args__ = (Index("ix_devices_last_seen", "last_seen", "id"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     online: Mapped[bool] = mapped_column(Boolean, default=False, index=True)

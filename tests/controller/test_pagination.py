@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
+from lepton_edge.controller.app import create_app
 from lepton_edge.controller.fleet import Batch
 from lepton_edge.shared.messages import Event, PowerLevel, State
-from tests.controller.conftest import AUTH
+from tests.controller.conftest import AUTH, make_settings
 from tests.controller.helpers import profile
 
 LEVELS = list(PowerLevel)
@@ -144,3 +148,39 @@ def test_events_page_by_cursor(client: TestClient) -> None:
     assert reasons == [f"event {n}" for n in reversed(range(60)) if n % 3 == 1]
     r = client.get("/api/v1/events", params={**query, "device_id": "dev-00002"}, headers=AUTH)
     assert r.status_code == 400  # a cursor of another device's events
+
+
+@pytest.mark.postgres
+def test_paging_queries_use_indexes_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """Every SELECT with ORDER BY that the device and event pages and a device's detail run,
+    captured as the API runs it and EXPLAINed on PostgreSQL with sequential scans and sorts
+    priced out: none scans a whole table or sorts (an index gives each page in its order)."""
+    settings = make_settings(tmp_path, postgres_url, rollout_loop=False)
+    with TestClient(create_app(settings)) as client:
+        register(client, range(300), time.time())
+        ctl = client.app.state.controller  # type: ignore[attr-defined]
+        statements: list[tuple[str, Any]] = []
+
+        def grab(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+            tables = ("FROM devices", "FROM telemetry_samples", "FROM events")
+            paged = sql.lstrip().startswith("SELECT") and "ORDER BY" in sql and not many
+            if paged and any(t in sql for t in tables):
+                statements.append((sql, params))
+
+        event.listen(ctl.db.engine, "before_cursor_execute", grab)
+        pages = ({"limit": 50}, {"limit": 50, "sort": "-last_seen"}, {"limit": 50, "online": True})
+        for query in pages:
+            first = client.get("/api/v1/devices", params=query, headers=AUTH)
+            cursor = first.headers["x-next-cursor"]
+            client.get("/api/v1/devices", params={**query, "cursor": cursor}, headers=AUTH)
+        page = client.get("/api/v1/events", params={"limit": 5}, headers=AUTH)
+        assert page.status_code == 200
+        client.get("/api/v1/devices/dev-00007", headers=AUTH)
+        event.remove(ctl.db.engine, "before_cursor_execute", grab)
+        assert len(statements) >= 6
+        with ctl.db.engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("SET enable_sort = off")
+            for sql, params in statements:
+                plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}", params))
+                assert "Seq Scan" not in plan and "Sort" not in plan, f"{sql}\n{plan}"
