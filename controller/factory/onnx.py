@@ -34,8 +34,9 @@ def load(path: Path) -> onnx.ModelProto:
 
 def figures(model: onnx.ModelProto) -> tuple[int, int | None]:
     """(parameters, multiply-accumulates per sample): its convolutions and matrix products
-    with constant weights, the work that dominates inference. MACs are None where a shape
-    they need is not fixed (e.g. a dynamic image size)."""
+    with constant weights, the work that dominates inference. MACs are None where they cannot
+    be counted: a shape that is not fixed (e.g. a dynamic image size), or a product whose
+    weights are computed (or an activation) rather than stored."""
     weights = {
         t.name: list(t.dims)
         for t in model.graph.initializer
@@ -61,8 +62,8 @@ def figures(model: onnx.ModelProto) -> tuple[int, int | None]:
             continue
         kernel = weights.get(node.input[1])
         out = shapes.get(node.output[0])
-        if kernel is None:
-            continue
+        if kernel is None:  # computed weights, or two activations: unknown beats undercounted
+            return parameters, None
         dims = [d for d in (out or [None])[1:] if d]  # a dynamic or unknown size: no figure
         if out is None or len(dims) != len(out) - 1:
             return parameters, None

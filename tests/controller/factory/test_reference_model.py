@@ -127,3 +127,30 @@ def test_quantizers_are_deterministic(tmp_path: Path) -> None:
         make(tmp_path / f"{name}-1.bin")
         make(tmp_path / f"{name}-2.bin")
         assert sha256(tmp_path / f"{name}-1.bin") == sha256(tmp_path / f"{name}-2.bin"), name
+
+
+def test_macs_are_unknown_rather_than_undercounted() -> None:
+    """A product of two activations (attention) or of computed weights has no stored kernel
+    to count: the figure is None, not a smaller number."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])
+    w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),  # stored weights: 4 * 8 * 8
+            helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["h", "ht"], ["y"]),  # two activations
+        ],
+        "attention",
+        [x],
+        [y],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert onnx_variants.figures(model) == (64, None)
+    model.graph.node.pop()  # without the activation product: counted
+    model.graph.node.pop()
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 4, 8]))
+    assert onnx_variants.figures(model) == (64, 4 * 8 * 8)
