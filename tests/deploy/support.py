@@ -42,12 +42,15 @@ def verify(root: Path, *units: str) -> subprocess.CompletedProcess[str]:
         ["systemd-analyze", "verify", "--man=no", f"--root={root}", *units],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=60,
     )
 
 
 def systemd_version() -> int:
-    out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["systemctl", "--version"], capture_output=True, text=True, encoding="utf-8"
+    ).stdout
     return int(out.split()[1])
 
 

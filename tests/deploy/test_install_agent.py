@@ -44,6 +44,7 @@ def install(*args: str) -> subprocess.CompletedProcess[str]:
         [str(INSTALL), *args],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=300,
         env=env,
         check=False,
@@ -141,6 +142,7 @@ def test_install_upgrade_uninstall_in_a_temp_root(
         ],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         check=True,
         env={**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]},
         cwd=tmp_path,  # not the checkout: `python -c` looks in the current directory first

@@ -68,6 +68,7 @@ def test_units_are_hardened(root: Path, unit: str) -> None:
         ["systemd-analyze", "security", "--offline=yes", f"--root={root}", "--threshold=25", unit],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr

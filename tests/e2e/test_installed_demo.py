@@ -34,7 +34,7 @@ def test_demo_runs_from_a_wheel_install_outside_the_checkout(tmp_path: Path) -> 
     env = {**os.environ, "PYTHONPATH": str(site), "TMPDIR": str(tmp_path)}
     where = subprocess.run(
         [sys.executable, "-c", "import lepton_edge.controller.demo.bundle as b; print(b.REFERENCE_DIR)"],
-        capture_output=True, text=True, check=True, env=env, cwd=tmp_path,
+        capture_output=True, text=True, encoding="utf-8", check=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert Path(where.stdout.strip()).is_relative_to(site)
 
@@ -43,7 +43,7 @@ def test_demo_runs_from_a_wheel_install_outside_the_checkout(tmp_path: Path) -> 
     demo = subprocess.run(
         [sys.executable, "-c", code, "demo", "--devices", "2", "--duration", "20", "--live", "off",
          "--summary-json", str(summary)],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+        capture_output=True, text=True, encoding="utf-8", timeout=240, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     facts = json.loads(summary.read_text())
