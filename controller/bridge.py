@@ -364,13 +364,20 @@ class Bridge:
             return self.fleet.apply(session, batch)
 
     def _maybe_prune(self) -> None:
+        """A round every `prune_interval_s`, one slice of `prune_slice` devices per turn of
+        the writer loop: ingestion waits for one slice at a time, never for the whole fleet."""
         ing = self.settings.ingest
-        if time.monotonic() - self._last_prune < ing.prune_interval_s:
-            return
-        self._last_prune = time.monotonic()
+        if not self.fleet.pruning:
+            if time.monotonic() - self._last_prune < ing.prune_interval_s:
+                return
+            self._last_prune = time.monotonic()
         with self.db.session() as session:
             self.fleet.prune(
-                session, ing.history_per_device, ing.events_per_device, ing.history_max_age_s
+                session,
+                ing.history_per_device,
+                ing.events_per_device,
+                ing.history_max_age_s,
+                limit=ing.prune_slice,
             )
 
     def telemetry_rate(self, window_s: float = 60.0) -> float:

@@ -76,7 +76,14 @@ class IngestSettings(_Strict):
         description="also drop samples older than this (by their timestamp); None: by count only",
     )
     events_per_device: int = Field(default=200, ge=1)
+    bulk_copy: bool = Field(
+        default=True,
+        description="on PostgreSQL (psycopg), write telemetry with COPY; false: executemany",
+    )
     prune_interval_s: float = Field(default=10.0, gt=0)
+    prune_slice: int = Field(
+        default=500, ge=1, description="devices pruned per turn of the writer between batches"
+    )
     max_seq_jump: int = Field(
         default=1_000_000,
         ge=1,

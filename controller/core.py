@@ -29,6 +29,7 @@ class Controller:
             shared=settings.mqtt.shared_subscription_group is not None,
             max_seq_jump=settings.ingest.max_seq_jump,
             enrolled_only=settings.registration == "enrolled",
+            copy=settings.ingest.bulk_copy,
         )
         self.leader = make_leader(settings.db_url())
         self.metrics = Metrics()

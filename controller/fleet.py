@@ -1,7 +1,7 @@
 """The fleet registry: applies decoded agent messages to the database and answers queries.
 
 Transport-free: the MQTT bridge hands it batches of validated messages; the API and the
-rollout loop read from it. Writes are batched (one transaction per batch, executemany).
+rollout loop read from it. Writes are batched: one transaction per batch, executemany (COPY on PostgreSQL: `bulk`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from lepton_edge.controller import commands
+from lepton_edge.controller import bulk, commands
 from lepton_edge.controller.tables import (
     BenchmarkRecord,
     CommandRecord,
@@ -151,9 +151,15 @@ class Fleet:
     """
 
     def __init__(
-        self, shared: bool = False, max_seq_jump: int = MAX_SEQ_JUMP, enrolled_only: bool = False
+        self,
+        shared: bool = False,
+        max_seq_jump: int = MAX_SEQ_JUMP,
+        enrolled_only: bool = False,
+        copy: bool = True,
     ) -> None:
         self.shared = shared
+        #: on PostgreSQL (psycopg), write telemetry through COPY (`bulk`); else executemany
+        self.copy = copy
         self.max_seq_jump = max_seq_jump
         #: only devices that enrolled (a broker credential) are registered; others are refused
         self.enrolled_only = enrolled_only
@@ -161,6 +167,7 @@ class Fleet:
         self._seq: dict[str, tuple[str | None, int]] = {}  # device -> (epoch, last seq)
         self._jump: dict[str, int] = {}  # device -> a suspect seq not yet confirmed
         self._touched: set[str] = set()
+        self._pruning: list[str] = []  # the devices of the pruning round under way
         self._lock = threading.Lock()
 
     # --- ingestion ---------------------------------------------------------------------------
@@ -228,6 +235,16 @@ class Fleet:
             if refused:
                 result.unknown = batch.drop(refused)
                 log.info("refused messages from devices not enrolled: %s", sorted(refused))
+            if self.shared and ids - refused:
+                # Replicas write the same devices' rows (each takes a share of every stream,
+                # and every state): taking the row locks in one order, by id, up front keeps
+                # their transactions from deadlocking on each other.
+                session.execute(
+                    select(Device.id)
+                    .where(Device.id.in_(ids - refused))
+                    .order_by(Device.id)
+                    .with_for_update()
+                )
             for state in batch.states:
                 self._apply_state(session, state, now)
             if batch.telemetry:
@@ -295,11 +312,14 @@ class Fleet:
             if verdict == "next":
                 acc.last = (sample, raw)
         late = {id(sample) for sample, _ in self._not_stored(session, behind)}
+        in_batch = {(s.device_id, s.epoch, s.seq) for s, _ in keep}
         for sample, raw in behind:
-            if id(sample) in late:  # a late arrival: it fills a gap (still counted as seen)
+            key = (sample.device_id, sample.epoch, sample.seq)
+            if id(sample) in late and key not in in_batch:  # a late arrival: it fills a gap
                 keep.append((sample, raw))
+                in_batch.add(key)
                 result.late += 1
-            else:
+            else:  # stored already, or twice in this batch
                 per_device[sample.device_id].dups += 1
         for sample, _ in keep:
             per_device[sample.device_id].n += 1
@@ -313,8 +333,13 @@ class Fleet:
             }
             for s, raw in keep
         ]
+        dialect = session.get_bind().dialect
+        copy = self.copy and (dialect.name, dialect.driver) == ("postgresql", "psycopg")
         if history:  # each (device, epoch, seq) once, even from two controllers at a time
-            session.execute(_insert_new(session, TelemetrySample), history)
+            if copy:
+                bulk.insert_samples(session, history)
+            else:
+                session.execute(_insert_new(session, TelemetrySample), history)
         rows = []
         for d, acc in per_device.items():
             result.telemetry += acc.n
@@ -352,6 +377,10 @@ class Fleet:
             "last_seq": bindparam("last_seq"),
             "seq_epoch": bindparam("epoch"),
         }
+        if copy:
+            bulk.update_devices(session, rows)
+            self._touched |= set(per_device)
+            return
         with_sample = [r for r in rows if r["tel"] is not None]
         only_counts = [r for r in rows if r["tel"] is None]
         if with_sample:
@@ -466,6 +495,10 @@ class Fleet:
 
     # --- housekeeping -------------------------------------------------------------------------
 
+    @property
+    def pruning(self) -> bool:
+        return bool(self._pruning)
+
     def prune(
         self,
         session: Session,
@@ -473,30 +506,38 @@ class Fleet:
         events_per_device: int,
         max_age_s: float | None = None,
         now: float | None = None,
+        limit: int | None = None,
     ) -> int:
-        """Keep the newest `history_per_device` samples of each device touched since last
-        time, and none older than `max_age_s`."""
+        """Keep the newest `history_per_device` samples of each device touched since the
+        last round, and none older than `max_age_s`.
+
+        A round takes the devices touched so far and works through them `limit` at a time,
+        one slice per call, so the caller (the bridge's writer) never stalls for a whole
+        fleet's deletes at once; `pruning` says a round is under way."""
         with self._lock:
-            touched, self._touched = self._touched, set()
+            if not self._pruning:
+                self._pruning, self._touched = sorted(self._touched), set()
+            touched = self._pruning[:limit] if limit else self._pruning
+            self._pruning = self._pruning[len(touched) :]
         if not touched:
             return 0
         aged = 0
         if max_age_s is not None:
             cut = (time.time() if now is None else now) - max_age_s
             old = text("DELETE FROM telemetry_samples WHERE device_id = :d AND ts < :cut")
-            result = session.execute(old, [{"d": d, "cut": cut} for d in sorted(touched)])
+            result = session.execute(old, [{"d": d, "cut": cut} for d in touched])
             aged = int(getattr(result, "rowcount", 0) or 0)
         cutoff = text(
             "DELETE FROM telemetry_samples WHERE device_id = :d AND id <= ("
             "SELECT id FROM telemetry_samples WHERE device_id = :d "
             "ORDER BY id DESC LIMIT 1 OFFSET :n)"
         )
-        res = session.execute(cutoff, [{"d": d, "n": history_per_device} for d in sorted(touched)])
+        res = session.execute(cutoff, [{"d": d, "n": history_per_device} for d in touched])
         ev_cut = text(
             "DELETE FROM events WHERE device_id = :d AND id <= ("
             "SELECT id FROM events WHERE device_id = :d ORDER BY id DESC LIMIT 1 OFFSET :n)"
         )
-        session.execute(ev_cut, [{"d": d, "n": events_per_device} for d in sorted(touched)])
+        session.execute(ev_cut, [{"d": d, "n": events_per_device} for d in touched])
         return aged + int(getattr(res, "rowcount", 0) or 0)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from lepton_edge.controller.db import Database
 from lepton_edge.controller.fleet import Batch, Fleet
@@ -105,13 +105,19 @@ def test_history_is_kept_by_count_and_by_age(tmp_path: Path, db_url: str) -> Non
     _apply(db, fleet, [*old, *(_sample("d1", s) for s in range(5, 12))])
     _apply(db, fleet, [_sample("d2", s) for s in range(3)])
     with db.session() as session:  # two hours' history at most: d1's first five go
-        assert fleet.prune(session, 10, 100, max_age_s=3600, now=now) == 5
+        assert fleet.prune(session, 10, 100, max_age_s=3600, now=now, limit=1) == 5
+    assert fleet.pruning  # one device per slice: d2 is left for the next call
+    _apply(db, fleet, [_sample("d3", 0)])  # touched now: for the next round, not this one
+    with db.session() as session:
+        assert fleet.prune(session, 1, 100, limit=1) == 2
+    assert not fleet.pruning
     assert [s for _, s in _stored(db, "d1")] == list(range(5, 12))
-    assert [s for _, s in _stored(db, "d2")] == [0, 1, 2]
+    assert [s for _, s in _stored(db, "d2")] == [2]
     _apply(db, fleet, [_sample("d1", 12)])
-    with db.session() as session:  # and by count, newest first
+    with db.session() as session:  # and by count, newest first (a round: d1 and d3)
         assert fleet.prune(session, 3, 100) == 5
     assert [s for _, s in _stored(db, "d1")] == [10, 11, 12]
+    assert [s for _, s in _stored(db, "d3")] == [0]
     db.close()
 
 
@@ -240,3 +246,75 @@ def test_with_enrollment_on_only_enrolled_devices_are_registered(
         assert 'lepton_mqtt_rejected_total{reason="unknown_device"} 3' in metrics
         pub.loop_stop()
         pub.disconnect()
+
+
+@pytest.mark.postgres
+def test_copy_and_executemany_write_the_same_registry(postgres_url: str) -> None:
+    """PostgreSQL's COPY path (the default) against executemany, on the same batches: the
+    same samples stored, the same counts and newest sample on every device."""
+    db = Database(postgres_url)
+    db.migrate()
+
+    def batches(prefix: str) -> list[list[Telemetry]]:
+        a, b, c = (f"{prefix}-{n}" for n in "abc")
+        return [
+            [_sample(a, s) for s in (0, 1, 3)] + [_sample(b, 0), _sample(c, 7, epoch=None)],
+            [_sample(a, 2), _sample(a, 3), _sample(a, 4), _sample(b, 1), _sample(b, 1)],
+            [_sample(b, 0), _sample(b, 1)],  # only duplicates: b's counts alone change
+            [_sample(a, s, epoch="e2") for s in range(2)] + [_sample(c, 8, epoch=None)],
+        ]
+
+    columns = ("telemetry_count", "gaps", "duplicates", "resets", "last_seq", "seq_epoch")
+    seen = {}
+    for copy, prefix in ((True, "copy"), (False, "many")):
+        fleet = Fleet(copy=copy)
+        for batch in batches(prefix):
+            _apply(db, fleet, batch)
+        seen[copy] = {
+            name: (
+                [getattr(device, column) for column in columns],
+                device.last_telemetry["seq"] if device.last_telemetry else None,
+                _stored(db, device.id),
+            )
+            for name in "abc"
+            for device in [_device(db, f"{prefix}-{name}")]
+        }
+    assert seen[True] == seen[False]
+    assert seen[True]["a"][0] == [7, 1, 1, 1, 1, "e2"]  # 5 + 2: a gap (filled late), a dup, a reset
+    assert seen[True]["b"][0][:3] == [2, 0, 3]
+    db.close()
+
+
+@pytest.mark.postgres
+def test_replicas_writing_the_same_devices_do_not_deadlock(postgres_url: str) -> None:
+    """Two replicas (shared subscriptions) commit batches that touch the same devices in
+    opposite orders, at the same time: every batch commits, none is picked as a deadlock
+    victim, and every sample is stored once."""
+    db = Database(postgres_url)
+    db.migrate()
+    devices = [f"d{n:02d}" for n in range(40)]
+    _apply(db, Fleet(shared=True), [_sample(d, 0) for d in devices])
+    errors: list[BaseException] = []
+
+    def replica(order: list[str], first_seq: int) -> None:
+        fleet = Fleet(shared=True)
+        try:
+            for round_ in range(25):
+                seq = first_seq + 2 * round_
+                _apply(db, fleet, [_sample(d, seq) for d in order])
+        except BaseException as exc:  # a deadlock victim's error, raised by the commit
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=replica, args=(devices, 1)),
+        threading.Thread(target=replica, args=(devices[::-1], 2)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors[0]
+    with db.session() as session:
+        stored = session.scalar(select(func.count()).select_from(TelemetrySample))
+    assert stored == len(devices) * 51
+    db.close()
