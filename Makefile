@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_SYSTEM := mosquitto:/usr/sbin/mosquitto dataset-fashion-mnist:/usr/share/datasets/fashion-mnist
 TEST_SYSTEM := $(DEMO_SYSTEM) chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
 	openssl:/usr/bin/openssl systemd:/usr/bin/systemd-analyze postgresql-client:/usr/bin/psql \
-	postgresql:/usr/lib/postgresql/*/bin/initdb prometheus:/usr/bin/promtool
+	postgresql:/usr/lib/postgresql/*/bin/initdb prometheus:/usr/bin/promtool nginx-light:/usr/sbin/nginx
 
 .PHONY: demo test lint typecheck pytest bench clean system-demo system-test python-info
 

@@ -185,6 +185,13 @@ class ControllerSettings(LayeredSettings):
         default=None, description="an admin token registered (hashed) at startup"
     )
     max_bundle_upload_mb: int = Field(default=512, ge=1)
+    artifact_offload_uri: str | None = Field(
+        default=None,
+        pattern=r"^/[A-Za-z0-9._/-]*/$",
+        description="the internal location of the web server in front (nginx) that serves "
+        "artifact_dir: the controller checks the grant and answers X-Accel-Redirect to "
+        "<uri><sha256>, and the server sends the file itself (sendfile, Range)",
+    )
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     rollout: RolloutDefaults = Field(default_factory=RolloutDefaults)

@@ -4,6 +4,10 @@ Only for whom a bundle was sent: a device presents the download grant its deploy
 command carried (`Authorization: Bearer lgd.…`), good for that bundle's manifest and files
 only; an API token (read or admin) may download too. ETag = sha256 and HTTP Range (206) let
 agents resume an interrupted download.
+
+Behind nginx, `artifact_offload_uri` hands the body to it: the controller checks the grant and
+answers `X-Accel-Redirect`, and nginx sends the file from its internal location with
+sendfile (zero-copy, Range included) instead of the Python process reading it in chunks.
 """
 
 from __future__ import annotations
@@ -87,8 +91,9 @@ def artifact(
     etag = f'"{sha256}"'
     if request.headers.get("if-none-match") in (etag, sha256, "*"):
         return Response(status_code=304, headers={"ETag": etag})
-    return FileResponse(
-        path,
-        media_type="application/octet-stream",
-        headers={"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"},
-    )
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
+    offload = controller.settings.artifact_offload_uri
+    if offload is not None:  # nginx sends the body (and answers Range) from its location
+        headers["X-Accel-Redirect"] = f"{offload}{sha256}"
+        return Response(media_type="application/octet-stream", headers=headers)
+    return FileResponse(path, media_type="application/octet-stream", headers=headers)
