@@ -52,6 +52,7 @@ from lepton_edge.shared.topics import Kind  # noqa: E402
 
 TS, SEQ = 1234567890.125, 987654321  # placeholders in the encoded template
 START = int(time.time())
+DOWNLOAD_ATTEMPTS = 6  # the agent's default `download_attempts`
 
 
 def _varint(n: int) -> bytes:
@@ -267,27 +268,45 @@ class Device:
             self.writer.write(publish_packet(topic, payload, self._next_id(), retain))
             self.counts.published += 1
 
-    async def _deploy(self, command: dict[str, Any]) -> None:
-        """Fetch the manifest and the ladder's files (sha256 checked), then report the bundle
-        active: what the agent's store does, minus the signature check and the runtimes."""
+    async def _fetch(self, url: str, auth: dict[str, str], sha256: str | None) -> bytes:
+        """One download, tried as often as the agent tries (`download_attempts`, 0.5 s apart
+        doubling up to 8 s), so a replica that dies mid-transfer costs a retry, not the deploy.
+        A file is checked against its sha256 and counted, not kept; a retry starts it over
+        (the agent resumes with Range)."""
         assert self.http is not None
-        auth = {"Authorization": f"Bearer {command['download_token']}"}
-        try:
-            reply = await self.http.get(command["manifest_url"], headers=auth)
-            reply.raise_for_status()
-            files = {v["id"]: v["sha256"] for v in reply.json()["variants"]}
-            for variant in sorted(set(command["ladder"].values())):
-                digest = hashlib.sha256()
-                url = f"{command['artifact_base_url']}/{files[variant]}"
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            digest, body = hashlib.sha256(), bytearray()
+            try:
                 async with self.http.stream("GET", url, headers=auth) as stream:
                     stream.raise_for_status()
                     async for chunk in stream.aiter_bytes(1 << 16):
                         digest.update(chunk)
                         self.counts.downloaded += len(chunk)
-                if digest.hexdigest() != files[variant]:
-                    raise ValueError(f"{variant}: sha256 differs")
+                        if sha256 is None:
+                            body += chunk
+            except httpx.HTTPError as exc:
+                refused = isinstance(exc, httpx.HTTPStatusError) and exc.response.is_client_error
+                if refused or attempt == DOWNLOAD_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+                continue
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise ValueError(f"{url}: sha256 differs")
+            return bytes(body)
+        raise AssertionError("unreachable")
+
+    async def _deploy(self, command: dict[str, Any]) -> None:
+        """Fetch the manifest and the ladder's files (sha256 checked), then report the bundle
+        active: what the agent's store does, minus the signature check and the runtimes."""
+        auth = {"Authorization": f"Bearer {command['download_token']}"}
+        try:
+            reply = await self._fetch(command["manifest_url"], auth, None)
+            files = {v["id"]: v["sha256"] for v in json.loads(reply)["variants"]}
+            for variant in sorted(set(command["ladder"].values())):
+                url = f"{command['artifact_base_url']}/{files[variant]}"
+                await self._fetch(url, auth, files[variant])
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            self._reply(command["command_id"], "failed", str(exc)[:200])
+            self._reply(command["command_id"], "failed", f"{type(exc).__name__}: {exc}"[:200])
             return
         state = State(
             device_id=self.id,

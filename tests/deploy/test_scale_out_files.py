@@ -34,6 +34,11 @@ def test_compose_services_match_the_load_balancer() -> None:
     for name in controllers:
         assert services[name]["command"][:2] == ["lepton-controller", "serve"]
         assert "shared-state:/var/lib/lepton-controller" in services[name]["volumes"]
+    # a distinct, fixed host name each: the MQTT client id (and its session) outlives a
+    # recreated container, and no two controllers share one
+    assert len({services[name].get("hostname") for name in controllers} - {None}) == len(
+        controllers
+    )
     haproxy = (SCALE_OUT / "haproxy.cfg").read_text()
     backends = set(re.findall(r"^\s+server \S+ (\S+):\d+", haproxy, re.MULTILINE))
     assert backends == {"emqx1", "emqx2", *controllers}
