@@ -6,7 +6,9 @@ The registry's write path as the bridge runs it (`Fleet.apply`, one transaction 
 `--devices` devices registered first, then batches of `--batch` samples (each device's next
 seq, devices taken in turn, as a steady fleet sends them), written alternately by a Fleet
 with COPY and one with executemany, each on its own devices so that both update rows of the
-same kind. Printed: the median time per batch of each and their ratio (goal: COPY faster).
+same kind. Printed: the median time per batch of each, and of this process's CPU time in it
+(the controller's share of the work: the rest is the database server's), and their ratios
+(goals: COPY faster, and less controller CPU).
 The database is emptied first.
 """
 
@@ -81,10 +83,15 @@ def main() -> int:
             f"  {name:12s} {wall[name]:7.1f} ms per batch ({args.batch / wall[name] * 1000:,.0f}"
             f" samples/s), of which {ours[name]:.1f} ms CPU in this process (medians)"
         )
-    ratio = wall["executemany"] / wall["copy"]
-    print(f"{'PASS' if ratio > 1 else 'FAIL'}  COPY x{ratio:.2f} faster per batch (> 1)")
+    checks = [
+        (f"COPY x{wall['executemany'] / wall['copy']:.2f} faster per batch (> 1)", "faster"),
+        (f"COPY x{ours['executemany'] / ours['copy']:.2f} less controller CPU (> 1)", "cpu"),
+    ]
+    ok = {"faster": wall["copy"] < wall["executemany"], "cpu": ours["copy"] < ours["executemany"]}
+    for line, goal in checks:
+        print(f"{'PASS' if ok[goal] else 'FAIL'}  {line}")
     db.close()
-    return 0 if ratio > 1 else 1
+    return 0 if all(ok.values()) else 1
 
 
 if __name__ == "__main__":
