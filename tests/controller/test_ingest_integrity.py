@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from lepton_edge.controller.db import Database
 from lepton_edge.controller.fleet import Batch, Fleet
-from lepton_edge.controller.tables import Device, TelemetrySample
+from lepton_edge.controller.tables import Device, EventRecord, TelemetrySample
 from lepton_edge.shared import messages, topics
-from lepton_edge.shared.messages import CpuSample, MemorySample, Telemetry
+from lepton_edge.shared.messages import CpuSample, Event, EventKind, MemorySample, Telemetry
 from lepton_edge.shared.topics import Kind
 from tests.controller.helpers import wait_for
 from tests.controller.test_restart import _serve
@@ -114,10 +114,20 @@ def test_history_is_kept_by_count_and_by_age(tmp_path: Path, db_url: str) -> Non
     assert [s for _, s in _stored(db, "d1")] == list(range(5, 12))
     assert [s for _, s in _stored(db, "d2")] == [2]
     _apply(db, fleet, [_sample("d1", 12)])
+    events = [
+        Event(device_id=d, ts=now, seq=n, kind=EventKind.POLICY, reason=f"event {n}")
+        for d in ("d1", "d3")
+        for n in range(4)
+    ]
+    with db.session() as session:
+        fleet.apply(session, Batch(events=events))
     with db.session() as session:  # and by count, newest first (a round: d1 and d3)
-        assert fleet.prune(session, 3, 100) == 5
+        assert fleet.prune(session, 3, 2) == 5
     assert [s for _, s in _stored(db, "d1")] == [10, 11, 12]
     assert [s for _, s in _stored(db, "d3")] == [0]
+    with db.session() as session:  # events too: each device's newest two
+        kept = session.execute(select(EventRecord.device_id, EventRecord.reason))
+        assert sorted(kept) == [(d, f"event {n}") for d in ("d1", "d3") for n in (2, 3)]
     db.close()
 
 
