@@ -340,7 +340,8 @@ class Fleet:
             if copy:
                 bulk.insert_samples(session, history)
             else:
-                session.execute(_insert_new(session, TelemetrySample), history)
+                # the Core table, not the ORM class: no per-row ORM bookkeeping
+                session.execute(_insert_new(session, _SAMPLES), history)
         rows = []
         for d, acc in per_device.items():
             result.telemetry += acc.n
