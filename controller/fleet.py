@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    Select,
     Table,
     Text,
     and_,
@@ -25,6 +24,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 _DEV: Table = Device.__table__  # type: ignore[assignment]
 _SAMPLES: Table = TelemetrySample.__table__  # type: ignore[assignment]
-_EVENTS: Table = EventRecord.__table__  # type: ignore[assignment]
 
 
 @dataclass
@@ -523,25 +522,24 @@ class Fleet:
             self._pruning = self._pruning[len(touched) :]
         if not touched:
             return 0
-        # One statement per table for the whole slice: the database ranks each device's rows,
-        # the controller sends three statements, not three per device.
         aged = 0
         if max_age_s is not None:
             cut = (time.time() if now is None else now) - max_age_s
-            old = delete(_SAMPLES).where(_SAMPLES.c.device_id.in_(touched), _SAMPLES.c.ts < cut)
-            aged = session.execute(old).rowcount  # type: ignore[attr-defined]
-        beyond = _beyond_newest(_SAMPLES, touched, history_per_device)
-        res = session.execute(delete(_SAMPLES).where(_SAMPLES.c.id.in_(beyond)))
-        beyond = _beyond_newest(_EVENTS, touched, events_per_device)
-        session.execute(delete(_EVENTS).where(_EVENTS.c.id.in_(beyond)))
-        return int(aged) + int(res.rowcount)  # type: ignore[attr-defined]
-
-
-def _beyond_newest(table: Table, devices: list[str], keep: int) -> Select[tuple[int]]:
-    """The ids of each device's rows after its newest `keep` (by id)."""
-    rank = func.row_number().over(partition_by=table.c.device_id, order_by=table.c.id.desc())
-    ranked = select(table.c.id, rank.label("rank")).where(table.c.device_id.in_(devices)).subquery()
-    return select(ranked.c.id).where(ranked.c.rank > keep)
+            old = text("DELETE FROM telemetry_samples WHERE device_id = :d AND ts < :cut")
+            result = session.execute(old, [{"d": d, "cut": cut} for d in touched])
+            aged = int(getattr(result, "rowcount", 0) or 0)
+        cutoff = text(
+            "DELETE FROM telemetry_samples WHERE device_id = :d AND id <= ("
+            "SELECT id FROM telemetry_samples WHERE device_id = :d "
+            "ORDER BY id DESC LIMIT 1 OFFSET :n)"
+        )
+        res = session.execute(cutoff, [{"d": d, "n": history_per_device} for d in touched])
+        ev_cut = text(
+            "DELETE FROM events WHERE device_id = :d AND id <= ("
+            "SELECT id FROM events WHERE device_id = :d ORDER BY id DESC LIMIT 1 OFFSET :n)"
+        )
+        session.execute(ev_cut, [{"d": d, "n": events_per_device} for d in touched])
+        return aged + int(getattr(res, "rowcount", 0) or 0)
 
 
 # --- queries (API, rollouts) ------------------------------------------------------------------
