@@ -1,7 +1,8 @@
 """The fleet registry: applies decoded agent messages to the database and answers queries.
 
 Transport-free: the MQTT bridge hands it batches of validated messages; the API and the
-rollout loop read from it. Writes are batched: one transaction per batch, executemany (COPY on PostgreSQL: `bulk`).
+rollout loop read from it. Writes are batched: one transaction per batch, executemany, or
+COPY on PostgreSQL (`bulk`).
 """
 
 from __future__ import annotations
